@@ -1,0 +1,56 @@
+"""The Typer application object and the error policy shared by every command.
+
+Command modules import ``app`` from here and register themselves; keep them thin:
+parse options, call the library, print. Torch is imported inside command bodies only,
+so ``caprobe --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from caprobe.errors import CaprobeError
+
+
+class _CaprobeGroup(TyperGroup):
+    """Turns a :class:`CaprobeError` raised by any command into one line on stderr, exit 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CaprobeError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("caprobe: interrupted; finished results are saved, rerun with --resume "
+                       "where the command offers it", err=True)
+            raise click.exceptions.Exit(130) from None
+
+
+def fail(message: str) -> None:
+    """Print ``caprobe: error: <message>`` on one line and exit with code 2."""
+    click.echo(f"caprobe: error: {' '.join(message.split())}", err=True)
+    raise click.exceptions.Exit(2)
+
+
+app = typer.Typer(
+    cls=_CaprobeGroup,
+    name="caprobe",
+    help="Does this attention module pay for itself? Build, count, time, train and compare "
+    "attention modules (SE, CBAM, ECA, Coordinate Attention) in MobileNetV2 and MobileNeXt.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
