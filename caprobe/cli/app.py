@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -19,21 +18,21 @@ from caprobe.errors import CaprobeError
 class _CaprobeGroup(TyperGroup):
     """Turns a :class:`CaprobeError` raised by any command into one line on stderr, exit 2."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):  # noqa: ANN001 (typer's vendored click Context)
         try:
             return super().invoke(ctx)
         except CaprobeError as exc:
             fail(str(exc))
         except KeyboardInterrupt:
-            click.echo("caprobe: interrupted; finished results are saved, rerun with --resume "
+            typer.echo("caprobe: interrupted; finished results are saved, rerun with --resume "
                        "where the command offers it", err=True)
-            raise click.exceptions.Exit(130) from None
+            raise typer.Exit(130) from None
 
 
 def fail(message: str) -> None:
     """Print ``caprobe: error: <message>`` on one line and exit with code 2."""
-    click.echo(f"caprobe: error: {' '.join(message.split())}", err=True)
-    raise click.exceptions.Exit(2)
+    typer.echo(f"caprobe: error: {' '.join(message.split())}", err=True)
+    raise typer.Exit(2)
 
 
 app = typer.Typer(
