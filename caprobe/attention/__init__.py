@@ -1,0 +1,58 @@
+"""Attention modules and their registry: ``build(spec, channels)`` is the one way to make one.
+
+Specs are parsed in :mod:`caprobe.attention.spec`; each module lives in its own file.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from caprobe.attention.base import AttentionModule
+from caprobe.attention.cbam import CBAM
+from caprobe.attention.coord import CoordAttention
+from caprobe.attention.eca import ECA
+from caprobe.attention.se import SqueezeExcite
+from caprobe.attention.spec import AttnKind, AttnSpec, canonical, kinds, parse_spec, register
+from caprobe.errors import CaprobeError
+
+register(AttnKind("none", None, "no attention (identity)"))
+register(AttnKind("se", SqueezeExcite, "Squeeze-and-Excitation: one weight per channel"))
+register(AttnKind("cbam", CBAM, "CBAM: channel gate, then a k×k spatial gate"))
+register(AttnKind("eca", ECA, "ECA: 1-D conv across channels, no reduction"))
+register(AttnKind("ca", CoordAttention, "Coordinate Attention: row gate × column gate"))
+register(AttnKind("ca_h", CoordAttention, "CA ablation: only the height gate (one weight per row)",
+                  {"branches": "h"}))
+register(AttnKind("ca_w", CoordAttention,
+                  "CA ablation: only the width gate (one weight per column)", {"branches": "w"}))
+
+
+def build(spec: str | AttnSpec | None, channels: int) -> nn.Module:
+    """Build the attention module named by ``spec`` for ``channels`` input channels.
+
+    Raises :class:`~caprobe.errors.CaprobeError` (a ValueError) for an unknown name or option,
+    ``channels < 1``, or a reduction that leaves no hidden channels.
+    """
+    parsed = parse_spec(spec)
+    if not isinstance(channels, int) or channels < 1:
+        raise CaprobeError(f"attention needs channels >= 1, got {channels!r}")
+    if parsed.kind.cls is None:
+        return nn.Identity()
+    kwargs = parsed.kwargs()
+    reduction = parsed.resolved().get("reduction")
+    if reduction is not None:
+        hidden = channels // reduction
+        if parsed.kind.cls is CoordAttention:
+            hidden = max(parsed.resolved()["min_mip"], hidden)
+        if hidden < 1:
+            raise CaprobeError(
+                f"{parsed}: reduction {reduction} leaves no hidden channels for {channels} "
+                f"channels; use a reduction <= {channels}")
+    module = parsed.kind.cls(channels, **kwargs)
+    module.spec = str(parsed)
+    return module
+
+
+__all__ = [
+    "CBAM", "ECA", "AttentionModule", "AttnKind", "AttnSpec", "CoordAttention", "SqueezeExcite",
+    "build", "canonical", "kinds", "parse_spec", "register",
+]

@@ -1,0 +1,67 @@
+"""CBAM (Woo et al., ECCV 2018): a channel gate, then a spatial gate on the gated map.
+
+Channel: average- and max-pooled vectors through one shared MLP (C→C//r→C, biased as in the
+official code), summed, σ. Spatial: [max, mean] over channels → k×k conv without bias → BN → σ.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from caprobe.attention.base import (
+    AttentionModule,
+    FoldedConvBN,
+    apply_gates,
+    inference_fast_path,
+    make_act,
+    make_gate,
+)
+
+
+class CBAM(AttentionModule):
+    def __init__(self, channels: int, reduction: int = 24, kernel: int = 7, act: str = "relu",
+                 gate: str = "sigmoid") -> None:
+        super().__init__()
+        hidden = channels // reduction
+        self.mlp = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=True),
+            make_act(act),
+            nn.Conv2d(hidden, channels, 1, bias=True),
+        )
+        self.spatial = nn.Conv2d(2, 1, kernel, padding=kernel // 2, bias=False)
+        self.spatial_bn = nn.BatchNorm2d(1)
+        self.gate = make_gate(gate)
+        self._folded = FoldedConvBN()
+
+    def _channel_gate(self, x: torch.Tensor) -> torch.Tensor:
+        avg = x.mean(dim=(2, 3), keepdim=True)
+        peak = x.amax(dim=(2, 3), keepdim=True)
+        return self.gate(self.mlp(avg) + self.mlp(peak))
+
+    def _spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+        if inference_fast_path(self):
+            weight, bias = self._folded(self.spatial, self.spatial_bn)
+            return self.gate(F.conv2d(pooled, weight, bias, padding=self.spatial.padding))
+        y = self.spatial(pooled)
+        if self.training and y.shape[0] * y.shape[2] * y.shape[3] == 1:
+            # One value per channel: batch statistics are undefined, so use the running
+            # ones (documented choice; PyTorch would raise here).
+            y = F.batch_norm(y, self.spatial_bn.running_mean, self.spatial_bn.running_var,
+                             self.spatial_bn.weight, self.spatial_bn.bias, False, 0.0,
+                             self.spatial_bn.eps)
+        else:
+            y = self.spatial_bn(y)
+        return self.gate(y)
+
+    def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"channel": N×C×1×1, "spatial": N×1×H×W}``; the spatial gate sees the
+        channel-gated map, as in the forward pass."""
+        channel = self._channel_gate(x)
+        return {"channel": channel, "spatial": self._spatial_gate(x * channel)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gated = x * self._channel_gate(x)
+        return apply_gates(self, gated, [self._spatial_gate(gated)])

@@ -1,0 +1,86 @@
+"""Pieces both backbones share: channel rounding, conv-BN(-act) units, input profiles, init."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+Row = tuple[int, int, int, int]  # (t, c, n, s): ratio, output channels, repeats, first stride
+
+#: Input profiles. "cifar" adapts a 224-px layout to 32-px inputs: stem stride 1 and the first
+#: stride-2 stage at stride 1, so the last feature map is 4×4 instead of 1×1.
+PROFILES = {"imagenet": 224, "cifar": 32}
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor`` without going 10% below it."""
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def conv_bn(inp: int, oup: int, kernel: int = 1, stride: int = 1, groups: int = 1,
+            act: bool = True) -> nn.Sequential:
+    """Conv (no bias) → BN → ReLU6, or a linear conv-BN when ``act`` is False."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(inp, oup, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(oup),
+    ]
+    if act:
+        layers.append(nn.ReLU6(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def profile_strides(rows: Sequence[Row], profile: str) -> tuple[int, list[int]]:
+    """Stem stride and per-row first strides for an input profile."""
+    strides = [s for _, _, _, s in rows]
+    if profile == "imagenet":
+        return 2, strides
+    first_down = strides.index(2)
+    strides[first_down] = 1
+    return 1, strides
+
+
+def init_weights(model: nn.Module, seed: int) -> None:
+    """Initialise every layer from a random stream keyed by ``seed`` and the layer's name.
+
+    Layers that two variants share (same name, same shape) thus start from identical weights,
+    and an attention module draws from its own streams without shifting anyone else's:
+    accuracy deltas between variants are paired, not confounded by initialisation.
+    Convs: Kaiming normal (fan-out), zero bias; BN: 1, 0; linear: N(0, 0.01), zero bias.
+    """
+    for name, module in model.named_modules():
+        gen = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
+        with torch.no_grad():
+            if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", generator=gen)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.01, generator=gen)
+                nn.init.zeros_(module.bias)
+
+
+class Backbone(nn.Module):
+    """``features`` (stem, stages, optional head conv) → global mean → dropout → linear.
+
+    The top-level children of ``features`` and ``classifier`` are the stages that counts are
+    broken down by.
+    """
+
+    def __init__(self, features: nn.Sequential, channels: int, num_classes: int,
+                 dropout: float = 0.2) -> None:
+        super().__init__()
+        self.features = features
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
