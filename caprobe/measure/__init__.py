@@ -1,0 +1,1 @@
+"""Measurements: multiply-add and parameter counts (fvcore), latency."""

@@ -1,0 +1,94 @@
+"""What machine a measurement came from: recorded with every latency result.
+
+Torch is imported inside :func:`collect_env` only.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from caprobe._version import __version__
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), falling back to :func:`platform.processor`."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Hardware", "Processor", "cpu model"):
+                    value = " ".join(value.split())
+                    if value:
+                        return value
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (cgroup/affinity aware where the OS tells us)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """Commit of the caprobe checkout in use (with ``-dirty``), or None outside a git tree."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                             cwd=here, capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else None
+
+
+def load_average() -> float | None:
+    """One-minute load average (how busy the machine was), None where unsupported."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def collect_env(device: str = "cpu", *, threads: int | None = None) -> dict[str, Any]:
+    """Environment record: versions, device name, CPU model, threads, git commit, load."""
+    import torch
+
+    env: dict[str, Any] = {
+        "caprobe": __version__,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu_count": usable_cpus(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "mkldnn": bool(torch.backends.mkldnn.is_available()),
+        "load_avg_1m": load_average(),
+        "device": device,
+        "device_name": cpu_model(),
+    }
+    if device.startswith("cuda"):
+        index = torch.device(device).index
+        index = torch.cuda.current_device() if index is None else index
+        props = torch.cuda.get_device_properties(index)
+        env.update(
+            device_name=torch.cuda.get_device_name(index),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            gpu_capability=f"{props.major}.{props.minor}",
+        )
+    return env
