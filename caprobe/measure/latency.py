@@ -8,9 +8,10 @@ Method
    ``torch.inference_mode()``.
 2. Calibration: a few single calls per variant give a rough per-iteration time, from which
    the *block* size is chosen: ``iters`` back-to-back calls so that one timed block lasts at
-   least ``target_block_ms`` (default 5 ms). One sample = block time / iters, in ms per
-   iteration. Small inputs therefore get several iterations per sample, so the clock's
-   resolution and the Python loop's overhead do not dominate.
+   least ``target_block_ms`` (default 5 ms) and about as long as the slowest variant's single
+   call, so every variant spends the same time per round. One sample = block time / iters,
+   in ms per iteration. Small inputs therefore get several iterations per sample, so the
+   clock's resolution and the Python loop's overhead do not dominate.
 3. Warm-up, interleaved: rounds of one block per variant (A B C, A B C, ...) until, for every
    variant, the median of the last 3 blocks is within 5% of the median of the 3 before
    (timings have settled) or the warm-up budget (half of ``min_time`` per variant) is spent.
@@ -165,6 +166,15 @@ def block_iters(seconds_per_iter: float, target_block_s: float = TARGET_BLOCK_MS
     if not math.isfinite(seconds_per_iter) or seconds_per_iter <= 0:
         return max_iters
     return int(min(max_iters, max(1, math.ceil(target_block_s / seconds_per_iter))))
+
+
+def _balanced_iters(per_iter: Mapping[str, float], target_s: float) -> dict[str, int]:
+    """Block sizes: every block lasts >= ``target_s`` and about as long as the slowest
+    variant's single call, so all variants spend the same time per round (equal exposure to
+    drift within a pair, and every variant reaches its time budget in the same round)."""
+    finite = [v for v in per_iter.values() if math.isfinite(v) and v > 0]
+    target = max([target_s, *finite])
+    return {k: block_iters(v, target) for k, v in per_iter.items()}
 
 
 def _settled(history: list[float], window: int = SETTLE_WINDOW, tol: float = SETTLE_TOL) -> bool:
@@ -350,7 +360,7 @@ def time_variants(
             fns[label]()
             fns[label]()
             per_iter[label] = min(timer(fns[label], 1) for _ in range(3))
-        iters = {k: block_iters(v, target_s) for k, v in per_iter.items()}
+        iters = _balanced_iters(per_iter, target_s)
 
         # warm-up, interleaved, until the block timings settle
         warm_hist: dict[str, list[float]] = {k: [] for k in labels}
@@ -369,9 +379,11 @@ def time_variants(
             say("warmup", min(1.0, spent / warm_budget))
             if settled or spent >= warm_budget:
                 break
+        settled_per_iter = {}
         for label in labels:
             tail = sorted(warm_hist[label][-SETTLE_WINDOW:])
-            iters[label] = block_iters(tail[len(tail) // 2], target_s)
+            settled_per_iter[label] = tail[len(tail) // 2]
+        iters = _balanced_iters(settled_per_iter, target_s)
 
         # measurement, interleaved: one block per variant per round
         samples: dict[str, list[float]] = {k: [] for k in labels}
@@ -385,7 +397,7 @@ def time_variants(
             rounds += 1
             spent = min(spent_s.values())
             say("measure", min(1.0, spent / min_time, rounds / min_rounds))
-            if spent >= min_time and rounds >= min_rounds:
+            if spent >= min_time * (1 - 1e-9) and rounds >= min_rounds:
                 break
 
         env = collect_env(dev, threads=torch.get_num_threads() if dev == "cpu" else threads)
