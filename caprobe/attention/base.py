@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -58,6 +59,16 @@ def apply_gates(module: nn.Module, x: torch.Tensor, gates) -> torch.Tensor:
     for gate in gates[1:]:
         out = out.mul_(gate) if in_place else out * gate
     return out
+
+
+def batch_norm(bn: nn.BatchNorm2d, y: torch.Tensor) -> torch.Tensor:
+    """``bn(y)``, except that with one value per channel in training (batch 1, a 1×1 strip)
+    the running statistics are used: batch statistics are undefined there and PyTorch
+    would raise. A documented choice so that any map size trains at batch 1."""
+    if bn.training and y.numel() == y.shape[1]:
+        return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
+                            bn.eps)
+    return bn(y)
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

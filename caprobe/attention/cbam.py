@@ -14,6 +14,7 @@ from caprobe.attention.base import (
     AttentionModule,
     FoldedConvBN,
     apply_gates,
+    batch_norm,
     inference_fast_path,
     make_act,
     make_gate,
@@ -45,16 +46,7 @@ class CBAM(AttentionModule):
         if inference_fast_path(self):
             weight, bias = self._folded(self.spatial, self.spatial_bn)
             return self.gate(F.conv2d(pooled, weight, bias, padding=self.spatial.padding))
-        y = self.spatial(pooled)
-        if self.training and y.shape[0] * y.shape[2] * y.shape[3] == 1:
-            # One value per channel: batch statistics are undefined, so use the running
-            # ones (documented choice; PyTorch would raise here).
-            y = F.batch_norm(y, self.spatial_bn.running_mean, self.spatial_bn.running_var,
-                             self.spatial_bn.weight, self.spatial_bn.bias, False, 0.0,
-                             self.spatial_bn.eps)
-        else:
-            y = self.spatial_bn(y)
-        return self.gate(y)
+        return self.gate(batch_norm(self.spatial_bn, self.spatial(pooled)))
 
     def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"channel": N×C×1×1, "spatial": N×1×H×W}``; the spatial gate sees the

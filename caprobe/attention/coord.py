@@ -22,6 +22,7 @@ from torch import nn
 from caprobe.attention.base import (
     AttentionModule,
     FoldedConvBN,
+    batch_norm,
     inference_fast_path,
     make_act,
     make_gate,
@@ -61,7 +62,7 @@ class CoordAttention(AttentionModule):
         if self.conv_w is not None:
             strips.append(x.mean(dim=2, keepdim=True).transpose(2, 3))  # N×C×W×1
         y = torch.cat(strips, dim=2) if len(strips) > 1 else strips[0]
-        y = self.act(self.bn1(self.conv1(y)))
+        y = self.act(batch_norm(self.bn1, self.conv1(y)))
         out = {}
         if self.conv_h is not None:
             out["h"] = self.gate(self.conv_h(y[:, :, :height]))

@@ -40,7 +40,8 @@ class AttnKind:
 def _choice(valid):
     def check(key: str, raw: str):
         if raw not in valid:
-            raise CaprobeError(f"option {key}={raw!r} is not valid; choose one of {', '.join(valid)}")
+            raise CaprobeError(
+                f"option {key}={raw!r} is not valid; choose one of {', '.join(valid)}")
         return raw
     return check
 

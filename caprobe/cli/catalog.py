@@ -32,7 +32,8 @@ def list_command(
                   + "   (shorthand: <backbone>_<attention>, e.g. mobilenext_ca)")
     console.print("[bold]profiles[/]   "
                   + ", ".join(f"{name} ({size}×{size})" for name, size in PROFILES.items()))
-    console.print("[bold]attention[/]  spec = NAME or NAME:key=value,... e.g. ca:act=relu,reduction=16")
+    console.print("[bold]attention[/]  spec = NAME or NAME:key=value,... "
+                  "e.g. ca:act=relu,reduction=16")
     for name, info in specs.items():
         defaults = ", ".join(f"{k}={v}" for k, v in info["defaults"].items()) or "-"
         console.print(f"  [cyan]{name:<6}[/] {info['summary']}  [dim]({defaults})[/]",
@@ -43,8 +44,9 @@ def list_command(
 def flops_command(
     model: Annotated[str, typer.Option("--model", "-m", help="Backbone or shorthand, e.g. "
                                        "mobilenetv2, mobilenext_ca.")] = "mobilenetv2",
-    attn: Annotated[str | None, typer.Option("--attn", "-a", help="Attention spec; overrides "
-                                             "the shorthand, e.g. 'ca:reduction=16,act=relu'.")] = None,
+    attn: Annotated[str | None, typer.Option(
+        "--attn", "-a", help="Attention spec; overrides the shorthand, e.g. "
+        "'ca:reduction=16,act=relu'.")] = None,
     width: Annotated[float, typer.Option(help="Width multiplier.")] = 1.0,
     profile: Annotated[str, typer.Option(help="Input profile: imagenet or cifar.")] = "imagenet",
     input_size: Annotated[str | None, typer.Option("--input-size", help="224 or HxW; default: "
@@ -69,9 +71,9 @@ def flops_command(
             record.pop("by_module")
         typer.echo(json.dumps(record, indent=2))
         return
-    from caprobe.cli.tables import counts_tables
-
     from rich.console import Console
+
+    from caprobe.cli.tables import counts_tables
 
     console = Console()
     for table in counts_tables(counts, by_module=by_module, depth=depth):

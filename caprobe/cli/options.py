@@ -11,7 +11,8 @@ def parse_input_size(text: str | None, profile: str) -> tuple[int, int]:
         from caprobe.models.common import PROFILES
 
         if profile not in PROFILES:
-            raise CaprobeError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+            raise CaprobeError(
+                f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
         return PROFILES[profile], PROFILES[profile]
     parts = text.lower().replace("x", ",").split(",")
     try:

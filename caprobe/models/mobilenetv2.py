@@ -27,7 +27,8 @@ ROWS: list[Row] = [
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, attn: str | None) -> None:
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int,
+                 attn: str | None) -> None:
         super().__init__()
         hidden = int(round(inp * expand_ratio))
         self.use_residual = stride == 1 and inp == oup

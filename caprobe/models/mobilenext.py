@@ -33,7 +33,8 @@ ROWS: list[Row] = [
 ]
 
 
-def _depthwise_convs(inp: int, oup: int, stride: int, reduction: int, lone: bool) -> tuple[bool, bool]:
+def _depthwise_convs(inp: int, oup: int, stride: int, reduction: int,
+                     lone: bool) -> tuple[bool, bool]:
     """(first dw, last dw) as in the official ``mnext.py``.
 
     Full sandglass for the first block (t=2), a stage of one stride-1 block (``lone``) and
