@@ -257,6 +257,26 @@ def test_real_clock_bf16_channels_last_smoke():
     assert models["none"].weight.dtype == torch.bfloat16
 
 
+class VersionCached(nn.Module):
+    """Reads ``weight._version`` like caprobe's BN-folding cache does."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        _ = self.conv.weight._version  # fails on inference tensors
+        return self.conv(x)
+
+
+def test_cast_parameters_are_not_inference_tensors():
+    m = VersionCached()
+    time_variants({"none": m}, batch=1, input_size=4, device="cpu", dtype="bf16",
+                  channels_last=True, min_time=0.01, min_rounds=2)
+    assert all(not p.is_inference() for p in m.parameters())
+    assert m.conv.weight.dtype == torch.bfloat16
+
+
 def test_compile_time_reported_apart(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda m: m)
     models, log = toy("none")

@@ -337,6 +337,12 @@ def time_variants(
     from caprobe.measure.environment import collect_env, load_average
 
     load_start = load_average()
+    # Move / cast the models before inference mode: parameters made inside it would be
+    # inference tensors, which modules caching on ``tensor._version`` cannot use.
+    with torch.no_grad():
+        for label in labels:
+            _prepare(models[label], dev, tdtype, channels_last)
+
     with _num_threads(threads), torch.inference_mode():
         gen = torch.Generator().manual_seed(seed)
         x = torch.randn(batch, in_channels, *hw, generator=gen).to(device=dev, dtype=tdtype)
@@ -346,7 +352,7 @@ def time_variants(
         fns: dict[str, Callable[[], Any]] = {}
         compile_s: dict[str, float | None] = {}
         for i, label in enumerate(labels):
-            m = _prepare(models[label], dev, tdtype, channels_last)
+            m = models[label]
             if compile:
                 say("compile", i / len(labels))
                 m, compile_s[label] = _compile(label, m, x, timer)

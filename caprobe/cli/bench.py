@@ -1,0 +1,227 @@
+"""``caprobe bench``: interleaved latency of attention variants, with spread and paired overhead.
+
+Torch, the models and rich are imported inside the command body so ``caprobe --help`` stays
+instant.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import typer
+
+from caprobe.cli.app import app
+from caprobe.errors import CaprobeError
+
+PROFILES = {"imagenet": (224, 1000), "cifar": (32, 10)}
+
+# Options that take several space-separated values: ``--attn none se ca --batch 1 32``.
+_GREEDY = ("--model", "-m", "--attn", "-a", "--batch", "-b")
+
+
+def spread_multi_values(args: list[str], greedy: tuple[str, ...] = _GREEDY) -> list[str]:
+    """Rewrite ``--attn a b c`` as ``--attn a --attn b --attn c`` (click repeats options).
+
+    Values that follow a greedy option up to the next token starting with ``-`` (or ``--``)
+    are each given their own copy of the option; everything else is left alone.
+    """
+    out: list[str] = []
+    current: str | None = None
+    pending = False  # the next value binds to the option token itself
+    for i, tok in enumerate(args):
+        if tok == "--":
+            out.extend(args[i:])
+            break
+        if tok.startswith("-") and not _is_number(tok):
+            name, eq, _ = tok.partition("=")
+            current = name if name in greedy else None
+            pending = not eq
+            out.append(tok)
+            continue
+        if current is not None:
+            if pending:
+                pending = False
+            else:
+                out.append(current)
+        out.append(tok)
+    return out
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
+
+
+class _MultiValueCommand(typer.core.TyperCommand):
+    def parse_args(self, ctx, args):  # noqa: ANN001 - typer's vendored click types
+        return super().parse_args(ctx, spread_multi_values(list(args)))
+
+
+def _parse_input_size(text: str | None, profile: str) -> tuple[int, int]:
+    if text is None:
+        side = PROFILES[profile][0]
+        return (side, side)
+    parts = text.lower().replace("x", " ").replace(",", " ").split()
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise CaprobeError(f"input size {text!r} is invalid; pass a positive size like 224 or "
+                           "224x160")
+    return (values[0], values[1])
+
+
+def _variants(model: str, attns: list[str] | None) -> list[tuple[str, str, str]]:
+    """(label, backbone, canonical spec) for every variant of one ``--model``; ``none`` leads.
+
+    Without ``--attn`` the model is timed as named (``mobilenext_ca``), alone. With it, the
+    ``none`` baseline is added when missing; labels are canonical specs, duplicates dropped.
+    """
+    from caprobe.models import resolve_name
+
+    if attns is None:
+        backbone, spec = resolve_name(model, None)
+        return [(spec, backbone, spec)]
+    wanted = [a.strip() for a in attns if a.strip()]
+    if not wanted:
+        raise CaprobeError("--attn was given without any attention name; pass e.g. "
+                           "--attn none se ca")
+    variants: dict[str, tuple[str, str, str]] = {}
+    for a in ["none", *wanted]:
+        backbone, spec = resolve_name(model, a)
+        variants.setdefault(spec, (spec, backbone, spec))
+    return list(variants.values())
+
+
+def _fmt_ms(v: float) -> str:
+    if not math.isfinite(v):
+        return "-"
+    return f"{v:.3f}" if v < 10 else f"{v:.2f}" if v < 100 else f"{v:.1f}"
+
+
+def _table(results, title: str):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for name in ("attention", "median ms", "IQR ms", "p90 ms", "CV", "img/s",
+                 "vs none", "95% CI", "n"):
+        if name == "attention":
+            table.add_column(name, justify="left", no_wrap=True)
+        else:
+            table.add_column(name, justify="right")
+    for r in results:
+        if r.overhead is None:
+            over, ci = ("baseline" if r.label == "none" else "-"), ""
+        else:
+            over = f"{r.overhead:.3f}x"
+            ci = (f"{r.overhead_ci[0]:.3f}-{r.overhead_ci[1]:.3f}" if r.overhead_ci
+                  else "too few runs")
+        table.add_row(r.label, _fmt_ms(r.median_ms), _fmt_ms(r.iqr_ms), _fmt_ms(r.p90_ms),
+                      "-" if not math.isfinite(r.cv) else f"{100 * r.cv:.1f}%",
+                      f"{r.images_per_s:,.1f}", over, ci, str(r.n))
+    return table
+
+
+@app.command("bench", cls=_MultiValueCommand)
+def bench(
+    model: list[str] = typer.Option(["mobilenetv2"], "--model", "-m",
+                                    help="Model name(s), e.g. mobilenetv2 mobilenext_ca."),
+    attn: list[str] | None = typer.Option(None, "--attn", "-a",
+                                          help="Attention variants to compare, e.g. none se "
+                                          "cbam ca (the none baseline is always added)."),
+    batch: list[int] = typer.Option([1], "--batch", "-b", help="Batch size(s), e.g. 1 32."),
+    input_size: str | None = typer.Option(None, "--input-size",
+                                          help="Input size: 224 or HxW (default: profile's)."),
+    profile: str = typer.Option("imagenet", "--profile", help="imagenet or cifar."),
+    width: float = typer.Option(1.0, "--width", help="Width multiplier."),
+    num_classes: int | None = typer.Option(None, "--num-classes",
+                                           help="Classifier outputs (default: profile's)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (CUDA only)."),
+    channels_last: bool = typer.Option(False, "--channels-last",
+                                       help="Use the channels-last memory format."),
+    threads: int | None = typer.Option(None, "--threads",
+                                       help="CPU threads (torch.set_num_threads); recorded."),
+    min_time: float = typer.Option(1.0, "--min-time",
+                                   help="Timed seconds per variant (warm-up comes on top)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile each model first; "
+                                 "compile time is reported apart."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of results only."),
+    out: Path | None = typer.Option(None, "--out", help="Also save the JSON results here "
+                                    "(written atomically)."),
+) -> None:
+    """Time attention variants interleaved (A B C A B C ...) and report latency with spread
+    and the overhead over the none baseline with a confidence interval."""
+    profile = profile.strip().lower()
+    if profile not in PROFILES:
+        raise CaprobeError(f"unknown profile {profile!r}; use imagenet or cifar")
+    bad = [b for b in batch if b < 1]
+    if bad:
+        raise CaprobeError(f"batch size {bad[0]} is invalid; use integers >= 1 such as "
+                           "--batch 1 32")
+    if threads is not None and threads < 1:
+        raise CaprobeError(f"--threads {threads} is invalid; use an integer >= 1")
+    if not (math.isfinite(min_time) and min_time > 0):
+        raise CaprobeError(f"--min-time {min_time} is invalid; use a positive number of seconds")
+    if width <= 0:
+        raise CaprobeError(f"--width {width} is invalid; use a positive multiplier such as 1.0")
+    hw = _parse_input_size(input_size, profile)
+    classes = num_classes if num_classes is not None else PROFILES[profile][1]
+
+    import caprobe
+    from caprobe.io import to_jsonable, write_json
+    from caprobe.measure.latency import resolve_device, resolve_dtype, time_variants
+
+    dev = resolve_device(device)
+    dkey = resolve_dtype(dtype, dev)
+
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:  # pipes and files: room for every column
+        console = Console(width=120)
+    err = Console(stderr=True)
+    all_results = []
+    for model_name in dict.fromkeys(model):
+        variants = _variants(model_name, attn)
+        for b in dict.fromkeys(batch):
+            built, meta = {}, {}
+            for label, backbone, spec in variants:
+                built[label] = caprobe.build_model(backbone, attn=spec, width=width,
+                                                   num_classes=classes, profile=profile, seed=0)
+                meta[label] = {"model": backbone, "attn": spec, "width": width,
+                               "profile": profile, "num_classes": classes,
+                               "requested_model": model_name}
+            if not as_json:
+                err.print(f"[dim]timing {model_name} batch {b}: "
+                          f"{', '.join(built)} ...[/dim]", highlight=False)
+            results = time_variants(built, batch=b, input_size=hw, device=dev, dtype=dkey,
+                                    channels_last=channels_last, threads=threads,
+                                    min_time=min_time, compile=compile, baseline="none",
+                                    meta=meta)
+            all_results.extend(results)
+            if out is not None:  # saved after each group: an interrupt keeps finished work
+                write_json(out, all_results)
+            if not as_json:
+                r0 = results[0]
+                title = (f"{model_name} · batch {b} · {hw[0]}x{hw[1]} · {r0.device} "
+                         f"({r0.env.get('device_name')}) · {r0.dtype}"
+                         f"{' · channels_last' if channels_last else ''} · "
+                         f"threads {r0.threads} · torch {r0.env.get('torch')}")
+                console.print(_table(results, title))
+                compiled = [r for r in results if r.compile_time_s is not None]
+                if compiled:
+                    console.print("compile time: " + ", ".join(
+                        f"{r.label} {r.compile_time_s:.1f} s" for r in compiled))
+    if as_json:
+        typer.echo(json.dumps(to_jsonable(all_results), indent=2))
+    elif out is not None:
+        err.print(f"saved {len(all_results)} results to {out}", highlight=False)
