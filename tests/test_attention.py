@@ -178,6 +178,8 @@ def test_reduction_and_activation_options_reach_the_module():
     assert ca.conv1.out_channels == 6 and isinstance(ca.act, nn.ReLU)
     se = attention.build("se:reduction=4,gate=hsigmoid", 96)
     assert se.fc1.out_channels == 24 and isinstance(se.gate, nn.Hardsigmoid)
+    assert attention.build("se", 16).fc1.out_channels == 1  # floored: 16 // 24 == 0
+    assert attention.build("cbam:min_hidden=4", 16).mlp[0].out_channels == 4
     assert attention.build("eca", 96).conv.kernel_size == (3,)
     assert attention.build("eca:kernel=5", 96).conv.kernel_size == (5,)
 
@@ -192,7 +194,8 @@ def test_reduction_and_activation_options_reach_the_module():
     ("cbam:kernel=4", 16, "odd integer"),
     ("ca:reduction", 16, "NAME:key=value"),
     ("ca_h:branches=w", 16, "valid options: reduction, min_mip, act, gate"),
-    ("se:reduction=32", 16, "leaves no hidden channels"),
+    ("se:min_hidden=0", 16, "integer >= 1"),
+    ("ca:min_mip=0", 16, "integer >= 1"),
     ("ca", 0, "channels >= 1"),
 ])
 def test_bad_specs_raise_value_error_naming_valid_choices(spec, channels, fragment):

@@ -30,24 +30,15 @@ def build(spec: str | AttnSpec | None, channels: int) -> nn.Module:
     """Build the attention module named by ``spec`` for ``channels`` input channels.
 
     Raises :class:`~caprobe.errors.CaprobeError` (a ValueError) for an unknown name or option,
-    ``channels < 1``, or a reduction that leaves no hidden channels.
+    a reduction or floor below 1 (the floors ``min_mip`` / ``min_hidden`` keep at least one
+    hidden channel, so narrow networks build), or ``channels < 1``.
     """
     parsed = parse_spec(spec)
     if not isinstance(channels, int) or channels < 1:
         raise CaprobeError(f"attention needs channels >= 1, got {channels!r}")
     if parsed.kind.cls is None:
         return nn.Identity()
-    kwargs = parsed.kwargs()
-    reduction = parsed.resolved().get("reduction")
-    if reduction is not None:
-        hidden = channels // reduction
-        if parsed.kind.cls is CoordAttention:
-            hidden = max(parsed.resolved()["min_mip"], hidden)
-        if hidden < 1:
-            raise CaprobeError(
-                f"{parsed}: reduction {reduction} leaves no hidden channels for {channels} "
-                f"channels; use a reduction <= {channels}")
-    module = parsed.kind.cls(channels, **kwargs)
+    module = parsed.kind.cls(channels, **parsed.kwargs())
     module.spec = str(parsed)
     return module
 

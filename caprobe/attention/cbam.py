@@ -1,7 +1,8 @@
 """CBAM (Woo et al., ECCV 2018): a channel gate, then a spatial gate on the gated map.
 
 Channel: average- and max-pooled vectors through one shared MLP (C→C//r→C, biased as in the
-official code), summed, σ. Spatial: [max, mean] over channels → k×k conv without bias → BN → σ.
+official code; hidden width floored at ``min_hidden``), summed, σ. Spatial: [max, mean] over
+channels → k×k conv without bias → BN → σ.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from caprobe.attention.base import (
 
 
 class CBAM(AttentionModule):
-    def __init__(self, channels: int, reduction: int = 24, kernel: int = 7, act: str = "relu",
-                 gate: str = "sigmoid") -> None:
+    def __init__(self, channels: int, reduction: int = 24, min_hidden: int = 1, kernel: int = 7,
+                 act: str = "relu", gate: str = "sigmoid") -> None:
         super().__init__()
-        hidden = channels // reduction
+        hidden = max(min_hidden, channels // reduction)
         self.mlp = nn.Sequential(
             nn.Conv2d(channels, hidden, 1, bias=True),
             make_act(act),

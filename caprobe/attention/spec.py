@@ -62,6 +62,7 @@ def _int(minimum: int, odd: bool = False):
 _CHECKS = {
     "reduction": _int(1),
     "min_mip": _int(1),
+    "min_hidden": _int(1),
     "kernel": _int(1, odd=True),
     "act": _choice(list(ACTIVATIONS)),
     "gate": _choice(list(GATES)),

@@ -5,7 +5,7 @@ the stride). ``t`` is a *reduction*: hidden = inp // t, raised to make_divisible
 when below oup/6. Transition blocks follow the official code (see :func:`_depthwise_convs`).
 
 Documented choice: attention sits only in blocks that have the first dw conv (on its inp
-channels); the three width-changing transition blocks without it get none. This is the layout
+channels); the five width-changing transition blocks without it get none. This is the layout
 whose counts the reference figures give (MobileNeXt+CA 3,971,626, +SE 3,913,557 parameters).
 """
 

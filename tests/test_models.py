@@ -1,0 +1,118 @@
+"""Backbones: exact parameter counts, the papers' MAdds, layout, shapes, gradients, paired init."""
+
+import pytest
+import torch
+from torch import nn
+
+import caprobe
+from caprobe.attention import AttentionModule
+from caprobe.models import list_models, resolve_name
+
+ATTENTIONS = ["none", "se", "cbam", "eca", "ca", "ca_h", "ca_w"]
+
+
+@pytest.mark.parametrize("name,params", [
+    ("mobilenetv2", 3_504_872),
+    ("mobilenetv2_ca", 3_950_648),
+    ("mobilenetv2_se", 3_888_208),
+    ("mobilenetv2_cbam", 3_889_808),
+    ("mobilenext", 3_535_416),
+    ("mobilenext_ca", 3_971_626),
+    ("mobilenext_se", 3_913_557),
+])
+def test_parameter_counts_match_the_official_layouts(name, params):
+    model = caprobe.build_model(name)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert caprobe.count(model, 224).params == params
+
+
+@pytest.mark.parametrize("name,madds", [
+    ("mobilenetv2", 300.8e6), ("mobilenetv2_ca", 306.7e6), ("mobilenext", 311.3e6)])
+def test_conv_and_linear_madds_match_the_papers(name, madds):
+    counts = caprobe.count(caprobe.build_model(name), 224)
+    assert abs(counts.madds - madds) <= 0.1e6
+    assert counts.uncounted_ops == {}
+    assert counts.madds_total > counts.madds
+
+
+def test_attention_sits_where_the_official_code_puts_it():
+    v2 = caprobe.build_model("mobilenetv2_ca")
+    blocks = [b for stage in list(v2.features)[1:-1] for b in stage]
+    assert isinstance(blocks[0].attn, nn.Identity)  # t = 1 block: none
+    assert all(isinstance(b.attn, AttentionModule) for b in blocks[1:])
+    assert all(b.attn.conv1.in_channels == b.dw[0].out_channels for b in blocks[1:])
+    nx = caprobe.build_model("mobilenext_ca")
+    blocks = [b for stage in list(nx.features)[1:] for b in stage]
+    with_attn = [isinstance(b.attn, AttentionModule) for b in blocks]
+    has_dw1 = [not isinstance(b.dw1, nn.Identity) for b in blocks]
+    assert with_attn == has_dw1 and len(blocks) - sum(has_dw1) == 5  # 5 transition blocks
+
+
+def test_mobilenext_follows_the_official_transition_blocks():
+    nx = caprobe.build_model("mobilenext")
+    stages = list(nx.features)[1:]
+    first = [stage[0] for stage in stages]
+    dw = [(not isinstance(b.dw1, nn.Identity), not isinstance(b.dw2, nn.Identity)) for b in first]
+    # rows: (2,96,1,2) (6,144,1,1) (6,192,3,2) (6,288,3,2) (6,384,4,1) (6,576,4,2) (6,960,3,1)
+    #       (6,1280,1,1): width-changing blocks drop the first dw when they stride, both if not
+    assert dw == [(True, True), (True, True), (False, True), (False, True), (False, False),
+                  (False, True), (False, False), (True, True)]
+    assert [b.use_residual for b in first] == [False] * 8
+    assert all(b.use_residual for stage in stages for b in list(stage)[1:])
+    assert isinstance(nx.classifier[1], nn.Linear) and nx.classifier[1].in_features == 1280
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "mobilenext"])
+def test_cifar_profile_keeps_a_4x4_last_map(backbone):
+    model = caprobe.build_model(backbone, attn="ca", width=0.5, num_classes=10, profile="cifar")
+    model.eval()
+    assert model.features(torch.randn(1, 3, 32, 32)).shape[-2:] == (4, 4)
+    imagenet = caprobe.build_model(backbone, width=0.5, num_classes=10).eval()
+    assert imagenet.features(torch.randn(1, 3, 32, 32)).shape[-2:] == (1, 1)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "mobilenext"])
+@pytest.mark.parametrize("attn", ATTENTIONS)
+def test_odd_sizes_tiny_maps_batch_one_and_gradients(backbone, attn):
+    model = caprobe.build_model(backbone, attn=attn, width=0.35, num_classes=7)
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 97, 131)).shape == (2, 7)
+        assert model(torch.randn(2, 3, 1, 1)).shape == (2, 7)
+    model.train()
+    model(torch.randn(1, 3, 67, 45)).sum().backward()  # batch 1 in training mode
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert missing == []
+
+
+def test_seeded_variants_share_the_weights_of_their_common_layers():
+    plain = caprobe.build_model("mobilenetv2", width=0.5, seed=3).state_dict()
+    with_ca = caprobe.build_model("mobilenetv2_ca", width=0.5, seed=3).state_dict()
+    with_se = caprobe.build_model("mobilenetv2_se", width=0.5, seed=3).state_dict()
+    for key, value in plain.items():
+        assert torch.equal(value, with_ca[key]) and torch.equal(value, with_se[key]), key
+    other = caprobe.build_model("mobilenetv2", width=0.5, seed=4).state_dict()
+    assert not torch.equal(plain["features.stem.0.weight"], other["features.stem.0.weight"])
+
+
+def test_names_shorthands_and_overrides():
+    assert resolve_name("mobilenetv2_ca_h") == ("mobilenetv2", "ca_h")
+    assert resolve_name("mobilenext_ca", "ca:act=relu") == ("mobilenext", "ca:act=relu")
+    assert resolve_name("MobileNetV2") == ("mobilenetv2", "none")
+    assert "mobilenext_cbam" in list_models() and "mobilenetv2" in list_models()
+    model = caprobe.build_model("mobilenext", attn="ca:branches=w")
+    assert model.name == "mobilenext_ca_w" and model.attn_spec == "ca_w"
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"name": "resnet50"}, "unknown model 'resnet50'; valid: mobilenetv2, mobilenext"),
+    ({"name": "mobilenetv2_xx"}, "unknown model"),
+    ({"name": "mobilenetv2", "width": 0}, "width must be > 0"),
+    ({"name": "mobilenetv2", "width": -1.0}, "width must be > 0"),
+    ({"name": "mobilenetv2", "num_classes": 0}, "num_classes"),
+    ({"name": "mobilenetv2", "profile": "mnist"}, "valid profiles: imagenet, cifar"),
+    ({"name": "mobilenetv2", "attn": "ca:bad"}, "malformed attention spec"),
+])
+def test_bad_model_requests_raise_value_errors(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        caprobe.build_model(**kwargs)
