@@ -175,6 +175,18 @@ def test_warmup_waits_for_timings_to_settle():
     assert results[0].median_ms == pytest.approx(1.0)
 
 
+def test_gc_paused_while_timing_and_restored():
+    import gc
+
+    states = []
+    models, log = toy("none")
+    timer = FakeTimer(log, lambda tag, i: states.append(gc.isenabled()) or 1e-3)
+    assert gc.isenabled()
+    time_variants(models, batch=1, input_size=4, device="cpu", min_time=0.01, timer=timer)
+    assert states and not any(states)
+    assert gc.isenabled()
+
+
 def test_threads_set_recorded_and_restored():
     before = torch.get_num_threads()
     seen = []

@@ -23,13 +23,15 @@ Method
    the baseline is the median of the per-round ratios with an order-statistics confidence
    interval (:func:`caprobe.stats.ratio_ci`).
 
-CPU blocks are timed with :func:`time.perf_counter`; CUDA blocks with CUDA events after a
+Python's garbage collector is paused while timing. CPU blocks are timed with
+:func:`time.perf_counter`; CUDA blocks with CUDA events after a
 device synchronise, and the end event is synchronised before reading, so queued kernels are
 never mistaken for speed.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -240,6 +242,19 @@ def _num_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
+@contextmanager
+def _gc_paused():
+    """No garbage-collector pauses inside timed blocks (as :mod:`timeit` does)."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 # --------------------------------------------------------------------------- main entry
 
 
@@ -343,7 +358,7 @@ def time_variants(
         for label in labels:
             _prepare(models[label], dev, tdtype, channels_last)
 
-    with _num_threads(threads), torch.inference_mode():
+    with _num_threads(threads), _gc_paused(), torch.inference_mode():
         gen = torch.Generator().manual_seed(seed)
         x = torch.randn(batch, in_channels, *hw, generator=gen).to(device=dev, dtype=tdtype)
         if channels_last:
