@@ -31,3 +31,13 @@ def lint(session: nox.Session) -> None:
     """ruff over the package, tests, benchmarks and this file."""
     session.install("ruff>=0.5")
     session.run("ruff", "check", "caprobe", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Attention latency benchmark: fast CA vs paper form, overhead, agreement with torch's Timer.
+
+    Pass options through, e.g. ``nox -s bench -- --threads 2 --min-time 3``.
+    """
+    install(session)
+    session.run("python", "benchmarks/attention_latency.py", *session.posargs)
