@@ -1,0 +1,243 @@
+"""``caprobe compare`` (the ablation end to end) and ``caprobe report`` (re-render / merge)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from caprobe.cli.app import app
+from caprobe.errors import CaprobeError
+
+# options that take several space-separated values: ``--attn se cbam ca``
+_GREEDY = ("--attn", "-a")
+
+
+def spread_attn(args: list[str]) -> list[str]:
+    """``--attn a b c`` -> ``--attn a --attn b --attn c``; a bare ``--attn`` (nothing after
+    it, or another option) becomes ``--attn ""`` so it is reported as an empty list."""
+    out: list[str] = []
+    current: str | None = None
+    count = 0
+    for i, tok in enumerate(args):
+        if tok == "--":
+            if current is not None and count == 0:
+                out.append("")
+            current = None
+            out.extend(args[i:])
+            break
+        if tok.startswith("-") and not _is_number(tok):
+            if current is not None and count == 0:
+                out.append("")
+            name, eq, _ = tok.partition("=")
+            current = name if name in _GREEDY and not eq else None
+            count = 0
+            out.append(tok)
+            continue
+        if current is not None:
+            if count:
+                out.append(current)
+            count += 1
+        out.append(tok)
+    if current is not None and count == 0:
+        out.append("")
+    return out
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
+
+
+class _CompareCommand(typer.core.TyperCommand):
+    def parse_args(self, ctx, args):  # noqa: ANN001 - typer's vendored click types
+        return super().parse_args(ctx, spread_attn(list(args)))
+
+
+def _data_options(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise CaprobeError(f"--data-option {item!r} is not KEY=VALUE; pass e.g. "
+                               "--data-option n_train=512")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+_OPTION_NAMES = {  # CLI parameter -> CompareOptions field
+    "model": "model", "attn": "attn", "width": "width", "profile": "profile", "data": "data",
+    "data_dir": "data_dir", "data_option": "data_options", "train_subset": "train_subset",
+    "epochs": "epochs", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
+    "seeds": "seeds", "seed": "seed", "no_train": "train", "device": "device",
+    "threads": "threads", "latency_batch": "latency_batch", "min_time": "latency_min_time",
+    "input_size": "input_size",
+}
+
+
+def _explicit(ctx) -> set[str]:  # noqa: ANN001
+    """CLI parameters the user gave (not left at their defaults)."""
+    given = set()
+    for name in _OPTION_NAMES:
+        src = ctx.get_parameter_source(name)
+        if src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given.add(name)
+    return given
+
+
+@app.command("compare", cls=_CompareCommand)
+def compare(
+    ctx: typer.Context,
+    attn: list[str] | None = typer.Option(
+        None, "--attn", "-a", help="Attention specs to compare with the baseline 'none' "
+        "(always included), e.g. --attn se cbam ca \"ca:act=relu\"."),
+    model: str = typer.Option("mobilenetv2", "--model", "-m", help="Backbone: mobilenetv2 or "
+                              "mobilenext."),
+    data: str = typer.Option("positional", "--data", help="Data set (positional is synthetic "
+                             "and built in; cifar10 needs --data-dir)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Where the data set lives."),
+    data_option: list[str] | None = typer.Option(None, "--data-option",
+                                                 help="Data set option KEY=VALUE (repeatable)."),
+    width: float | None = typer.Option(None, "--width", help="Width multiplier."),
+    profile: str | None = typer.Option(None, "--profile", help="imagenet or cifar layout "
+                                       "(default: the data set's)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Training epochs."),
+    steps: int | None = typer.Option(None, "--steps", help="Stop each training after this "
+                                     "many steps."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Training batch size."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate."),
+    train_subset: int | None = typer.Option(None, "--train-subset",
+                                            help="Train on this many images (same per seed)."),
+    seeds: int = typer.Option(1, "--seeds", help="Seeds per variant (paired across variants)."),
+    seed: int = typer.Option(0, "--seed", help="First seed."),
+    no_train: bool = typer.Option(False, "--no-train", help="Cost only: counts and latency."),
+    device: str = typer.Option("auto", "--device", help="Training device: auto, cpu, cuda."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
+    latency_batch: int = typer.Option(1, "--latency-batch", help="Batch size for latency."),
+    min_time: float = typer.Option(0.5, "--min-time", help="Timed seconds per variant for "
+                                   "latency."),
+    input_size: int | None = typer.Option(None, "--input-size", help="Input side for counts "
+                                          "and latency (default: the data set's)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder to create (default "
+                                    "runs/compare-<time>)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Finish the run in this folder: "
+                                       "skips finished pieces, reuses partial checkpoints."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON only."),
+) -> None:
+    """Run the ablation: counts, latency and training of every variant x seed, then results
+    (CSV/JSON) and a self-contained HTML report."""
+    from caprobe.compare import CompareOptions, run_compare
+
+    values = {
+        "model": model, "attn": list(attn or []), "width": width, "profile": profile,
+        "data": data, "data_dir": str(data_dir) if data_dir is not None else None,
+        "data_option": _data_options(data_option), "train_subset": train_subset,
+        "epochs": epochs, "steps": steps, "batch_size": batch_size, "lr": lr, "seeds": seeds,
+        "seed": seed, "no_train": not no_train, "device": device, "threads": threads,
+        "latency_batch": latency_batch, "min_time": min_time, "input_size": input_size,
+    }
+    fields = {_OPTION_NAMES[k]: v for k, v in values.items()}
+    if resume is not None:
+        if out is not None and Path(out).resolve() != Path(resume).resolve():
+            raise CaprobeError("--out and --resume name different folders; --resume DIR "
+                               "continues the run in DIR")
+        given = {_OPTION_NAMES[k]: values[k] for k in _explicit(ctx)}
+        if "attn" in given and not given["attn"]:
+            raise CaprobeError("no attention variants given; pass e.g. --attn se cbam ca")
+        outcome = run_compare(None, resume, resume=True, given=given, progress=not as_json,
+                              argv=_argv())
+    else:
+        if not attn:
+            raise CaprobeError("no attention variants given; pass e.g. --attn se cbam ca")
+        outcome = run_compare(CompareOptions(**fields), out, progress=not as_json,
+                              argv=_argv())
+    if as_json:
+        typer.echo(json.dumps({
+            "out": str(outcome.out), "report": str(outcome.report) if outcome.report else None,
+            "results_csv": str(outcome.results_csv), "results_json": str(outcome.results_json),
+            "ran": outcome.ran, "skipped": outcome.skipped,
+            "aggregates": outcome.results["aggregates"], "runs": outcome.results["runs"],
+        }, indent=2))
+        return
+    _print_summary(outcome)
+
+
+def _argv() -> list[str]:
+    argv = list(sys.argv)
+    if argv:
+        argv[0] = "caprobe" if argv[0].endswith("caprobe") or argv[0].endswith(".py") \
+            else argv[0]
+    return argv
+
+
+def _f(v: Any, fmt: str) -> str:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return "–"
+    return format(v, fmt)
+
+
+def _print_summary(outcome) -> None:  # noqa: ANN001
+    from rich.console import Console
+    from rich.table import Table
+
+    from caprobe.report.render import fmt_count
+
+    console = Console()
+    table = Table(title=f"caprobe compare: {outcome.out}")
+    for name in ("variant", "params", "Δ params", "MAdds", "Δ MAdds", "latency ms", "overhead",
+                 "top-1 %", "Δ top-1 [95% CI]", "status"):
+        table.add_column(name, justify="left" if name in ("variant", "status") else "right")
+    for r in outcome.results["aggregates"]:
+        over = r.get("latency_overhead")
+        delta = _f(r.get("delta_top1_mean"), "+.2f")
+        if r.get("delta_top1_ci_low") is not None:
+            delta += f" [{r['delta_top1_ci_low']:+.2f}, {r['delta_top1_ci_high']:+.2f}]"
+        elif r.get("delta_top1_mean") is not None:
+            delta += " (1 seed, no CI)"
+        top = _f(r.get("top1_mean"), ".2f")
+        if r.get("top1_ci_low") is not None:
+            top += f" ± {(r['top1_ci_high'] - r['top1_ci_low']) / 2:.2f}"
+        table.add_row(
+            r["variant"], fmt_count(r.get("params")), _f(r.get("params_delta_pct"), "+.1f") + "%"
+            if r.get("params_delta_pct") is not None else "–",
+            fmt_count(r.get("madds")), _f(r.get("madds_delta_pct"), "+.1f") + "%"
+            if r.get("madds_delta_pct") is not None else "–",
+            _f(r.get("latency_median_ms"), ".3f"),
+            _f(100 * (over - 1), "+.1f") + "%" if isinstance(over, (int, float)) else "–",
+            top, delta, str(r.get("status")) + (f": {r['error']}" if r.get("error") else ""))
+    console.print(table)
+    if outcome.report:
+        console.print(f"report:       {outcome.report}", highlight=False, soft_wrap=True)
+    console.print(f"results.csv:  {outcome.results_csv}", highlight=False, soft_wrap=True)
+    console.print(f"results.json: {outcome.results_json}", highlight=False, soft_wrap=True)
+    bad = [r["variant"] for r in outcome.results["aggregates"] if r.get("status") != "ok"]
+    if bad:
+        typer.echo(f"caprobe: warning: not every piece finished for: {', '.join(bad)} "
+                   "(see the status column)", err=True)
+
+
+@app.command("report")
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run folder(s) written by caprobe compare; "
+                                      "several are merged into one page (same data set)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="HTML file to write (default: "
+                                    "DIR/report.html for one run, report.html for several)."),
+) -> None:
+    """Render the HTML report from saved results only (re-render one run or merge several)."""
+    from caprobe.report import render_report
+
+    if out is None and len(runs) > 1:
+        out = Path("report.html")
+    path = render_report(list(runs), out)
+    typer.echo(str(path))

@@ -1,0 +1,205 @@
+"""The plan of a comparison: its options, its variants x seeds, and ``plan.json``.
+
+``plan.json`` is written before anything runs. ``--resume`` reads it back: options the new
+command gives must equal the saved ones (else a :class:`CaprobeError`, exit 2); options it
+leaves out are taken from the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from caprobe.compare.layout import Layout
+from caprobe.errors import CaprobeError
+from caprobe.io import read_json, to_jsonable, write_json
+
+BASELINE = "none"
+PLAN_SCHEMA = 1
+
+
+@dataclass
+class CompareOptions:
+    """Everything that decides what a comparison computes.
+
+    ``None`` for a training field means "TrainConfig's default for this data set". Any other
+    :class:`caprobe.train.TrainConfig` field can be set through ``train_options``.
+    """
+
+    attn: list[str] = field(default_factory=list)  # the baseline "none" is always added
+    model: str = "mobilenetv2"
+    width: float | None = None
+    profile: str | None = None
+    data: str = "positional"
+    data_dir: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
+    train_subset: int | None = None
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seeds: int = 1
+    seed: int = 0  # first seed; the plan uses seed, seed + 1, ...
+    train: bool = True
+    device: str = "auto"
+    threads: int | None = None
+    train_options: dict[str, Any] = field(default_factory=dict)
+    latency_batch: int = 1
+    latency_min_time: float = 0.5
+    latency_device: str = "auto"
+    input_size: int | None = None  # None: the data set's image size
+    map_images: int = 4  # fixed test images drawn in the attention-map section
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> CompareOptions:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+#: options that only say where / how to show things, never compared on --resume
+NOT_COMPARED: frozenset[str] = frozenset()
+
+
+def canonical_variants(attn: list[str] | tuple[str, ...]) -> list[str]:
+    """``["none", *canonical specs]`` without duplicates, in the order given.
+
+    Raises :class:`CaprobeError` for an empty list or an empty / unknown spec.
+    """
+    from caprobe.attention import canonical
+
+    attn = list(attn or [])
+    if not attn or all(isinstance(a, str) and not a.strip() for a in attn):
+        raise CaprobeError("no attention variants given; pass e.g. --attn se cbam ca")
+    out = [BASELINE]
+    for spec in attn:
+        if not isinstance(spec, str) or not spec.strip():
+            raise CaprobeError("an empty attention spec was given; pass names such as se, cbam, "
+                               "ca or ca:act=relu")
+        name = canonical(spec)
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def validate(options: CompareOptions) -> CompareOptions:
+    """Check user-fixable mistakes early and canonicalize the variant list (in place)."""
+    if not isinstance(options.seeds, int) or options.seeds < 1:
+        raise CaprobeError(f"--seeds must be at least 1, got {options.seeds}")
+    for name in ("epochs", "steps", "batch_size", "train_subset", "threads", "input_size"):
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise CaprobeError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if options.width is not None and options.width <= 0:
+        raise CaprobeError(f"--width must be positive, got {options.width}")
+    if options.latency_min_time <= 0:
+        raise CaprobeError(f"latency min_time must be positive, got {options.latency_min_time}")
+    if options.map_images < 0:
+        raise CaprobeError(f"map_images must be >= 0, got {options.map_images}")
+    variants = canonical_variants(options.attn)
+    options.attn = variants[1:]
+    if options.data_dir is not None:
+        options.data_dir = str(Path(options.data_dir).expanduser())
+    _check_model(options.model)
+    return options
+
+
+def _check_model(model: str) -> None:
+    try:
+        from caprobe.models import resolve_name
+    except ImportError:  # models not installed yet: building will fail per variant instead
+        return
+    resolve_name(model, None)
+
+
+@dataclass
+class Plan:
+    options: CompareOptions
+    variants: list[str]
+    seeds: list[int]
+    schema: int = PLAN_SCHEMA
+
+    @classmethod
+    def from_options(cls, options: CompareOptions) -> Plan:
+        validate(options)
+        return cls(options=options, variants=[BASELINE, *options.attn],
+                   seeds=[options.seed + i for i in range(options.seeds)])
+
+    @property
+    def pieces(self) -> list[tuple[str, int]]:
+        """Training pieces in execution order: seed-major, so a crash after seed 0 still
+        leaves a complete paired comparison."""
+        return [(v, s) for s in self.seeds for v in self.variants]
+
+    def to_dict(self, layout: Layout) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "kind": "caprobe-compare",
+            "options": self.options.to_dict(),
+            "variants": self.variants,
+            "seeds": self.seeds,
+            "folders": {v: str(layout.variant_dir(v).relative_to(layout.root))
+                        for v in self.variants},
+            "pieces": [{"variant": v, "seed": s,
+                        "run_dir": str(layout.run_dir(v, s).relative_to(layout.root))}
+                       for v, s in self.pieces],
+        }
+
+    def save(self, layout: Layout) -> Path:
+        return write_json(layout.plan, self.to_dict(layout))
+
+
+def load_plan(root: str | Path) -> dict[str, Any]:
+    """``plan.json`` of a run folder; a :class:`CaprobeError` when the folder is not a run."""
+    root = Path(root)
+    path = Layout(root).plan
+    if not root.is_dir():
+        raise CaprobeError(f"{root} is not a folder; pass the folder written by caprobe compare")
+    if not path.is_file():
+        raise CaprobeError(f"{root} is not a caprobe compare run (no plan.json in it); pass the "
+                           "folder written by caprobe compare")
+    try:
+        plan = read_json(path)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CaprobeError(f"{path} cannot be read ({exc}); the run folder is damaged") from exc
+    if not isinstance(plan, dict) or plan.get("kind") != "caprobe-compare":
+        raise CaprobeError(f"{path} is not a caprobe compare plan; pass the folder written by "
+                           "caprobe compare")
+    return plan
+
+
+def merge_for_resume(saved: dict[str, Any], given: dict[str, Any]) -> CompareOptions:
+    """Options for a resumed run: the saved ones, after checking that every option the new
+    command set explicitly (``given``) equals the saved value."""
+    saved_opts = CompareOptions.from_dict(saved["options"])
+    base = saved_opts.to_dict()
+    if "attn" in given:
+        given = {**given, "attn": canonical_variants(given["attn"])[1:]}
+    if "data_dir" in given and given["data_dir"] is not None:
+        given = {**given, "data_dir": str(Path(given["data_dir"]).expanduser())}
+    diffs = []
+    for key, value in given.items():
+        if key in NOT_COMPARED or key not in base:
+            continue
+        if to_jsonable(value) != base[key] and not _same_number(value, base[key]):
+            diffs.append(f"{key}={_show(value)} (plan.json has {_show(base[key])})")
+    if diffs:
+        raise CaprobeError("--resume refuses: options differ from plan.json: " + "; ".join(diffs)
+                           + "; drop them or start a new run with --out")
+    return saved_opts
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    return (isinstance(a, (int, float)) and isinstance(b, (int, float))
+            and not isinstance(a, bool) and float(a) == float(b))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value)) or "(none)"
+    return json.dumps(to_jsonable(value))

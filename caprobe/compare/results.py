@@ -1,0 +1,279 @@
+"""Aggregate the records of a run folder into ``results.csv`` / ``results.json`` (pandas).
+
+Reads only saved files (plan, counts, latency, training run folders), so the report and a
+resumed run get the same numbers as the run that wrote them. Statistics come from
+:mod:`caprobe.stats`:
+
+* top-1 per variant: mean, standard deviation (ddof=1) and a 95% Student-t interval over the
+  seeds that finished (no interval with one seed);
+* deltas against the baseline are paired by seed (``paired_delta(baseline, variant)`` over the
+  seeds where both finished), with a paired 95% interval (none with one pair);
+* cost deltas: ``100 * (variant / baseline - 1)`` percent of params and MAdds; latency overhead
+  is the interleaved ratio measured by the bench library.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from caprobe.compare.layout import Layout
+from caprobe.compare.plan import BASELINE, load_plan
+from caprobe.io import atomic_write_text, read_json, write_json
+
+RESULTS_SCHEMA = 1
+FINISHED = "finished"
+
+RUN_COLUMNS = [
+    "row", "variant", "seed", "status", "error", "top1", "top5", "test_loss", "train_loss",
+    "epochs_done", "steps_done", "wall_time_s", "images_per_s", "data_checksum", "run_dir",
+]
+
+
+def _read(path: Path) -> Any | None:
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Rows of ``metrics.jsonl`` (one per epoch); a torn last line is ignored."""
+    rows = []
+    try:
+        with open(run_dir / "metrics.jsonl", encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+def piece_state(layout: Layout, variant: str, seed: int) -> dict[str, Any]:
+    """What is saved for one (variant, seed) training piece.
+
+    ``status`` is the training's own status (finished, diverged, failed, interrupted), ``failed``
+    when the piece failed outside training (``error.json``), ``partial`` when a run folder
+    exists without a result, or ``pending``.
+    """
+    run_dir = layout.run_dir(variant, seed)
+    err = _read(layout.error(variant, seed))
+    if err is not None:
+        return {"status": err.get("status", "failed"), "error": err.get("error"), "result": None}
+    result = _read(run_dir / "result.json")
+    if result is not None:
+        return {"status": result.get("status", "failed"), "error": result.get("error"),
+                "result": result}
+    if run_dir.exists():
+        return {"status": "partial", "error": None, "result": None}
+    return {"status": "pending", "error": None, "result": None}
+
+
+def piece_done(layout: Layout, variant: str, seed: int) -> bool:
+    """Finished pieces (finished, diverged, failed) are never run again; interrupted and
+    partial ones resume from their checkpoint."""
+    return piece_state(layout, variant, seed)["status"] not in ("pending", "partial",
+                                                                 "interrupted")
+
+
+def _num(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _pct_delta(value: Any, base: Any) -> float | None:
+    value, base = _num(value), _num(base)
+    if value is None or base is None or base == 0:
+        return None
+    return 100.0 * (value / base - 1.0)
+
+
+def run_rows(root: str | Path, plan: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per planned (variant, seed) training piece."""
+    layout = Layout(root)
+    plan = plan or load_plan(root)
+    if not plan["options"].get("train", True):
+        return []
+    rows = []
+    for piece in plan["pieces"]:
+        variant, seed = piece["variant"], piece["seed"]
+        state = piece_state(layout, variant, seed)
+        result = state["result"] or {}
+        rows.append({
+            "row": "run", "variant": variant, "seed": seed, "status": state["status"],
+            "error": state["error"],
+            "top1": _num(result.get("top1")), "top5": _num(result.get("top5")),
+            "test_loss": _num(result.get("test_loss")),
+            "train_loss": _num(result.get("train_loss")),
+            "epochs_done": result.get("epochs_done"), "steps_done": result.get("steps_done"),
+            "wall_time_s": _num(result.get("wall_time_s")),
+            "images_per_s": _num(result.get("images_per_s")),
+            "data_checksum": result.get("data_checksum"),
+            "run_dir": piece["run_dir"],
+        })
+    return rows
+
+
+def _status(variant_rows: list[dict[str, Any]], train: bool, counts: dict | None,
+            latency: dict | None) -> tuple[str, str | None]:
+    errors = [r["error"] for r in variant_rows if r.get("error")]
+    for rec in (counts, latency):
+        if rec and rec.get("error"):
+            errors.append(rec["error"])
+    error = errors[0] if errors else None
+    if not train:
+        if (counts and counts.get("error")) or (latency and latency.get("error")):
+            return "failed", error
+        return ("ok" if counts and latency else "incomplete"), error
+    statuses = [r["status"] for r in variant_rows]
+    n = len(statuses)
+    done = statuses.count(FINISHED)
+    if done == n and n:
+        return "ok", error
+    if done == 0:
+        for bad in ("failed", "diverged", "interrupted", "partial"):
+            if bad in statuses:
+                return bad, error
+        return "pending", error
+    others = sorted({s for s in statuses if s != FINISHED})
+    return f"{done}/{n} finished ({', '.join(others)})", error
+
+
+def aggregate_rows(root: str | Path, plan: dict[str, Any] | None = None,
+                   runs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per variant: costs, latency, top-1 statistics and paired deltas."""
+    from caprobe.stats import mean_ci, paired_delta
+
+    layout = Layout(root)
+    plan = plan or load_plan(root)
+    runs = run_rows(root, plan) if runs is None else runs
+    train = plan["options"].get("train", True)
+    counts = {v: _read(layout.counts(v)) for v in plan["variants"]}
+    latency = {v: _read(layout.latency(v)) for v in plan["variants"]}
+    base_counts = counts.get(BASELINE) or {}
+    finished = {v: {r["seed"]: r["top1"] for r in runs
+                    if r["variant"] == v and r["status"] == FINISHED and r["top1"] is not None}
+                for v in plan["variants"]}
+    base_top1 = finished.get(BASELINE, {})
+    out = []
+    for variant in plan["variants"]:
+        c = counts[variant] or {}
+        lat = latency[variant] or {}
+        vrows = [r for r in runs if r["variant"] == variant]
+        status, error = _status(vrows, train, counts[variant], latency[variant])
+        top = list(finished[variant].values())
+        row: dict[str, Any] = {
+            "row": "aggregate", "variant": variant, "model": plan["options"].get("model"),
+            "status": status, "error": error,
+            "n_seeds": len(vrows), "n_finished": len(top),
+            "params": _num(c.get("params")), "madds": _num(c.get("madds")),
+            "attention_params": _num(c.get("attention_params")),
+            "attention_madds": _num(c.get("attention_madds")),
+            "params_delta_pct": _pct_delta(c.get("params"), base_counts.get("params")),
+            "madds_delta_pct": _pct_delta(c.get("madds"), base_counts.get("madds")),
+            "latency_median_ms": _num(lat.get("median_ms")),
+            "latency_iqr_ms": _num(lat.get("iqr_ms")),
+            "latency_p90_ms": _num(lat.get("p90_ms")),
+            "latency_n": lat.get("n"),
+            "latency_device": lat.get("device"),
+            "latency_overhead": _num(lat.get("overhead")),
+            "latency_overhead_ci_low": None, "latency_overhead_ci_high": None,
+            "images_per_s": _num(lat.get("images_per_s")),
+            "top1_mean": None, "top1_std": None, "top1_ci_low": None, "top1_ci_high": None,
+            "delta_top1_mean": None, "delta_top1_std": None,
+            "delta_top1_ci_low": None, "delta_top1_ci_high": None, "delta_n": 0,
+            "top5_mean": None, "test_loss_mean": None, "train_wall_time_s": None,
+        }
+        ci = lat.get("overhead_ci")
+        if isinstance(ci, (list, tuple)) and len(ci) == 2:
+            row["latency_overhead_ci_low"], row["latency_overhead_ci_high"] = map(_num, ci)
+        if top:
+            import numpy as np
+
+            row["top1_mean"] = float(np.mean(top))
+            row["top1_std"] = float(np.std(top, ddof=1)) if len(top) > 1 else None
+            interval = mean_ci(top)
+            if interval is not None:
+                row["top1_ci_low"], row["top1_ci_high"] = interval
+            fin = [r for r in vrows if r["status"] == FINISHED]
+            for key, col in (("top5", "top5_mean"), ("test_loss", "test_loss_mean")):
+                vals = [r[key] for r in fin if r[key] is not None]
+                row[col] = float(np.mean(vals)) if vals else None
+            walls = [r["wall_time_s"] for r in vrows if r["wall_time_s"] is not None]
+            row["train_wall_time_s"] = float(sum(walls)) if walls else None
+        if variant != BASELINE:
+            seeds = sorted(set(base_top1) & set(finished[variant]))
+            if seeds:
+                d = paired_delta([base_top1[s] for s in seeds],
+                                 [finished[variant][s] for s in seeds])
+                row.update(delta_top1_mean=d.mean, delta_n=d.n,
+                           delta_top1_std=_num(d.std),
+                           delta_top1_ci_low=d.ci_low, delta_top1_ci_high=d.ci_high)
+        else:
+            row.update(params_delta_pct=None, madds_delta_pct=None)
+        out.append({k: (_num(v) if isinstance(v, float) else v) for k, v in row.items()})
+    return out
+
+
+def build_results(root: str | Path) -> dict[str, Any]:
+    """The content of ``results.json`` computed from the records of a run folder."""
+    layout = Layout(root)
+    plan = load_plan(root)
+    runs = run_rows(root, plan)
+    aggs = aggregate_rows(root, plan, runs)
+    prov = _read(layout.provenance) or {}
+    checksums = sorted({r["data_checksum"] for r in runs if r.get("data_checksum")})
+    return {
+        "schema": RESULTS_SCHEMA, "kind": "caprobe-results",
+        "model": plan["options"].get("model"), "data": plan["options"].get("data"),
+        "data_checksum": prov.get("data_checksum") or (checksums[0] if checksums else None),
+        "variants": plan["variants"], "seeds": plan["seeds"],
+        "train": plan["options"].get("train", True),
+        "runs": runs, "aggregates": aggs,
+    }
+
+
+def results_frame(results: dict[str, Any]):
+    """runs and aggregates as one pandas DataFrame (column ``row`` tells them apart)."""
+    import pandas as pd
+
+    runs = pd.DataFrame(results["runs"], columns=RUN_COLUMNS)
+    aggs = pd.DataFrame(results["aggregates"])
+    frames = [f for f in (runs, aggs) if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=RUN_COLUMNS)
+    return pd.concat(frames, ignore_index=True, sort=False)
+
+
+def write_results(root: str | Path) -> dict[str, Any]:
+    """Aggregate the run folder and write ``results.json`` and ``results.csv`` atomically."""
+    layout = Layout(root)
+    results = build_results(root)
+    write_json(layout.results_json, results)
+    atomic_write_text(layout.results_csv, results_frame(results).to_csv(index=False))
+    return results
+
+
+def load_results(root: str | Path) -> dict[str, Any]:
+    """``results.json`` when present and current, else aggregated from the records on disk."""
+    layout = Layout(root)
+    load_plan(root)  # raises CaprobeError for a folder that is not a run
+    saved = _read(layout.results_json)
+    if isinstance(saved, dict) and saved.get("schema") == RESULTS_SCHEMA:
+        return saved
+    return build_results(root)

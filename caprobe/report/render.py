@@ -1,0 +1,442 @@
+"""Render the self-contained HTML report from saved run folders.
+
+One file: inline CSS, inline SVG plots, no scripts, no fonts or images from the network.
+jinja2 autoescapes every string (specs, paths, names, errors); only the SVG produced by
+matplotlib here is marked safe (matplotlib escapes the text it writes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from pathlib import Path
+from typing import Any
+
+from caprobe.compare.plan import BASELINE
+from caprobe.io import atomic_write_text
+from caprobe.report import plots
+from caprobe.report.records import RunRecords, load_runs
+
+ACC_KEYS = ("test_top1", "top1", "val_top1", "test_acc", "accuracy", "acc")
+LOSS_KEYS = ("train_loss", "loss", "test_loss")
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def templates_dir() -> Path:
+    """``caprobe/templates`` inside an installed wheel, else the repository's ``templates/``."""
+    import caprobe
+
+    packaged = Path(caprobe.__file__).resolve().parent / "templates"
+    if packaged.is_dir():
+        return packaged
+    return Path(caprobe.__file__).resolve().parent.parent / "templates"
+
+
+def environment():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _ok(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def fmt_count(v: Any) -> str:
+    if not _ok(v):
+        return "–"
+    v = float(v)
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.2f} {unit}"
+    return f"{v:.0f}"
+
+
+def fmt_pct(v: Any, digits: int = 1) -> str:
+    return f"{v:+.{digits}f}%" if _ok(v) else "–"
+
+
+def fmt_ratio_pct(r: Any) -> str:
+    """An overhead ratio (1.27) as a percent change (+27.0%)."""
+    return fmt_pct(100.0 * (r - 1.0)) if _ok(r) else "–"
+
+
+def fmt_acc(v: Any) -> str:
+    return f"{v:.2f}" if _ok(v) else "–"
+
+
+def fmt_delta(v: Any) -> str:
+    return f"{v:+.2f}" if _ok(v) else "–"
+
+
+def fmt_ms(v: Any) -> str:
+    if not _ok(v):
+        return "–"
+    return f"{v:.3f}" if v < 10 else f"{v:.2f}" if v < 100 else f"{v:.1f}"
+
+
+def _interval(lo: Any, hi: Any, fmt) -> str:
+    return f"[{fmt(lo)}, {fmt(hi)}]" if _ok(lo) and _ok(hi) else ""
+
+
+def _device_word(device: Any) -> str:
+    if not device:
+        return ""
+    d = str(device).lower()
+    return "CPU" if d == "cpu" else "GPU" if d.startswith("cuda") else str(device)
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _rows(runs: list[RunRecords]) -> list[dict[str, Any]]:
+    """Aggregate rows of every run with their page label, colour and run."""
+    out = []
+    i = 0
+    for run in runs:
+        for agg in run.results.get("aggregates", []):
+            row = dict(agg)
+            row["_label"] = run.labels.get(agg["variant"], agg["variant"])
+            row["_color"] = "#4c4c4c" if agg["variant"] == BASELINE else plots.color(i + 1)
+            row["_run"] = run
+            if agg["variant"] != BASELINE:
+                i += 1
+            out.append(row)
+    return out
+
+
+def _cell(key: str, text: str, value: Any = None, extra: str = "") -> dict[str, Any]:
+    return {"key": key, "text": text, "value": _value_attr(value), "extra": extra}
+
+
+def _value_attr(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ""
+    return str(value)
+
+
+def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The summary table: display text plus the raw number from results.json per cell."""
+    out = []
+    for r in rows:
+        train = r["_run"].plan["options"].get("train", True)
+        seeds = f"{r.get('n_finished', 0)}/{r.get('n_seeds', 0)}" if train else "–"
+        lat = fmt_ms(r.get("latency_median_ms"))
+        if _ok(r.get("latency_iqr_ms")):
+            lat += f" ± {fmt_ms(r['latency_iqr_ms'])}"
+        over = fmt_ratio_pct(r.get("latency_overhead"))
+        over_ci = _interval(r.get("latency_overhead_ci_low"), r.get("latency_overhead_ci_high"),
+                            fmt_ratio_pct)
+        top_ci = _interval(r.get("top1_ci_low"), r.get("top1_ci_high"), fmt_acc)
+        if _ok(r.get("top1_mean")) and not top_ci:
+            top_ci = "(one seed: no interval)" if r.get("n_finished") == 1 else ""
+        d_ci = _interval(r.get("delta_top1_ci_low"), r.get("delta_top1_ci_high"), fmt_delta)
+        if _ok(r.get("delta_top1_mean")) and not d_ci:
+            d_ci = "(one seed: no interval)"
+        cells = [
+            _cell("params", fmt_count(r.get("params")), r.get("params")),
+            _cell("params_delta_pct", fmt_pct(r.get("params_delta_pct")),
+                  r.get("params_delta_pct")),
+            _cell("madds", fmt_count(r.get("madds")), r.get("madds")),
+            _cell("madds_delta_pct", fmt_pct(r.get("madds_delta_pct")),
+                  r.get("madds_delta_pct")),
+            _cell("latency_median_ms", lat, r.get("latency_median_ms")),
+            _cell("latency_overhead", over, r.get("latency_overhead"), over_ci),
+            _cell("top1_mean", fmt_acc(r.get("top1_mean")), r.get("top1_mean"), top_ci),
+            _cell("delta_top1_mean", fmt_delta(r.get("delta_top1_mean")),
+                  r.get("delta_top1_mean"), d_ci),
+            _cell("seeds", seeds, r.get("n_finished") if train else None),
+        ]
+        out.append({"label": r["_label"], "variant": r["variant"], "color": r["_color"],
+                    "cells": cells, "status": r.get("status") or "", "error": r.get("error"),
+                    "failed": (r.get("status") or "") not in ("ok", "")})
+    return out
+
+
+def verdict(r: dict[str, Any]) -> dict[str, str]:
+    """One sentence: what a module buys and what it costs against the baseline."""
+    label = r["_label"]
+    train = r["_run"].plan["options"].get("train", True)
+    dev = _device_word(r.get("latency_device"))
+    costs = []
+    if _ok(r.get("params_delta_pct")):
+        costs.append(f"{fmt_pct(r['params_delta_pct'])} params")
+    if _ok(r.get("madds_delta_pct")):
+        costs.append(f"{fmt_pct(r['madds_delta_pct'])} MAdds")
+    if _ok(r.get("latency_overhead")):
+        costs.append(f"{fmt_ratio_pct(r['latency_overhead'])} {dev} latency".replace("  ", " "))
+    cost = ", ".join(costs) if costs else "unknown cost"
+    tone = "neutral"
+    if not train:
+        text = f"{label}: costs {cost}; accuracy not measured (--no-train)."
+    elif _ok(r.get("delta_top1_mean")):
+        d = r["delta_top1_mean"]
+        lo, hi = r.get("delta_top1_ci_low"), r.get("delta_top1_ci_high")
+        if _ok(lo) and _ok(hi):
+            acc = f"{d:+.1f} ± {(hi - lo) / 2:.1f} top-1"
+            tone = "good" if lo > 0 else "bad" if hi < 0 else "neutral"
+            tail = f" (paired over {r.get('delta_n')} seeds, 95% CI)"
+        else:
+            acc = f"{d:+.1f} top-1"
+            tail = " (one seed: no interval can be given)"
+        text = f"{label}: {acc} for {cost}{tail}."
+    else:
+        status = r.get("status") or "not trained"
+        text = f"{label}: no paired top-1 ({status}); costs {cost}."
+        tone = "bad" if status not in ("ok", "pending") else "neutral"
+    if r.get("error"):
+        text += f" Error: {r['error']}"
+    return {"label": label, "text": text, "tone": tone}
+
+
+# --------------------------------------------------------------------------- series
+
+
+def _metric_key(rows: list[dict], prefs: tuple[str, ...], needle: tuple[str, ...]) -> str | None:
+    keys: list[str] = []
+    for row in rows:
+        for k, v in row.items():
+            if _ok(v) and k not in keys:
+                keys.append(k)
+    for k in prefs:
+        if k in keys:
+            return k
+    for k in keys:
+        if any(n in k for n in needle):
+            return k
+    return None
+
+
+def curve_series(rows: list[dict[str, Any]]) -> list[dict]:
+    series = []
+    for r in rows:
+        run: RunRecords = r["_run"]
+        per_seed = [m for m in run.metrics.get(r["variant"], {}).values() if m]
+        if not per_seed:
+            continue
+        flat = [row for m in per_seed for row in m]
+        metrics = {}
+        for title, prefs, needle in (("train loss", LOSS_KEYS, ("loss",)),
+                                     ("test top-1 (%)", ACC_KEYS, ("top1", "acc"))):
+            key = _metric_key(flat, prefs, needle)
+            if key is None:
+                continue
+            by_epoch: dict[float, list[float]] = {}
+            for m in per_seed:
+                for i, row in enumerate(m):
+                    x = row.get("epoch", i + 1)
+                    if _ok(row.get(key)) and _ok(x):
+                        by_epoch.setdefault(float(x), []).append(float(row[key]))
+            if not by_epoch:
+                continue
+            xs = sorted(by_epoch)
+            metrics[title] = {
+                "x": xs,
+                "mean": [sum(by_epoch[x]) / len(by_epoch[x]) for x in xs],
+                "lo": [min(by_epoch[x]) for x in xs],
+                "hi": [max(by_epoch[x]) for x in xs],
+            }
+        if metrics:
+            series.append({"label": r["_label"], "color": r["_color"], "metrics": metrics})
+    return series
+
+
+def latency_rows(rows: list[dict[str, Any]]) -> list[dict]:
+    out = []
+    for r in rows:
+        rec = r["_run"].latency.get(r["variant"]) or {}
+        samples = [s for s in rec.get("samples_ms") or [] if _ok(s)]
+        if samples:
+            out.append({"_label": r["_label"], "_color": r["_color"], "samples": samples})
+    return out
+
+
+def stage_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict]]:
+    """Stages in model order and, per variant, its attention MAdds and share per stage."""
+    stages: list[str] = []
+    per: list[dict] = []
+    for r in rows:
+        c = r["_run"].counts.get(r["variant"]) or {}
+        by = c.get("by_stage") or []
+        for s in by:
+            if s.get("stage") not in stages:
+                stages.append(s.get("stage"))
+        per.append({"r": r, "by": {s.get("stage"): s for s in by}})
+    out = []
+    for p in per:
+        r = p["r"]
+        if r["variant"] == BASELINE or not p["by"]:
+            continue
+        values, cells = [], []
+        for st in stages:
+            s = p["by"].get(st) or {}
+            am, m = s.get("attention_madds") or 0, s.get("madds") or 0
+            values.append(am)
+            share = f" ({100 * am / m:.1f}%)" if am and m else ""
+            cells.append({"text": (fmt_count(am) + share) if am else "0", "value": am})
+        total = (r["_run"].counts.get(r["variant"]) or {}).get("attention_madds")
+        out.append({"_label": r["_label"], "_color": r["_color"], "values": values,
+                    "cells": cells, "total": fmt_count(total), "total_value": total})
+    return stages, out
+
+
+def map_figures(runs: list[RunRecords]) -> list[dict]:
+    figs = []
+    n = 0
+    for run in runs:
+        rec = run.maps or {}
+        imgs = rec.get("images") or {}
+        for variant, vrec in (rec.get("variants") or {}).items():
+            label = run.labels.get(variant, variant)
+            if not isinstance(vrec, dict) or not vrec.get("blocks"):
+                figs.append({"label": label, "svg": None, "seed": None, "blocks": "", "width": 0,
+                             "note": (vrec or {}).get("error") or "no maps saved"})
+                continue
+            n += 1
+            svg = plots.attention_maps(imgs.get("pixels") or [], imgs.get("classes") or [],
+                                       vrec["blocks"], prefix=f"map{n}")
+            blocks = ", ".join(f"{b.get('name')} ({b.get('channels')} ch, "
+                               f"{'×'.join(map(str, b.get('size', [])))})"
+                               for b in vrec["blocks"])
+            width = 190 * (len(vrec["blocks"]) + 1)
+            figs.append({"label": label, "svg": _safe(svg), "seed": vrec.get("seed"),
+                         "width": width,
+                         "blocks": blocks, "note": None if svg else "nothing to draw"})
+    return figs
+
+
+def _safe(svg: str | None):
+    if svg is None:
+        return None
+    from markupsafe import Markup
+
+    return Markup(svg)  # noqa: S704 - produced by matplotlib, text escaped by it
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def provenance(run: RunRecords) -> list[tuple[str, str]]:
+    prov = run.provenance or {}
+    env = prov.get("env") or {}
+    opts = run.plan.get("options", {})
+    sessions = prov.get("sessions") or []
+    items: list[tuple[str, str]] = [("run folder", str(run.root))]
+    for i, s in enumerate(sessions):
+        argv = s.get("argv") or []
+        cmd = shlex.join(["caprobe" if i == 0 and j == 0 and str(a).endswith("caprobe")
+                          else str(a) for j, a in enumerate(argv)]) if argv else "–"
+        name = "command" if len(sessions) == 1 else f"command ({i + 1}/{len(sessions)})"
+        items.append((name, cmd))
+    items += [
+        ("started", str(prov.get("started_at") or "–")),
+        ("finished", str(prov.get("finished_at") or "not finished")),
+        ("caprobe", str(env.get("caprobe") or "–")),
+        ("torch", str(env.get("torch") or "–")),
+        ("python", str(env.get("python") or "–")),
+        ("machine", " · ".join(str(env[k]) for k in ("platform", "cpu_model") if env.get(k))
+         or "–"),
+        ("device", str(env.get("device_name") or env.get("device") or "–")),
+        ("threads", f"{env.get('threads', '–')} of {env.get('cpu_count', '–')} CPUs"),
+        ("git commit", str(env.get("git_commit") or "none (not a git checkout)")),
+        ("data", f"{run.data} (checksum {run.data_checksum or 'unknown'})"),
+        ("model", f"{opts.get('model')} · width {prov.get('width', opts.get('width'))} · "
+                  f"profile {prov.get('profile', opts.get('profile'))} · input "
+                  f"{'×'.join(map(str, prov.get('input_size') or [])) or '–'}"),
+        ("seeds", ", ".join(map(str, run.plan.get("seeds", [])))),
+        ("options", json.dumps(opts, sort_keys=True)),
+    ]
+    return items
+
+
+# --------------------------------------------------------------------------- page
+
+
+def build_context(runs: list[RunRecords]) -> dict[str, Any]:
+    rows = _rows(runs)
+    any_train = any(r.plan["options"].get("train", True) for r in runs)
+    one_seed = all(len(r.plan.get("seeds", [])) == 1 for r in runs)
+    fig: list[dict[str, Any]] = []
+
+    def add(pid: str, title: str, svg: str | None, note: str, caption: str = "") -> None:
+        fig.append({"id": pid, "title": title, "svg": _safe(svg), "note": note,
+                    "caption": caption})
+
+    not_trained = "no accuracy: the comparison ran with --no-train"
+    add("acc-latency", "Accuracy vs latency",
+        plots.accuracy_vs_cost(rows, cost="latency_median_ms", xlabel="median latency (ms)",
+                               prefix="acclat", xerr="latency_iqr_ms"),
+        not_trained if not any_train else "no variant has both top-1 and latency",
+        "Filled markers lie on the Pareto front (no other variant is both faster and more "
+        "accurate); bars: 95% CI of top-1 over seeds and the latency IQR.")
+    add("acc-madds", "Accuracy vs multiply-adds",
+        plots.accuracy_vs_cost(rows, cost="madds", xlabel="MAdds (millions)", xscale=1e-6,
+                               prefix="accmadds"),
+        not_trained if not any_train else "no variant has both top-1 and counts",
+        "Dashed line: the Pareto front of accuracy against multiply-adds.")
+    add("curves", "Training curves", plots.training_curves(curve_series(rows), prefix="curves"),
+        not_trained if not any_train else "no metrics.jsonl rows were saved",
+        "Mean over seeds per epoch; the band spans the lowest and highest seed.")
+    add("latency", "Latency distributions",
+        plots.latency_distributions(latency_rows(rows), prefix="latdist"),
+        "no latency samples were saved",
+        "Every timed sample (one block, interleaved across variants).")
+    stages, stage_rows = stage_table(rows)
+    add("stages", "Multiply-adds of the attention modules per stage",
+        plots.stage_madds(stages, stage_rows, prefix="stages"),
+        "no per-stage counts were saved")
+    first = runs[0]
+    variants = [r for r in rows if r["variant"] != BASELINE]
+    models = ", ".join(dict.fromkeys(str(r.model) for r in runs))
+    names = ", ".join(str(r["_label"]) for r in variants) or "none"
+    title = f"Does attention pay for itself in {models} on {first.data}?"
+    return {
+        "title": title,
+        "question": (f"What does each attention module ({names}) cost against the baseline "
+                     "without attention (parameters, multiply-adds, latency) and what does it "
+                     "buy (top-1 accuracy), with how much confidence?"),
+        "data": first.data,
+        "runs": runs,
+        "multi": len(runs) > 1,
+        "verdicts": [verdict(r) for r in variants],
+        "one_seed": any_train and one_seed,
+        "any_train": any_train,
+        "table": table_rows(rows),
+        "figures": fig,
+        "stages": stages,
+        "stage_rows": stage_rows,
+        "maps": map_figures(runs),
+        "provenance": [{"name": r.name, "entries": provenance(r)} for r in runs],
+    }
+
+
+def render_html(runs: list[RunRecords]) -> str:
+    return environment().get_template("report.html.j2").render(**build_context(runs))
+
+
+def render_report(roots: list[str | Path] | str | Path, out: str | Path | None = None) -> Path:
+    """Render ``report.html`` from one or more saved run folders; returns its path.
+
+    Several folders are merged into one page; they must use the same data set.
+    """
+    if isinstance(roots, (str, Path)):
+        roots = [roots]
+    runs = load_runs(list(roots))
+    out = Path(out) if out is not None else runs[0].root / "report.html"
+    atomic_write_text(out, render_html(runs))
+    return out
