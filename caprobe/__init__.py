@@ -17,6 +17,8 @@ _LAZY = {
     "count": "caprobe.measure.counting",
     "Counts": "caprobe.measure.counting",
     "attention": "caprobe.attention",
+    "train": "caprobe.train",  # the module is callable: caprobe.train(config)
+    "TrainConfig": "caprobe.train",
 }
 
 

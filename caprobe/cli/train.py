@@ -1,0 +1,212 @@
+"""``caprobe train``: one training run with a progress bar, a run folder and a one-line summary.
+
+Thin over :func:`caprobe.train.train`; torch is imported inside the command body only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from caprobe.cli.app import app
+from caprobe.errors import CaprobeError
+
+_PANEL_DATA = "Data"
+_PANEL_RECIPE = "Recipe"
+_PANEL_RUN = "Run"
+
+
+def _data_options(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise CaprobeError(f"--data-option {item!r} is not KEY=VALUE; pass e.g. "
+                               "--data-option difficulty=0.7")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def _default_out(model: str, attn: str | None) -> Path:
+    name = model if not attn else f"{model}-{attn.replace(':', '_').replace(',', '_')}"
+    return Path("runs") / f"train-{name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def summary_line(result, label: str) -> str:
+    """``<label>: finished, top-1 81.2% (top-5 -), test loss 0.61, 4 epochs / 188 steps in
+    41.0 s, 312 img/s, data wait 0.8% → runs/x``"""
+    parts = [f"{label}: {result.status}"]
+    if result.status == "finished":
+        top = f"top-1 {_fmt(result.top1, 2, '%')}"
+        if result.top5 is not None:
+            top += f", top-5 {_fmt(result.top5, 2, '%')}"
+        parts.append(top)
+        parts.append(f"test loss {_fmt(result.test_loss, 3)}")
+    parts.append(f"{result.epochs_done} epochs / {result.steps_done} steps in "
+                 f"{result.wall_time_s:.1f} s")
+    if result.images_per_s:
+        parts.append(f"{result.images_per_s:.0f} img/s")
+    if result.data_wait_share is not None:
+        parts.append(f"data wait {100 * result.data_wait_share:.1f}%")
+    text = ", ".join(parts)
+    if result.error and result.status != "finished":
+        text += f" ({' '.join(result.error.split())})"
+    if result.run_dir:
+        text += f" → {result.run_dir}"
+    return text
+
+
+@app.command("train")
+def train_command(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone or shorthand "
+                     "(mobilenetv2, mobilenext, mobilenetv2_ca, ...).  [default: mobilenetv2]",
+                     show_default=False)] = None,
+    attn: Annotated[str | None, typer.Option("--attn", "-a", help="Attention spec (se, cbam, "
+                    "eca, ca, ca:act=relu, ...); overrides the model's shorthand.")] = None,
+    width: Annotated[float | None, typer.Option(help="Width multiplier.  [default: per data "
+                     "set, e.g. 0.35 positional, 0.5 CIFAR]", show_default=False)] = None,
+    profile: Annotated[str | None, typer.Option(help="imagenet or cifar.  [default: cifar for "
+                       "images ≤ 64 px]", show_default=False)] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="positional, cifar10, "
+                    "cifar100 or imagenette.  [default: positional]", show_default=False,
+                    rich_help_panel=_PANEL_DATA)] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Where the data set lies.",
+                        rich_help_panel=_PANEL_DATA)] = None,
+    cache_dir: Annotated[str | None, typer.Option(help="Where decoded tensors are cached.",
+                         rich_help_panel=_PANEL_DATA)] = None,
+    data_option: Annotated[list[str] | None, typer.Option(
+        "--data-option", help="KEY=VALUE for the data set (repeatable), e.g. difficulty=0.7.",
+        rich_help_panel=_PANEL_DATA)] = None,
+    train_subset: Annotated[int | None, typer.Option(help="Class-balanced, seeded subset of "
+                            "N training images.", rich_help_panel=_PANEL_DATA)] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs.  [default: per data set]",
+                      show_default=False, rich_help_panel=_PANEL_RECIPE)] = None,
+    steps: Annotated[int | None, typer.Option(help="Total optimiser steps (overrides "
+                     "--epochs).", rich_help_panel=_PANEL_RECIPE)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Batch size.  "
+                          "[default: per data set]", show_default=False,
+                          rich_help_panel=_PANEL_RECIPE)] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (SGD Nesterov, cosine, "
+                  "linear warm-up).  [default: per data set]", show_default=False,
+                  rich_help_panel=_PANEL_RECIPE)] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay (not on norms and "
+                            "biases).  [default: per data set]", show_default=False,
+                            rich_help_panel=_PANEL_RECIPE)] = None,
+    warmup_epochs: Annotated[float | None, typer.Option(help="Linear warm-up length in "
+                             "epochs.  [default: per data set]", show_default=False,
+                             rich_help_panel=_PANEL_RECIPE)] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing.  [default: "
+                               "0.1]", show_default=False,
+                               rich_help_panel=_PANEL_RECIPE)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of init, subset, order and "
+                    "augmentation.  [default: 0]", show_default=False,
+                    rich_help_panel=_PANEL_RECIPE)] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.  [default: auto]",
+                      show_default=False, rich_help_panel=_PANEL_RUN)] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.",
+                       rich_help_panel=_PANEL_RUN)] = None,
+    amp: Annotated[str | None, typer.Option(help="Mixed precision: bf16, or fp16 (CUDA only).",
+                   rich_help_panel=_PANEL_RUN)] = None,
+    channels_last: Annotated[bool | None, typer.Option(
+        "--channels-last/--no-channels-last", help="Channels-last memory format.  [default: "
+        "on; several times faster for depthwise convs on CPU]", show_default=False,
+        rich_help_panel=_PANEL_RUN)] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.  [default: "
+                   "runs/train-<model>-<time>]", show_default=False,
+                   rich_help_panel=_PANEL_RUN)] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in RUN_DIR from its "
+                      "last checkpoint (options given must match the saved ones).",
+                      metavar="RUN_DIR", rich_help_panel=_PANEL_RUN)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.",
+                       rich_help_panel=_PANEL_RUN)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.",
+                     rich_help_panel=_PANEL_RUN)] = False,
+) -> None:
+    """Train one model on a data set; write config, metrics, result and checkpoints."""
+    given = {
+        "model": model, "attn": attn, "width": width, "profile": profile, "data": data,
+        "data_dir": data_dir, "cache_dir": cache_dir,
+        "data_options": _data_options(data_option) if data_option else None,
+        "train_subset": train_subset, "epochs": epochs, "steps": steps,
+        "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+        "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "seed": seed,
+        "device": device, "threads": threads, "amp": amp, "channels_last": channels_last,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+
+    from caprobe.train import TrainConfig, is_run_dir, train
+
+    if resume is not None:
+        if not is_run_dir(resume):
+            raise CaprobeError(f"{resume} is not a caprobe training run (no config.json); "
+                               "pass the folder a previous `caprobe train` wrote")
+        if out is not None and Path(out).resolve() != Path(resume).resolve():
+            raise CaprobeError("--out and --resume name different folders; --resume continues "
+                               "the run in its own folder")
+        from caprobe.io import read_json
+
+        saved = read_json(Path(resume) / "config.json")
+        config = TrainConfig.from_dict({**saved, **given})
+        run_dir = Path(resume)
+    else:
+        config = TrainConfig(**given)
+        run_dir = out if out is not None else _default_out(config.model, config.attn)
+
+    import sys
+
+    from rich.console import Console
+
+    err = Console(stderr=True, highlight=False)
+    interactive = err.is_terminal and not quiet
+
+    resolved: dict[str, Any] = {}
+
+    def on_start(cfg) -> None:
+        resolved["label"] = cfg.model if cfg.attn in (None, "none") else f"{cfg.model}_{cfg.attn}"
+        if quiet:
+            return
+        items = ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()
+                          if k not in ("data_dir", "cache_dir") or v is not None)
+        typer.echo(f"caprobe train: {'resuming' if resume else 'config'}: {items}", err=True)
+        typer.echo(f"caprobe train: run folder {run_dir}", err=True)
+
+    def on_epoch(row: dict) -> None:
+        if quiet or interactive:
+            return
+        top5 = f" top-5 {row['test_top5']:.2f}%" if row.get("test_top5") is not None else ""
+        typer.echo(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc "
+                   f"{row['train_acc']:.2f}%, test loss {row['test_loss']:.4f} top-1 "
+                   f"{row['test_top1']:.2f}%{top5}, {row['epoch_time_s']:.1f} s, "
+                   f"{_fmt(row['images_per_s'], 0)} img/s", err=True)
+
+    try:
+        result = train(config, out=run_dir, resume=resume is not None,
+                       progress=None if interactive else False, on_epoch=on_epoch,
+                       on_start=on_start)
+    except KeyboardInterrupt:
+        typer.echo(f"caprobe: interrupted; the last finished epoch is saved in {run_dir}. "
+                   f"Continue with: caprobe train --resume {run_dir}", err=True)
+        raise typer.Exit(130) from None
+
+    from caprobe.train.loop import _finite
+
+    label = resolved.get("label", config.model)
+    if as_json:
+        typer.echo(json.dumps(_finite(result.to_dict()), indent=2))
+    else:
+        typer.echo(summary_line(result, f"{label} seed {config.seed}"))
+    sys.stdout.flush()
+    if result.status != "finished":
+        raise typer.Exit(1)
