@@ -411,3 +411,41 @@ def test_cuda_env_is_recorded(monkeypatch):
     env = environment.collect_env("cuda", threads=None)
     assert env["device_name"] == "Fake H100" and env["gpu_capability"] == "9.0"
     assert env["gpu_memory_gib"] == 80.0 and env["cpu_model"]
+
+
+# --------------------------------------------------------------------------- contention
+
+
+def test_contention_warnings(monkeypatch):
+    from caprobe.measure import environment
+
+    monkeypatch.setattr(environment, "usable_cpus", lambda: 2)
+    assert environment.contention_warnings("cpu", 2, 0.0) == []
+    assert environment.contention_warnings("cpu", 1, 1.0) == []
+    assert environment.contention_warnings("cuda", 8, 9.0) == []
+    (busy,) = environment.contention_warnings("cpu", 2, 1.0)
+    assert "busy" in busy and "1 other runnable" in busy
+    (over,) = environment.contention_warnings("cpu", 4, 0.0)
+    assert "4 threads on 2 usable CPUs" in over
+
+
+def test_busy_machine_is_flagged_in_env(monkeypatch):
+    from caprobe.measure import environment
+
+    monkeypatch.setattr(environment, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(environment, "other_runnable", lambda: 3.0)
+    models, log = toy("none")
+    results, _ = run(models, log, lambda tag, i: 1e-3, threads=1)
+    env = results[0].env
+    assert env["other_runnable_start"] == 3.0 and len(env["warnings"]) == 1
+    monkeypatch.setattr(environment, "other_runnable", lambda: 0.0)
+    models, log = toy("none")
+    results, _ = run(models, log, lambda tag, i: 1e-3, threads=1)
+    assert results[0].env["warnings"] == []
+
+
+def test_other_runnable_reads_proc_loadavg():
+    from caprobe.measure import environment
+
+    value = environment.other_runnable(samples=2, interval_s=0.0)
+    assert value is None or value >= 0

@@ -217,6 +217,9 @@ def bench(
                          f"{' · channels_last' if channels_last else ''} · "
                          f"threads {r0.threads} · torch {r0.env.get('torch')}")
                 console.print(_table(results, title))
+                for warning in r0.env.get("warnings", []):
+                    err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False,
+                              soft_wrap=True)
                 compiled = [r for r in results if r.compile_time_s is not None]
                 if compiled:
                     console.print("compile time: " + ", ".join(

@@ -60,6 +60,44 @@ def load_average() -> float | None:
         return None
 
 
+def other_runnable(samples: int = 3, interval_s: float = 0.005) -> float | None:
+    """Runnable tasks besides the caller, from /proc/loadavg (median of a few reads).
+
+    Read before timing starts, while this process's own worker threads are idle; None where
+    /proc/loadavg does not exist.
+    """
+    import statistics
+    import time
+
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg", encoding="ascii") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        counts.append(max(0, running - 1))
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    return float(statistics.median(counts))
+
+
+def contention_warnings(device: str, threads: int, others: float | None) -> list[str]:
+    """Why CPU timings may be unreliable: more threads than CPUs, or CPUs busy elsewhere."""
+    if device != "cpu":
+        return []
+    cpus = usable_cpus()
+    out = []
+    if threads > cpus:
+        out.append(f"{threads} threads on {cpus} usable CPUs: threads wait for each other; "
+                   f"use --threads {cpus} or fewer")
+    elif others is not None and others + threads > cpus:
+        out.append(f"the machine is busy ({others:g} other runnable tasks on {cpus} CPUs, "
+                   f"{threads} threads here): timings include waiting for other processes; "
+                   "rerun on a quiet machine or with fewer --threads")
+    return out
+
+
 def collect_env(device: str = "cpu", *, threads: int | None = None) -> dict[str, Any]:
     """Environment record: versions, device name, CPU model, threads, git commit, load."""
     import torch

@@ -349,9 +349,15 @@ def time_variants(
     labels = list(models)
     say = progress or (lambda stage, fraction: None)
 
-    from caprobe.measure.environment import collect_env, load_average
+    from caprobe.measure.environment import (
+        collect_env,
+        contention_warnings,
+        load_average,
+        other_runnable,
+    )
 
     load_start = load_average()
+    others_start = other_runnable() if dev == "cpu" else None
     # Move / cast the models before inference mode: parameters made inside it would be
     # inference tensors, which modules caching on ``tensor._version`` cannot use.
     with torch.no_grad():
@@ -436,6 +442,8 @@ def time_variants(
         min_time_s=float(min_time),
         load_avg_1m_start=load_start,
         load_avg_1m_end=env.get("load_avg_1m"),
+        other_runnable_start=others_start,
+        warnings=contention_warnings(dev, env["threads"], others_start),
     )
     has_base = baseline is not None and baseline in samples
     results = []
