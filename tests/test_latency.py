@@ -156,6 +156,13 @@ def test_overhead_is_paired_and_cancels_drift():
     assert hi - lo < 0.02
 
 
+def test_clock_reporting_no_time_does_not_hang(monkeypatch):
+    monkeypatch.setattr(latency, "MAX_ROUNDS", 50)
+    models, log = toy("none")
+    with pytest.raises(CaprobeError, match="no time passing"):
+        run(models, log, lambda tag, i: 0.0)
+
+
 def test_no_baseline_means_no_overhead():
     models, log = toy("a", "b")
     results, _ = run(models, log, lambda tag, i: 1e-3)  # default baseline "none" is absent

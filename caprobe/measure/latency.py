@@ -64,6 +64,7 @@ _DTYPE_ALIASES = {
 TARGET_BLOCK_MS = 5.0
 MAX_BLOCK_ITERS = 10_000
 MIN_ROUNDS = 10
+MAX_ROUNDS = 100_000  # guard against a clock that reports no time passing
 SETTLE_WINDOW = 3
 SETTLE_TOL = 0.05
 
@@ -404,7 +405,7 @@ def time_variants(
             settled = all(_settled(h) for h in warm_hist.values())
             spent = min(warm_spent.values())
             say("warmup", min(1.0, spent / warm_budget))
-            if settled or spent >= warm_budget:
+            if settled or spent >= warm_budget or warm_rounds >= MAX_ROUNDS:
                 break
         settled_per_iter = {}
         for label in labels:
@@ -424,7 +425,7 @@ def time_variants(
             rounds += 1
             spent = min(spent_s.values())
             say("measure", min(1.0, spent / min_time, rounds / min_rounds))
-            if spent >= min_time * (1 - 1e-9) and rounds >= min_rounds:
+            if (spent >= min_time * (1 - 1e-9) and rounds >= min_rounds) or rounds >= MAX_ROUNDS:
                 break
 
         env = collect_env(dev, threads=torch.get_num_threads() if dev == "cpu" else threads)
@@ -445,6 +446,10 @@ def time_variants(
         other_runnable_start=others_start,
         warnings=contention_warnings(dev, env["threads"], others_start),
     )
+    for label in labels:
+        if min(samples[label]) <= 0:
+            raise CaprobeError(f"the clock reported no time passing for {label!r}; it is too "
+                               "coarse for these blocks, so raise target_block_ms")
     has_base = baseline is not None and baseline in samples
     results = []
     for label in labels:
