@@ -3,6 +3,7 @@
 from caprobe.cli import bench  # noqa: F401
 from caprobe.cli import catalog  # noqa: F401
 from caprobe.cli import compare  # noqa: F401
+from caprobe.cli import data  # noqa: F401
 from caprobe.cli import train  # noqa: F401
 from caprobe.cli.app import app, main
 

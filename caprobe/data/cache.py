@@ -1,0 +1,82 @@
+"""Decoded-tensor cache: decode once, then load 60k CIFAR images in well under a second.
+
+One ``.pt`` file per (data set, source fingerprint, preprocessing) key under
+``<cache dir>/datasets/``. The file holds a header (format version, the full key, metadata)
+and the uint8 tensors, plus a sha256 over the tensors' bytes. On load everything is checked;
+a file that fails to load, carries another key, or whose tensors do not hash to the stored
+digest is reported as stale/corrupt and rebuilt, never trusted. Writes go to a temporary
+file in the same folder followed by a rename, so readers never see half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("CAPROBE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "caprobe"
+
+
+def cache_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cache_file(cache_dir: str | os.PathLike | None, name: str, key: str) -> Path:
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return root / "datasets" / f"{name}-{key[:24]}.pt"
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(memoryview(t.numpy()).cast("B"))
+    return h.hexdigest()
+
+
+def load(path: Path, key: str) -> tuple[dict | None, str]:
+    """``(payload, status)``: status is ``hit``, ``missing``, or why the file was rejected."""
+    if not path.exists():
+        return None, "missing"
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means a corrupt cache file
+        return None, f"corrupt ({type(exc).__name__})"
+    if not isinstance(obj, dict) or obj.get("format") != CACHE_FORMAT:
+        return None, "stale (format)"
+    if obj.get("key") != key:
+        return None, "stale (key)"
+    tensors = obj.get("tensors")
+    if not isinstance(tensors, dict) or any(not isinstance(t, torch.Tensor)
+                                            for t in tensors.values()):
+        return None, "corrupt (tensors)"
+    if tensor_digest(tensors) != obj.get("digest"):
+        return None, "corrupt (checksum)"
+    return obj, "hit"
+
+
+def save(path: Path, key: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    payload = {"format": CACHE_FORMAT, "key": key, "meta": meta, "tensors": tensors,
+               "digest": tensor_digest(tensors)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

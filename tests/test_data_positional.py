@@ -1,0 +1,172 @@
+"""The positional generator, balanced subsets and batch augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from caprobe.data import (
+    augment_batch,
+    balanced_subset,
+    generate_positional,
+    label_from_positions,
+    load_dataset,
+    to_input,
+)
+from caprobe.data import positional as pos
+from caprobe.errors import DataError
+
+
+# ---------------------------------------------------------------------------------- positional
+@pytest.mark.parametrize("difficulty", [0.0, "medium", 1.0])
+def test_positional_deterministic_per_seed(difficulty):
+    a = generate_positional(60, seed=3, difficulty=difficulty)
+    b = generate_positional(60, seed=3, difficulty=difficulty)
+    c = generate_positional(60, seed=4, difficulty=difficulty)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+    assert a[0].dtype == np.uint8 and a[0].shape == (60, 3, 32, 32)
+    assert np.bincount(a[1], minlength=3).tolist() == [20, 20, 20]
+
+
+def test_positional_labels_are_a_function_of_mark_positions():
+    images, labels, meta = generate_positional(300, seed=1, difficulty=0.8, return_meta=True)
+    t = meta["targets"]
+    assert np.array_equal(label_from_positions(t), labels)
+    # recomputed independently from the generator's description
+    y1, x1, y2, x2 = t[:, 0, 0], t[:, 0, 1], t[:, 1, 0], t[:, 1, 1]
+    expected = np.where(y1 == y2, 0, np.where(x1 == x2, 1, 2))
+    assert np.array_equal(expected, labels)
+    assert ((t >= 1) & (t <= 30)).all()
+    p = pos.params_for(0.8)
+    d = np.abs(t[:, 0] - t[:, 1])
+    assert (np.maximum(d[:, 0], d[:, 1]) >= 4).all()            # the two marks never touch
+    neither = labels == 2
+    near = neither & (d.min(axis=1) <= p.max_offset)
+    assert near.sum() > 0.5 * p.near_miss * neither.sum()         # near misses do occur
+    assert meta["distractors"].shape == (300, p.n_distractors, 2)
+
+
+def test_positional_marks_drawn_where_meta_says():
+    """Without noise or clutter the plus marks sit exactly at the recorded centres."""
+    import dataclasses
+
+    quiet = dataclasses.replace(pos.params_for(0.0), noise=0.0, n_clutter=0, n_distractors=0,
+                                jitter=0.0)
+    images, _, meta = generate_positional(30, seed=2, params=quiet, return_meta=True)
+    for img, (m1, m2) in zip(images.astype(int), meta["targets"], strict=True):
+        for y, x in (m1, m2):
+            centre, corner = img[:, y, x], img[:, y - 1, x - 1]
+            assert np.array_equal(centre, img[:, y - 1, x])   # plus arm equals the centre
+            assert np.abs(centre - corner).sum() > 20          # corner is background
+
+
+def test_positional_dataset_api():
+    ds = load_dataset("positional", n_train=30, n_test=12, difficulty="hard", seed=5)
+    assert ds.name == "positional" and ds.classes == pos.CLASSES and ds.num_classes == 3
+    assert ds.train.images.shape == (30, 3, 32, 32) and ds.test.labels.shape == (12,)
+    assert ds.augment == "none" and ds.image_size == 32
+    assert ds.source.startswith("built-in generator v1") and "difficulty=0.8" in ds.source
+    again = load_dataset("positional", n_train=30, n_test=12, difficulty=0.8, seed=5)
+    assert again.checksum == ds.checksum and torch.equal(again.train.images, ds.train.images)
+    other = load_dataset("positional", n_train=30, n_test=12, difficulty=0.8, seed=6)
+    assert other.checksum != ds.checksum
+    assert not torch.equal(ds.train.images[:12], ds.test.images)       # splits differ
+
+
+@pytest.mark.parametrize("bad", [{"difficulty": 1.5}, {"difficulty": "extreme"},
+                                 {"n_train": 0}, {"n_test": "many"}, {"image_size": 64}])
+def test_positional_bad_options(bad):
+    with pytest.raises(DataError):
+        load_dataset("positional", **bad)
+
+
+# -------------------------------------------------------------------------------------- subset
+def test_balanced_subset_balance_and_determinism():
+    labels = torch.arange(1000) % 10
+    idx = balanced_subset(labels, 95, seed=0)
+    assert idx.shape == (95,) and torch.equal(idx, torch.sort(idx).values)
+    assert len(set(idx.tolist())) == 95
+    counts = torch.bincount(labels[idx], minlength=10)
+    assert counts.max() - counts.min() <= 1 and counts.sum() == 95
+    assert torch.equal(idx, balanced_subset(labels, 95, seed=0))
+    assert not torch.equal(idx, balanced_subset(labels, 95, seed=1))
+    assert torch.equal(balanced_subset(labels, 1000, seed=3), torch.arange(1000))
+
+
+def test_balanced_subset_small_class_gives_all():
+    labels = torch.tensor([0] * 3 + [1] * 50 + [2] * 50)
+    idx = balanced_subset(labels, 30, seed=0)
+    assert torch.bincount(labels[idx]).tolist() == [3, 14, 13] or \
+        torch.bincount(labels[idx]).tolist() == [3, 13, 14]
+    with pytest.raises(DataError):
+        balanced_subset(labels, 200, seed=0)
+
+
+# ------------------------------------------------------------------------------------- augment
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+def _batch(n=6, size=32):
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("policy", ["crop_flip", "rrc_flip", "none"])
+def test_augment_shapes_and_determinism(policy):
+    x = _batch()
+    a = augment_batch(x, policy=policy, generator=torch.Generator().manual_seed(1),
+                      mean=MEAN, std=STD)
+    b = augment_batch(x, policy=policy, generator=torch.Generator().manual_seed(1),
+                      mean=MEAN, std=STD)
+    assert a.dtype == torch.float32 and a.shape == x.shape and torch.equal(a, b)
+    if policy != "none":
+        c = augment_batch(x, policy=policy, generator=torch.Generator().manual_seed(2),
+                          mean=MEAN, std=STD)
+        assert not torch.equal(a, c)
+    else:
+        assert torch.equal(a, to_input(x, MEAN, STD))
+
+
+def test_crop_flip_matches_per_image_reference():
+    x = _batch(8)
+    g = torch.Generator().manual_seed(7)
+    out = augment_batch(x, policy="crop_flip", generator=g, mean=(0, 0, 0), std=(1 / 255,) * 3)
+    g = torch.Generator().manual_seed(7)
+    oy = torch.randint(0, 9, (8,), generator=g)
+    ox = torch.randint(0, 9, (8,), generator=g)
+    flip = torch.rand(8, generator=g) < 0.5
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(8):
+        ref = padded[i, :, oy[i]:oy[i] + 32, ox[i]:ox[i] + 32]
+        if flip[i]:
+            ref = ref.flip(-1)
+        assert torch.equal(out[i], ref.float())
+
+
+def test_rrc_full_crop_is_identity_or_flip():
+    from caprobe.data import augment as aug
+
+    x = _batch(4, 16)
+    old = aug.RRC_SCALE, aug.RRC_RATIO
+    try:
+        aug.RRC_SCALE, aug.RRC_RATIO = (1.0, 1.0), (1.0, 1.0)
+        out = augment_batch(x, policy="rrc_flip", generator=torch.Generator().manual_seed(0),
+                            mean=(0, 0, 0), std=(1 / 255,) * 3)
+    finally:
+        aug.RRC_SCALE, aug.RRC_RATIO = old
+    for i in range(4):
+        assert torch.allclose(out[i], x[i].float(), atol=1e-3) or \
+            torch.allclose(out[i], x[i].flip(-1).float(), atol=1e-3)
+
+
+def test_to_input_normalises_and_rejects_floats():
+    x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    y = to_input(x, MEAN, STD)
+    expected = torch.tensor([(1 - m) / s for m, s in zip(MEAN, STD, strict=True)])
+    assert torch.allclose(y[0, :, 0, 0], expected)
+    with pytest.raises(DataError):
+        to_input(x.float(), MEAN, STD)
+    with pytest.raises(DataError, match="valid: crop_flip"):
+        augment_batch(x, policy="mixup", generator=torch.Generator(), mean=MEAN, std=STD)
