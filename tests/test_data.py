@@ -319,3 +319,16 @@ def test_published_checksums_pinned():
     assert dl.REMOTES["cifar10"].md5 == "c58f30108f718f92721af3b95e74349a"
     assert dl.REMOTES["cifar100"].md5 == "eb9058c3a382ffc7106e4002c42a8d85"
     assert dl.REMOTES["imagenette"].md5 is None and "no checksum" in dl.REMOTES["imagenette"].note
+
+
+def test_imagenette_from_compressed_tar(tmp_path, cache):
+    import tarfile
+
+    root = write_imagenette(tmp_path / "imagenette2-160")
+    plain = _load("imagenette", root, cache, image_size=20)
+    with tarfile.open(tmp_path / "imagenette2-160.tgz", "w:gz") as tf:
+        tf.add(root, arcname="imagenette2-160")
+    packed = _load("imagenette", tmp_path / "imagenette2-160.tgz", cache, image_size=20)
+    assert torch.equal(packed.train.images, plain.train.images)
+    assert packed.checksum == plain.checksum
+    assert packed.train.images.untyped_storage().nbytes() == packed.train.images.numel()

@@ -113,7 +113,8 @@ def materialize(plan: Plan, *, cache_dir=None, progress: bool = False,
     and ``built.errors`` lists them; nothing is cached).
     """
     path = cache.cache_file(cache_dir, plan.name, plan.key)
-    payload, status = cache.load(path, plan.key)
+    cached = plan.name != "positional"     # the generator is faster than a cache round trip
+    payload, status = cache.load(path, plan.key) if cached else (None, "generated")
     built = None
     if payload is not None:
         t, meta = payload["tensors"], payload["meta"]
@@ -134,16 +135,16 @@ def materialize(plan: Plan, *, cache_dir=None, progress: bool = False,
         meta = {"classes": built.classes, "checksum": built.checksum, "mean": list(mean),
                 "std": list(std), "source": built.info.get("root", plan.source),
                 "info": built.info}
-        if plan.name != "positional":       # the generator is faster than a cache round trip
+        if cached:
             try:
                 cache.save(path, plan.key, t, meta)
             except OSError as exc:
                 print(f"caprobe: warning: could not write the data cache {path} ({exc})",
                       file=sys.stderr)
-        status = "built" if status == "missing" else f"rebuilt ({status})"
+            status = "built" if status == "missing" else f"rebuilt ({status})"
     info = dict(meta.get("info", {}))
     info.update(plan.info)
-    info.update({"cache": status, "cache_file": str(path) if plan.name != "positional" else None})
+    info.update({"cache": status, "cache_file": str(path) if cached else None})
     dataset = Dataset(
         name=plan.name,
         train=Split(t["train_images"], t["train_labels"]),

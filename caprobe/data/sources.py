@@ -120,8 +120,19 @@ class TarSource(Source):
                 self._members[name] = m
                 self.files.append(name)
         self.files.sort()
+        self._names = {id(m): name for name, m in self._members.items()}
+        self._contents: dict[str, bytes] | None = None
 
     def read(self, name: str) -> bytes:
+        if self.compressed:
+            # a compressed stream cannot seek back cheaply: read everything once, in order
+            if self._contents is None:
+                self._contents = {}
+                for m in sorted(self._members.values(), key=lambda m: m.offset_data):
+                    f = self._tar.extractfile(m)
+                    assert f is not None
+                    self._contents[self._names[id(m)]] = f.read()
+            return self._contents[name]
         f = self._tar.extractfile(self._members[name])
         assert f is not None
         return f.read()

@@ -115,9 +115,10 @@ def build_tree(layout: TreeLayout, size: int, tag: str,
     n_train = len(layout.items["train"])
     tensor = nhwc_to_tensor(images)
     del images
+    # separate storages, so saving one split never drags the other along
     return Built(
-        train_images=tensor[:n_train].contiguous(), train_labels=labels[:n_train].contiguous(),
-        test_images=tensor[n_train:].contiguous(), test_labels=labels[n_train:].contiguous(),
+        train_images=tensor[:n_train].clone(), train_labels=labels[:n_train].clone(),
+        test_images=tensor[n_train:].clone(), test_labels=labels[n_train:].clone(),
         classes=list(layout.classes), checksum=h.hexdigest(),
         errors=[(source.display(names[i][0]), reason) for i, reason in errors],
         info={"layout": "image-folder tree", "root": source.display(layout.root),
