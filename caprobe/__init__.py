@@ -19,6 +19,8 @@ _LAZY = {
     "attention": "caprobe.attention",
     "train": "caprobe.train",  # the module is callable: caprobe.train(config)
     "TrainConfig": "caprobe.train",
+    "compare": "caprobe.compare",  # callable: caprobe.compare(CompareOptions(...), out=...)
+    "report": "caprobe.report",  # callable: caprobe.report([run_dir, ...], out)
 }
 
 

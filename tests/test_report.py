@@ -210,6 +210,14 @@ def test_report_bad_inputs_exit_2_one_line(tmp_path, case):
     assert not (tmp_path / "x.html").exists()
 
 
+def test_python_api_is_callable(run_dir, tmp_path):
+    import caprobe
+
+    out = caprobe.report([run_dir], tmp_path / "api.html")
+    assert out == tmp_path / "api.html" and out.read_text().startswith("<!DOCTYPE html>")
+    assert callable(caprobe.compare) and caprobe.compare.CompareOptions is not None
+
+
 def test_load_results_rejects_non_run(tmp_path):
     with pytest.raises(CaprobeError):
         load_results(tmp_path)

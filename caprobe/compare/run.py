@@ -21,6 +21,7 @@ import datetime as _dt
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,17 +102,15 @@ class _DataInfo:
     images: Any  # the fixed test images for the attention maps (uint8 N×3×H×W)
     indices: list[int]
     labels: Any
+    image_size: int
 
 
 def _load_data(options: CompareOptions, config) -> _DataInfo:
+    """The data set exactly as training loads it: size, classes, checksum, map images."""
     from caprobe.data import load_dataset
 
-    kwargs: dict[str, Any] = {}
-    for key in ("data_dir", "cache_dir", "data_options"):
-        value = getattr(config, key, None)
-        if value is not None:
-            kwargs[key] = value
-    ds = _call_load_dataset(load_dataset, config.data, kwargs)
+    ds = load_dataset(config.data, data_dir=config.data_dir, cache_dir=config.cache_dir,
+                      download=False, **(config.data_options or {}))
     test = ds.test
     images = test.images
     labels = getattr(test, "labels", None)
@@ -121,24 +120,18 @@ def _load_data(options: CompareOptions, config) -> _DataInfo:
         hw = (options.input_size, options.input_size)
     return _DataInfo(name=config.data, checksum=getattr(ds, "checksum", None),
                      classes=list(ds.classes), input_size=hw, mean=ds.mean, std=ds.std,
-                     images=images[idx] if idx else images[:0], indices=idx, labels=labels)
+                     images=images[idx] if idx else images[:0], indices=idx, labels=labels,
+                     image_size=int(getattr(ds, "image_size", hw[0])))
 
 
-def _call_load_dataset(load_dataset, name: str, kwargs: dict[str, Any]):
-    import inspect
+def _resolved(options: CompareOptions, data: _DataInfo, variant: str, seed: int):
+    """The piece's TrainConfig with recipe defaults filled in (width, profile, ...)."""
+    from caprobe.train.config import resolve
+    from caprobe.train.loop import resolve_device
 
-    params = inspect.signature(load_dataset).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return load_dataset(name, **kwargs)
-    mapped: dict[str, Any] = {}
-    for key, value in kwargs.items():
-        if key in params:
-            mapped[key] = value
-        elif key == "data_options" and "options" in params:
-            mapped["options"] = value
-        elif key == "data_dir" and "root" in params:
-            mapped["root"] = value
-    return load_dataset(name, **mapped)
+    config = train_config(options, variant, seed)
+    return resolve(config, image_size=data.image_size,
+                   device=resolve_device(config.device, config.amp))
 
 
 def _build(options: CompareOptions, config, variant: str, num_classes: int):
@@ -259,8 +252,8 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
     prov = _session_start(layout, argv, resume=len(_read_sessions(layout)) > 1)
     ran: list[str] = []
     skipped: list[str] = []
-    config0 = train_config(options, BASELINE, plan.seeds[0])
-    data = _load_data(options, config0)
+    data = _load_data(options, train_config(options, BASELINE, plan.seeds[0]))
+    config0 = _resolved(options, data, BASELINE, plan.seeds[0])
     env = _collect_env(options)
     prov.update(data=data.name, data_checksum=data.checksum, env=env,
                 input_size=list(data.input_size), num_classes=len(data.classes),
@@ -269,7 +262,7 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
 
     pieces = plan.pieces if options.train else []
     total = len(plan.variants) + 1 + len(pieces) + (1 if options.train else 0)
-    with _Progress(progress, total, console) as bar:
+    with _threads(options.threads), _Progress(progress, total, console) as bar:
         # 1. counts
         for variant in plan.variants:
             bar.say(f"counting {variant}")
@@ -313,13 +306,31 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
     prov["sessions"][-1]["ran"] = ran
     write_json(layout.provenance, prov)
     report_path = None
-    if report:
+    if report and not ran and layout.report.is_file():
+        report_path = layout.report  # nothing new: the saved report is current
+    elif report:
         from caprobe.report import render_report
 
         report_path = render_report([layout.root], layout.report)
     return CompareOutcome(out=layout.root, results=results, report=report_path,
                           results_csv=layout.results_csv, results_json=layout.results_json,
                           ran=ran, skipped=skipped)
+
+
+@contextmanager
+def _threads(threads: int | None):
+    """``--threads`` for compare's own work too (counts, maps), restored afterwards."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _read_sessions(layout: Layout) -> list:
@@ -402,26 +413,11 @@ def _do_train(options, layout: Layout, variant: str, seed: int, bar: _Progress) 
             write_json(layout.error(variant, seed), {**_failure(variant, exc), "seed": seed})
 
 
-def _load_trained(options, layout: Layout, variant: str, seed: int, num_classes: int):
+def _load_trained(layout: Layout, variant: str, seed: int):
     """The model of a finished run, from its checkpoint."""
-    import torch
+    from caprobe.train import load_model
 
-    from caprobe import train as _train
-
-    run_dir = layout.run_dir(variant, seed)
-    loader = getattr(_train, "load_model", None)
-    if loader is not None:
-        return loader(run_dir)
-    config = train_config(options, variant, seed)
-    model = _build(options, config, variant, num_classes)
-    ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    state = ckpt
-    for key in ("model", "model_state", "state_dict", "model_state_dict"):
-        if isinstance(ckpt, dict) and key in ckpt:
-            state = ckpt[key]
-            break
-    model.load_state_dict(state)
-    return model
+    return load_model(layout.run_dir(variant, seed))
 
 
 def _do_maps(options, config, data: _DataInfo, layout: Layout, plan: Plan) -> None:
@@ -439,7 +435,7 @@ def _do_maps(options, config, data: _DataInfo, layout: Layout, plan: Plan) -> No
             record["variants"][variant] = {"error": "no finished training to draw maps from"}
             continue
         try:
-            model = _load_trained(options, layout, variant, seed, len(data.classes))
+            model = _load_trained(layout, variant, seed)
             blocks = _maps.compute_maps(model, data.images, data.mean, data.std)
             record["variants"][variant] = {"seed": seed, "blocks": blocks}
         except Exception as exc:  # noqa: BLE001

@@ -1,27 +1,40 @@
 """HTML reports rendered from saved compare run folders only (never from live state).
 
-Python API::
+Python API (the module is callable: ``caprobe.report(...)`` is :func:`render_report`)::
 
-    from caprobe.report import render_report, render_index
-    render_report(["runs/a"], "runs/a/report.html")        # one run
-    render_report(["runs/a", "runs/b"], "page.html")       # merged (same data set)
-    render_index("reports")                                # history page of nightlies
+    import caprobe
+    caprobe.report(["runs/a"])                          # runs/a/report.html
+    caprobe.report(["runs/a", "runs/b"], "page.html")   # merged (same data set)
+    from caprobe.report import render_index
+    render_index("reports")                             # history page of nightlies
 """
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any
 
 __all__ = ["render_index", "render_report"]
 
 
-def __getattr__(name: str) -> Any:  # keep ``import caprobe.report`` light
-    if name == "render_report":
-        from caprobe.report.render import render_report
+def render_report(roots, out=None):
+    """Render ``report.html`` from saved run folder(s); see :mod:`caprobe.report.render`."""
+    from caprobe.report.render import render_report as _render
 
-        return render_report
-    if name == "render_index":
-        from caprobe.report.history import render_index
+    return _render(roots, out)
 
-        return render_index
-    raise AttributeError(f"module 'caprobe.report' has no attribute {name!r}")
+
+def render_index(reports_dir="reports", out=None):
+    """Write the nightly history page; see :mod:`caprobe.report.history`."""
+    from caprobe.report.history import render_index as _index
+
+    return _index(reports_dir, out)
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any):
+        return render_report(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,161 @@
+"""``caprobe compare`` end to end on the positional set with a tiny plan.
+
+Run, crash mid-training and between two variants, resume, and check that nothing ran twice
+and that the final results equal those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import caprobe.train
+from caprobe.cli import app
+from caprobe.compare import CompareOptions, Layout, run_compare
+
+runner = CliRunner()
+
+DATA_OPTIONS = {"n_train": 32, "n_test": 32}
+# 32 images / batch 16 = 2 steps per epoch; 4 steps = 2 epochs (so a run can stop halfway)
+CLI_ARGS = ["--width", "0.25", "--data-option", "n_train=32", "--data-option", "n_test=32",
+            "--steps", "4", "--batch-size", "16", "--seeds", "1", "--threads", "1",
+            "--min-time", "0.02"]
+
+
+def _options(cache: Path, **kw) -> CompareOptions:
+    base = dict(attn=["ca"], width=0.25, data_options=dict(DATA_OPTIONS), steps=4,
+                batch_size=16, seeds=1, threads=1, latency_min_time=0.02, map_images=2,
+                train_options={"cache_dir": str(cache)})
+    base.update(kw)
+    return CompareOptions(**base)
+
+
+class _Crash(BaseException):
+    """A simulated process death (not an Exception, so nothing records it as a failure)."""
+
+
+class _Spy:
+    """Wraps caprobe.train.train: records calls and epochs, injects interruptions."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.calls: list[tuple[str, int, bool]] = []
+        self.epochs: list[tuple[str, int, int]] = []
+        self.interrupt_after_epoch: tuple[str, int] | None = None
+        self.crash_before: tuple[str, int] | None = None
+
+    def __call__(self, config, *, out=None, resume=False, progress=None, **kw):
+        piece = (config.attn, config.seed)
+        if piece == self.crash_before:
+            raise _Crash(f"simulated crash before {piece}")
+        self.calls.append((config.attn, config.seed, resume))
+
+        def on_epoch(row):
+            self.epochs.append((config.attn, config.seed, row["epoch"]))
+            if piece == self.interrupt_after_epoch:
+                raise KeyboardInterrupt
+
+        return self.real(config, out=out, resume=resume, progress=progress, on_epoch=on_epoch)
+
+
+def _comparable(results: dict) -> dict:
+    """Everything that must not depend on interruptions (timings excluded)."""
+    runs = [{k: r[k] for k in ("variant", "seed", "status", "top1", "top5", "test_loss",
+                               "train_loss", "epochs_done", "steps_done", "data_checksum")}
+            for r in results["runs"]]
+    aggs = [{k: v for k, v in r.items() if not k.startswith("latency") and k not in (
+        "images_per_s", "train_wall_time_s")} for r in results["aggregates"]]
+    return {"runs": runs, "aggregates": aggs}
+
+
+def test_crash_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    ref = run_compare(_options(cache), tmp_path / "ref", progress=False, report=False)
+    assert [r["status"] for r in ref.results["aggregates"]] == ["ok", "ok"]
+    assert len(ref.results["runs"]) == 2
+
+    spy = _Spy(caprobe.train.train)
+    monkeypatch.setattr(caprobe.train, "train", spy)
+    out = tmp_path / "run"
+    layout = Layout(out)
+
+    # session 1: the baseline's training is interrupted after its first epoch (Ctrl-C)
+    spy.interrupt_after_epoch = ("none", 0)
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(_options(cache), out, progress=False)
+    assert spy.calls == [("none", 0, False)]
+    assert json.loads((layout.run_dir("none", 0) / "result.json").read_text())["status"] == \
+        "interrupted"
+    stamps = {p: p.stat().st_mtime_ns for v in ("none", "ca")
+              for p in (layout.counts(v), layout.latency(v))}
+
+    # session 2: resume; the baseline continues from its checkpoint, then a crash between
+    # two variants (before ca starts)
+    spy.interrupt_after_epoch = None
+    spy.crash_before = ("ca", 0)
+    with pytest.raises(_Crash):
+        run_compare(None, out, resume=True, given={}, progress=False)
+    assert spy.calls[1:] == [("none", 0, True)]
+    assert not layout.run_dir("ca", 0).exists()
+
+    # session 3: resume from the command line; options given must match plan.json
+    spy.crash_before = None
+    result = runner.invoke(app, ["compare", "--resume", str(out), "--attn", "ca", "--json",
+                                 *CLI_ARGS])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert spy.calls[2:] == [("ca", 0, False)]
+    assert {"counts:none", "counts:ca", "latency", "train:none:0"} <= set(payload["skipped"])
+
+    # nothing ran twice: every epoch of every piece exactly once, counts/latency untouched
+    assert sorted(spy.epochs) == sorted((v, 0, e) for v in ("none", "ca") for e in (1, 2))
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+    prov = json.loads(layout.provenance.read_text())
+    assert len(prov["sessions"]) == 3
+
+    final = json.loads(layout.results_json.read_text())
+    assert _comparable(final) == _comparable(ref.results)
+    for v in ("none", "ca"):
+        assert json.loads(layout.counts(v).read_text()) == \
+            json.loads(Layout(ref.out).counts(v).read_text())
+    assert (out / "report.html").is_file() and (out / "results.csv").is_file()
+    maps = json.loads(layout.maps.read_text())
+    ca_blocks = maps["variants"]["ca"]["blocks"]
+    assert ca_blocks and {"h", "w", "hw"} <= set(ca_blocks[0]["gates"])
+    assert len(maps["images"]["pixels"]) == 2
+
+    # a finished run resumes to a no-op; changed options are refused with exit 2
+    again = runner.invoke(app, ["compare", "--resume", str(out), "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["ran"] == []
+    bad = runner.invoke(app, ["compare", "--resume", str(out), "--steps", "8"])
+    assert bad.exit_code == 2 and "steps=8 (plan.json has 4)" in bad.stderr
+
+
+def test_no_train_and_a_failing_variant(tmp_path, monkeypatch):
+    import caprobe.compare.run as run_mod
+
+    real_build = run_mod._build
+
+    def build(options, config, variant, num_classes):
+        if variant == "se":
+            raise RuntimeError("out of memory (simulated)")
+        return real_build(options, config, variant, num_classes)
+
+    monkeypatch.setattr(run_mod, "_build", build)
+    out = tmp_path / "nt"
+    result = runner.invoke(app, ["compare", "--attn", "se", "ca", "--no-train", "--json",
+                                 "--out", str(out), "--width", "0.25", "--threads", "1",
+                                 "--min-time", "0.02", "--data-option", "n_train=32",
+                                 "--data-option", "n_test=32"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    agg = {r["variant"]: r for r in payload["aggregates"]}
+    assert payload["runs"] == []
+    assert agg["se"]["status"] == "failed" and "out of memory" in agg["se"]["error"]
+    assert agg["ca"]["status"] == "ok" and agg["ca"]["latency_overhead"] > 0
+    assert agg["ca"]["params_delta_pct"] > 0 and agg["ca"]["top1_mean"] is None
+    html = (out / "report.html").read_text()
+    assert "out of memory (simulated)" in html and "--no-train" in html

@@ -1,0 +1,99 @@
+"""compare's plan, run-folder layout, resume checks and CLI input errors (nothing trains)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from caprobe.cli import app
+from caprobe.cli.compare import spread_attn
+from caprobe.compare import CompareOptions, Layout, Plan, load_plan, slug
+from caprobe.compare.plan import canonical_variants, merge_for_resume
+from caprobe.errors import CaprobeError
+
+runner = CliRunner()
+
+
+def _one_line_exit_2(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("caprobe: error:"), result.stderr
+    return lines[0]
+
+
+def test_spread_attn():
+    assert spread_attn(["--attn", "se", "cbam", "ca", "--seeds", "2"]) == [
+        "--attn", "se", "--attn", "cbam", "--attn", "ca", "--seeds", "2"]
+    assert spread_attn(["--attn", "--seeds", "2"]) == ["--attn", "", "--seeds", "2"]
+    assert spread_attn(["--seeds", "2", "-a"]) == ["--seeds", "2", "-a", ""]
+    assert spread_attn(["--attn=se", "ca"]) == ["--attn=se", "ca"]
+
+
+def test_variants_baseline_first_canonical_unique():
+    assert canonical_variants(["ca", "se", "none", "ca:branches=h", "ca_h"]) == [
+        "none", "ca", "se", "ca_h"]
+    with pytest.raises(CaprobeError, match="no attention"):
+        canonical_variants([])
+    with pytest.raises(CaprobeError, match="unknown attention"):
+        canonical_variants(["se", "nope"])
+
+
+def test_slugs_are_safe_and_unique():
+    names = ["ca", "ca:act=relu", "ca-act-relu", "<script>", "../x"]
+    slugs = [slug(n) for n in names]
+    assert len(set(slugs)) == len(slugs)
+    assert slug("ca") == "ca"
+    for s in slugs:
+        assert "/" not in s and ".." not in s and s.replace("-", "").replace("_", "").isalnum()
+
+
+def test_plan_pieces_are_seed_major(tmp_path):
+    plan = Plan.from_options(CompareOptions(attn=["se", "ca"], seeds=2, seed=5))
+    assert plan.variants == ["none", "se", "ca"] and plan.seeds == [5, 6]
+    assert plan.pieces[:3] == [("none", 5), ("se", 5), ("ca", 5)]
+    plan.save(Layout(tmp_path))
+    saved = load_plan(tmp_path)
+    assert saved["pieces"][1] == {"variant": "se", "seed": 5, "run_dir": "variants/se/seed-5"}
+
+
+def test_resume_compares_only_given_options(tmp_path):
+    plan = Plan.from_options(CompareOptions(attn=["se"], seeds=2, epochs=3))
+    plan.save(Layout(tmp_path))
+    saved = load_plan(tmp_path)
+    opts = merge_for_resume(saved, {"attn": ["se"], "seeds": 2})
+    assert opts.epochs == 3 and opts.attn == ["se"]
+    assert merge_for_resume(saved, {}).seeds == 2
+    with pytest.raises(CaprobeError, match=r"seeds=3 \(plan.json has 2\)"):
+        merge_for_resume(saved, {"seeds": 3})
+    with pytest.raises(CaprobeError, match="attn"):
+        merge_for_resume(saved, {"attn": ["se", "ca"]})
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--attn", "nope"], "unknown attention"),
+    (["--attn"], "no attention variants"),
+    (["--attn", "--seeds", "2"], "no attention variants"),
+    ([], "no attention variants"),
+    (["--attn", "se", "--seeds", "0"], "--seeds must be at least 1"),
+    (["--attn", "se", "--model", "resnet"], "unknown model"),
+    (["--attn", "se", "--data-option", "oops"], "KEY=VALUE"),
+])
+def test_compare_bad_inputs(tmp_path, args, needle):
+    result = runner.invoke(app, ["compare", *args, "--out", str(tmp_path / "o")])
+    line = _one_line_exit_2(result)
+    assert needle in line
+    assert not (tmp_path / "o").exists()  # nothing written before the plan is valid
+
+
+def test_resume_refuses_other_options_and_non_runs(tmp_path):
+    Plan.from_options(CompareOptions(attn=["se"], seeds=1)).save(Layout(tmp_path / "r"))
+    line = _one_line_exit_2(runner.invoke(
+        app, ["compare", "--resume", str(tmp_path / "r"), "--attn", "se", "--seeds", "2"]))
+    assert "options differ from plan.json" in line and "seeds=2" in line
+    line = _one_line_exit_2(runner.invoke(app, ["compare", "--resume", str(tmp_path)]))
+    assert "not a caprobe compare run" in line
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file").write_text("x")
+    line = _one_line_exit_2(runner.invoke(
+        app, ["compare", "--attn", "se", "--out", str(tmp_path / "r")]))
+    assert "--resume" in line
