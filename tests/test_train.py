@@ -149,6 +149,41 @@ def test_interrupt_then_resume_equals_uninterrupted(fake_data, tmp_path):
     assert [r["test_loss"] for r in rows_full] == [r["test_loss"] for r in rows_cut]
 
 
+def test_interrupt_mid_epoch_then_resume_equals_uninterrupted(fake_data, tmp_path,
+                                                             monkeypatch):
+    cfg = _cfg(epochs=2, train_subset=32)
+    full = train(cfg, out=tmp_path / "full", progress=False)
+    calls = {"n": 0}
+    real = fake_data.augment_batch
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # second step of epoch 2 (2 steps per epoch)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fake_data, "augment_batch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out=tmp_path / "cut", progress=False)
+    monkeypatch.setattr(fake_data, "augment_batch", real)
+    assert load_run(tmp_path / "cut")[2].status == "interrupted"
+    assert ckpt_mod.load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
+    resumed = train(cfg, out=tmp_path / "cut", resume=True, progress=False)
+    _same_state(ckpt_mod.load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"],
+                ckpt_mod.load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["model"])
+    assert resumed.test_loss == full.test_loss
+
+
+def test_real_positional_data_through_the_cli(tmp_path):
+    r = _cli(["train", "--model", "mobilenext_ca", "--width", "0.25", "--steps", "2",
+              "--batch-size", "16", "--data-option", "n_train=48", "--data-option",
+              "n_test=24", "--threads", "1", "--out", str(tmp_path / "p"), "-q"])
+    assert r.exit_code == 0, r.output
+    config, rows, res = load_run(tmp_path / "p")
+    assert config.data == "positional" and config.data_options == {"n_train": 48, "n_test": 24}
+    assert res.status == "finished" and res.data_checksum and len(res.per_class_acc) == 3
+
+
 def test_resume_refuses_a_different_config_and_a_non_run(fake_data, tmp_path):
     train(_cfg(steps=1), out=tmp_path / "run", progress=False)
     with pytest.raises(CaprobeError, match="lr"):

@@ -1,0 +1,181 @@
+"""Test accuracy against wall time on the real CIFAR-10 under a fixed training-time budget.
+
+MobileNetV2 width 0.5, CIFAR profile, attention none vs ca (``--attn``), each trained with
+:func:`caprobe.train.train` for as many steps as the budget allows: the step rate is
+measured first (a few real steps), the number of steps follows from it, and the cosine
+schedule spans exactly those steps. Every epoch ends with an evaluation on the full 10,000
+test images; the table lists top-1 against training time (evaluation excluded; total wall
+time is reported too).
+
+    python benchmarks/cifar_budget.py                          # 2 × 20 minutes on 2 cores
+    python benchmarks/cifar_budget.py --budget-min 1 --eval-subset 2000   # a quick check
+
+Target: ≥ 75 % top-1 on the full test set within 20 minutes of training on 2 cores.
+Results (JSON and a markdown table) go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_TAR = HERE.parent.parent / "shared" / "data" / "cifar10-jpg.tar"
+
+
+def measure_step_time(cfg, ds, steps: int = 6) -> float:
+    """Median seconds per training step of ``cfg``'s model on real augmented batches."""
+    import torch
+
+    from caprobe.data import augment_batch
+    from caprobe.models import build_model
+    from caprobe.train.loop import _autocast
+    from caprobe.train.optim import build_optimizer
+
+    model = build_model(cfg.model, attn=cfg.attn, width=cfg.width, num_classes=ds.num_classes,
+                        profile="cifar", seed=cfg.seed)
+    mf = torch.channels_last if cfg.channels_last is not False else torch.contiguous_format
+    model = model.to(memory_format=mf).train()
+    opt, _ = build_optimizer(model, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                             total_steps=100, warmup_steps=0)
+    crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    g = torch.Generator().manual_seed(0)
+    times = []
+    for i in range(steps + 2):
+        t = time.perf_counter()
+        idx = torch.randint(0, len(ds.train.labels), (cfg.batch_size,), generator=g)
+        x = augment_batch(ds.train.images[idx], policy=ds.augment, generator=g, mean=ds.mean,
+                          std=ds.std).contiguous(memory_format=mf)
+        with _autocast("cpu", cfg.amp):
+            out = model(x)
+        loss = crit(out.float(), ds.train.labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=str(DEFAULT_TAR))
+    p.add_argument("--budget-min", type=float, default=20.0, help="training minutes per variant")
+    p.add_argument("--attn", nargs="+", default=["none", "ca"])
+    p.add_argument("--model", default="mobilenetv2")
+    p.add_argument("--width", type=float, default=0.5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=None, help="default: the cifar10 recipe's")
+    p.add_argument("--warmup-epochs", type=float, default=None)
+    p.add_argument("--amp", default="bf16", help="bf16 (default; AMX/AVX512-BF16 CPUs) or none")
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-subset", type=int, default=None,
+                   help="evaluate on the first N test images only (quick checks; the target "
+                        "is on all 10,000)")
+    p.add_argument("--out", default="runs/cifar-budget")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from caprobe.data import load_dataset
+    from caprobe.train import TrainConfig, loop, train
+    from caprobe.train.config import recipe_for
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    amp = None if str(args.amp).lower() in ("none", "off", "fp32") else args.amp
+    t = time.perf_counter()
+    ds = load_dataset("cifar10", data_dir=args.data_dir)
+    load_s = time.perf_counter() - t
+    print(f"cifar10: {len(ds.train.labels)} train / {len(ds.test.labels)} test images, loaded "
+          f"in {load_s:.1f} s, checksum {ds.checksum[:12]}", flush=True)
+    if args.eval_subset:
+        import dataclasses
+
+        from caprobe.data import Split
+
+        n = args.eval_subset
+        ds = dataclasses.replace(ds, test=Split(ds.test.images[:n].contiguous(),
+                                                ds.test.labels[:n].contiguous()))
+    real_api = loop._data_api()
+
+    class _Api:  # the loaded set is handed to train() as is: no second load per variant
+        load_dataset = staticmethod(lambda *a, **k: ds)
+        augment_batch = staticmethod(real_api.augment_batch)
+        to_input = staticmethod(real_api.to_input)
+        balanced_subset = staticmethod(real_api.balanced_subset)
+
+    loop._data_api = lambda: _Api
+    recipe = recipe_for("cifar10")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = []
+    for attn in args.attn:
+        cfg = TrainConfig(model=args.model, attn=attn, width=args.width, profile="cifar",
+                          data="cifar10", data_dir=args.data_dir, batch_size=args.batch_size,
+                          lr=args.lr or recipe["lr"], warmup_epochs=args.warmup_epochs,
+                          amp=amp, channels_last=not args.no_channels_last, threads=threads,
+                          seed=args.seed, device="cpu", steps=1)
+        step_s = measure_step_time(cfg, ds)
+        steps = max(1, math.floor(args.budget_min * 60 / step_s))
+        cfg.steps = steps
+        spe = len(ds.train.labels) // args.batch_size
+        print(f"[{attn}] {step_s * 1000:.0f} ms/step measured → {steps} steps "
+              f"({steps / spe:.2f} epochs) for {args.budget_min:g} min", flush=True)
+        run_dir = out_dir / f"{args.model}-{attn}-w{args.width}-s{args.seed}"
+        if loop.is_run_dir(run_dir):
+            import shutil
+
+            shutil.rmtree(run_dir)
+        t = time.perf_counter()
+        res = train(cfg, out=run_dir, progress=None if sys.stderr.isatty() else False,
+                    on_epoch=lambda r, a=attn: print(
+                        f"[{a}] epoch {r['epoch']}: train {r['train_time_s']:.0f} s, "
+                        f"top-1 {r['test_top1']:.2f}%", flush=True))
+        wall = time.perf_counter() - t
+        _, rows, _ = loop.load_run(run_dir)
+        curve, cum = [], 0.0
+        for r in rows:
+            cum += r["train_time_s"]
+            curve.append({"epoch": r["epoch"], "step": r["step"], "train_min": round(cum / 60, 2),
+                          "top1": round(r["test_top1"], 2), "test_loss": round(r["test_loss"], 4)})
+        summary.append({"attn": attn, "status": res.status, "top1": res.top1,
+                        "train_min": round(cum / 60, 2), "wall_min": round(wall / 60, 2),
+                        "steps": res.steps_done, "images_per_s": res.images_per_s,
+                        "data_wait_share": res.data_wait_share, "curve": curve,
+                        "run_dir": str(run_dir)})
+        print(f"[{attn}] {res.status}: top-1 {res.top1}% after {cum / 60:.1f} min training "
+              f"({wall / 60:.1f} min wall), {res.images_per_s} img/s", flush=True)
+
+    env = loop._environment("cpu", threads)
+    record = {"budget_min": args.budget_min, "model": args.model, "width": args.width,
+              "batch_size": args.batch_size, "lr": args.lr or recipe["lr"], "amp": amp,
+              "channels_last": not args.no_channels_last, "threads": threads,
+              "eval_images": len(ds.test.labels), "load_s": round(load_s, 2),
+              "machine": env.get("cpu_model"), "torch": env.get("torch"),
+              "cpus": env.get("cpu_count", os.cpu_count()), "variants": summary}
+    (out_dir / "cifar_budget.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [f"CIFAR-10, {args.model} w{args.width} (CIFAR profile), batch {args.batch_size}, "
+             f"amp {amp}, {threads} threads on {record['machine']}, budget "
+             f"{args.budget_min:g} min, eval on {record['eval_images']} test images", "",
+             "| attention | epoch | training min | top-1 % |", "|---|---:|---:|---:|"]
+    for v in summary:
+        for c in v["curve"]:
+            lines.append(f"| {v['attn']} | {c['epoch']} | {c['train_min']} | {c['top1']} |")
+    table = "\n".join(lines) + "\n"
+    (out_dir / "cifar_budget.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
