@@ -126,6 +126,18 @@ def _environment(device: str, threads: int) -> dict[str, Any]:
                 "python": platform.python_version(), "threads": threads, "device": device}
 
 
+def _fits_on_gpu(train_images, test_images, device: str) -> bool:
+    """Whether both uint8 splits fit in a quarter of the GPU's free memory."""
+    import torch
+
+    try:
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+    except Exception:  # noqa: BLE001
+        return False
+    need = train_images.numel() + test_images.numel()
+    return need < free // 4
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -145,15 +157,15 @@ def evaluate(model, images, labels, *, num_classes: int, mean, std, device: str,
     correct1 = torch.zeros((), dtype=torch.int64, device=device)
     correct5 = torch.zeros((), dtype=torch.int64, device=device)
     per_class_correct = torch.zeros(num_classes, dtype=torch.int64, device=device)
-    per_class_total = torch.bincount(labels, minlength=num_classes)[:num_classes]
+    per_class_total = torch.bincount(labels.cpu(), minlength=num_classes)[:num_classes]
     cuda = device.startswith("cuda")
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             x = to_input(images[start:start + batch_size], mean, std)
             y = labels[start:start + batch_size]
-            if cuda:
+            if cuda and x.device.type == "cpu":
                 x = x.pin_memory().to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True)
+            y = y.to(x.device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device, amp):
@@ -357,8 +369,11 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
     total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    if cuda:
-        train_images = train_images.pin_memory()
+    test_images, test_labels = dataset.test.images, dataset.test.labels
+    resident = cuda and _fits_on_gpu(train_images, test_images, device)
+    if resident:  # uint8 sets live on the GPU: indexing and augmentation run there too
+        train_images, train_labels = train_images.to(device), train_labels.to(device)
+        test_images, test_labels = test_images.to(device), test_labels.to(device)
     mean, std = dataset.mean, dataset.std
     policy = dataset.augment
     classes = list(dataset.classes)
@@ -442,6 +457,7 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
                        batch_size=cfg.eval_batch_size, amp=cfg.amp,
                        channels_last=cfg.channels_last, to_input=data_api.to_input)
     check_every = 1 if not cuda else 25  # a host sync per check: rare on CUDA
+    saved = (epoch, step)  # what the checkpoint on disk holds
     try:
         model.train()
         while step < total_steps:
@@ -455,12 +471,14 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
             for i in range(steps_now):
                 t0 = time.perf_counter()
                 idx = order[i * batch:(i + 1) * batch]
+                if resident:
+                    idx = idx.to(device, non_blocking=True)
                 x = data_api.augment_batch(train_images[idx], policy=policy, generator=g_aug,
                                            mean=mean, std=std)
                 y = train_labels[idx]
-                if cuda:
+                if cuda and not resident:  # pinned staging, copy overlapped with compute
                     x = x.pin_memory().to(device, non_blocking=True)
-                    y = y.to(device, non_blocking=True)
+                    y = y.pin_memory().to(device, non_blocking=True)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 t1 = time.perf_counter()
@@ -475,6 +493,7 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
                 else:
                     loss.backward()
                     optimizer.step()
+                lr_used = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 step += 1
                 seen += int(y.shape[0])
@@ -496,13 +515,13 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
             data_time += ep_data
             images_seen += seen
             epoch += 1
-            ev = evaluate(model, dataset.test.images, dataset.test.labels, **eval_kwargs)
+            ev = evaluate(model, test_images, test_labels, **eval_kwargs)
             last_eval = ev
             row = {
                 "epoch": epoch, "step": step,
                 "train_loss": float(loss_sum) / seen, "train_acc": 100.0 * int(correct) / seen,
                 "test_loss": ev["test_loss"], "test_top1": ev["test_top1"],
-                "test_top5": ev["test_top5"], "lr": optimizer.param_groups[0]["lr"],
+                "test_top5": ev["test_top5"], "lr": lr_used,  # of the epoch's last step
                 "epoch_time_s": round(time.perf_counter() - epoch_start, 4),
                 "train_time_s": round(ep_train, 4),
                 "images_per_s": round(seen / ep_train, 2) if ep_train > 0 else None,
@@ -526,6 +545,7 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
                     "num_classes": num_classes, "classes": classes,
                 })
                 _write_metrics(run_dir, rows)
+            saved = (epoch, step)
             bar.update(step=step, epoch=epoch, epochs=n_epochs, loss=row["train_loss"],
                        acc=row["train_acc"], ips=row["images_per_s"],
                        test_top1=ev["test_top1"])
@@ -536,8 +556,7 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
         return result("diverged", error=str(exc), train_loss=float("nan"))
     except KeyboardInterrupt:
         # the checkpoint of the last finished epoch stays; the counters say where it is
-        epoch = int(rows[-1]["epoch"]) if rows else 0
-        step = int(rows[-1]["step"]) if rows else 0
+        epoch, step = saved
         with contextlib.suppress(Exception):
             result("interrupted", error="interrupted by the user; resume with --resume")
         raise
