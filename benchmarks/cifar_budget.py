@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-subset", type=int, default=None,
-                   help="evaluate on the first N test images only (quick checks; the target "
-                        "is on all 10,000)")
+                   help="evaluate on a class-balanced N of the test images (quick checks; "
+                        "the target is on all 10,000)")
     p.add_argument("--out", default="runs/cifar-budget")
     args = p.parse_args(argv)
 
@@ -101,11 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_subset:
         import dataclasses
 
-        from caprobe.data import Split
+        from caprobe.data import Split, balanced_subset
 
-        n = args.eval_subset
-        ds = dataclasses.replace(ds, test=Split(ds.test.images[:n].contiguous(),
-                                                ds.test.labels[:n].contiguous()))
+        keep = balanced_subset(ds.test.labels, min(args.eval_subset, len(ds.test.labels)), 0)
+        ds = dataclasses.replace(ds, test=Split(ds.test.images[keep].contiguous(),
+                                                ds.test.labels[keep].contiguous()))
     real_api = loop._data_api()
 
     class _Api:  # the loaded set is handed to train() as is: no second load per variant
