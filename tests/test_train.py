@@ -296,3 +296,17 @@ def test_cli_resume_of_a_folder_that_is_not_a_run(tmp_path):
     r = _cli(["train", "--resume", str(tmp_path)])
     assert r.exit_code == 2 and "not a caprobe training run" in r.stderr
     assert r.stderr.count("\n") == 1
+
+
+def test_progress_task_on_a_callers_bar_is_removed(fake_data):
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    bar = Progress(console=Console(file=io.StringIO(), force_terminal=False))
+    with bar:
+        overall = bar.add_task("plan", total=1)
+        res = train(_cfg(steps=1), progress=bar)
+        assert res.status == "finished"
+        assert [t.id for t in bar.tasks] == [overall]
