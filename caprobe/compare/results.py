@@ -89,6 +89,8 @@ def piece_done(layout: Layout, variant: str, seed: int) -> bool:
 def _num(value: Any) -> float | None:
     if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, int):
+        return value
     try:
         f = float(value)
     except (TypeError, ValueError):

@@ -98,9 +98,9 @@ def render_index(reports_dir: str | Path = "reports", out: str | Path | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m caprobe.report.history [REPORTS_DIR]``"""
+    """``python -m caprobe.report.history [REPORTS_DIR [OUT_HTML]]``"""
     args = sys.argv[1:] if argv is None else argv
-    path = render_index(args[0] if args else "reports")
+    path = render_index(args[0] if args else "reports", args[1] if len(args) > 1 else None)
     print(path)
     return 0
 
