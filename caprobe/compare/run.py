@@ -148,7 +148,7 @@ def _build(options: CompareOptions, config, variant: str, num_classes: int):
 class _Progress:
     """One rich display: the plan's overall bar (with ETA) plus the current training's bar."""
 
-    def __init__(self, enabled: bool, total: int, console=None) -> None:
+    def __init__(self, enabled: bool, total: int, done: int = 0, console=None) -> None:
         self.enabled = enabled
         self.progress = None
         self.task = None
@@ -168,7 +168,8 @@ class _Progress:
                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                 console=console or Console(stderr=True), transient=False,
             )
-            self.task = self.progress.add_task("plan", total=total)
+            # pieces found finished on disk start as completed, so they do not skew the ETA
+            self.task = self.progress.add_task("plan", total=total, completed=done)
 
     def __enter__(self):
         if self.progress is not None:
@@ -261,8 +262,14 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
     write_json(layout.provenance, prov)
 
     pieces = plan.pieces if options.train else []
-    total = len(plan.variants) + 1 + len(pieces) + (1 if options.train else 0)
-    with _threads(options.threads), _Progress(progress, total, console) as bar:
+    # the overall bar counts variant x seed trainings (variants with --no-train); counts,
+    # latency and maps show in its description
+    if pieces:
+        total, done = len(pieces), sum(piece_done(layout, v, s) for v, s in pieces)
+    else:
+        total = len(plan.variants)
+        done = sum(layout.counts(v).exists() for v in plan.variants)
+    with _threads(options.threads), _Progress(progress, total, done, console) as bar:
         # 1. counts
         for variant in plan.variants:
             bar.say(f"counting {variant}")
@@ -271,7 +278,8 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
             else:
                 _do_counts(options, config0, data, layout, variant)
                 ran.append(f"counts:{variant}")
-            bar.advance()
+                if not pieces:
+                    bar.advance()
         # 2. latency (interleaved over all variants, one piece)
         bar.say("timing latency (interleaved)")
         if all(layout.latency(v).exists() for v in plan.variants):
@@ -279,7 +287,6 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
         else:
             _do_latency(options, config0, data, layout, plan.variants)
             ran.append("latency")
-        bar.advance()
         # 3. training, seed-major
         for i, (variant, seed) in enumerate(pieces, 1):
             bar.say(f"training {variant} seed {seed} ({i}/{len(pieces)})")
@@ -288,7 +295,7 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
             else:
                 _do_train(options, layout, variant, seed, bar)
                 ran.append(f"train:{variant}:{seed}")
-            bar.advance()
+                bar.advance()
         # 4. attention maps
         if options.train:
             bar.say("attention maps")
@@ -297,7 +304,6 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
             else:
                 _do_maps(options, config0, data, layout, plan)
                 ran.append("maps")
-            bar.advance()
         bar.say("done")
 
     results = write_results(layout.root)
