@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=float, default=0.5)
     p.add_argument("--data", default="positional")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=8, help="steps per round")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds of each (after a warm-up)")
     p.add_argument("--threads", type=int, default=None)
