@@ -65,7 +65,7 @@ def test_ca_defaults_follow_official_code(channels, mip):
     assert all(c.bias is not None for c in (ca.conv1, ca.conv_h, ca.conv_w))
 
 
-@pytest.mark.parametrize("shape", [(2, 32, 7, 9), (1, 16, 1, 1), (3, 48, 13, 5)])
+@pytest.mark.parametrize("shape", [(2, 32, 7, 9), (1, 16, 1, 1), (3, 48, 13, 5), (1, 8, 40, 33)])
 def test_ca_equals_paper_equations_in_every_mode(shape):
     ca = attention.build("ca", shape[1])
     _randomize_bn(ca)
@@ -89,6 +89,20 @@ def test_inference_path_equals_training_form(spec):
     expected = module(x)  # autograd on: the paper's form
     with torch.inference_mode():
         torch.testing.assert_close(module(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["ca", "ca_h", "ca_w"])
+@pytest.mark.parametrize("hw", [(6, 9), (50, 30)])  # pooled by a matrix product / by means
+def test_inference_path_on_channels_last_and_strided_inputs(spec, hw):
+    module = attention.build(spec, 24).eval()
+    _randomize_bn(module)
+    x = torch.randn(2, 24, *hw)
+    expected = module(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(module(x.to(memory_format=torch.channels_last)), expected,
+                                   atol=1e-5, rtol=1e-5)
+        wide = torch.randn(2, 24, hw[0], 2 * hw[1])[..., ::2]  # not contiguous
+        torch.testing.assert_close(module(wide), module(wide.contiguous()), atol=1e-5, rtol=1e-5)
 
 
 def test_inference_path_sees_new_bn_statistics():

@@ -90,7 +90,7 @@ class FoldedConvBN:
         self._value: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-        if _building_graph():  # fold inside the graph so exported weights stay live
+        if building_graph():  # fold inside the graph so exported weights stay live
             return fold_bn(conv, bn)
         tensors = [t for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
                                bn.running_var) if t is not None]
@@ -102,7 +102,8 @@ class FoldedConvBN:
         return self._value
 
 
-def _building_graph() -> bool:
+def building_graph() -> bool:
+    """True while tracing, scripting, exporting or compiling (shape-specialised tricks off)."""
     return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
             or torch.compiler.is_compiling())
 
