@@ -71,16 +71,16 @@ def summary_line(result, label: str) -> str:
 @app.command("train")
 def train_command(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone or shorthand "
-                     "(mobilenetv2, mobilenext, mobilenetv2_ca, ...).  [default: mobilenetv2]",
+                     "(mobilenetv2, mobilenext, mobilenetv2_ca, ...). (default: mobilenetv2)",
                      show_default=False)] = None,
     attn: Annotated[str | None, typer.Option("--attn", "-a", help="Attention spec (se, cbam, "
                     "eca, ca, ca:act=relu, ...); overrides the model's shorthand.")] = None,
-    width: Annotated[float | None, typer.Option(help="Width multiplier.  [default: per data "
-                     "set, e.g. 0.35 positional, 0.5 CIFAR]", show_default=False)] = None,
-    profile: Annotated[str | None, typer.Option(help="imagenet or cifar.  [default: cifar for "
-                       "images ≤ 64 px]", show_default=False)] = None,
+    width: Annotated[float | None, typer.Option(help="Width multiplier. (default: per data "
+                     "set, e.g. 0.35 positional, 0.5 CIFAR)", show_default=False)] = None,
+    profile: Annotated[str | None, typer.Option(help="imagenet or cifar. (default: cifar for "
+                       "images ≤ 64 px)", show_default=False)] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="positional, cifar10, "
-                    "cifar100 or imagenette.  [default: positional]", show_default=False,
+                    "cifar100 or imagenette. (default: positional)", show_default=False,
                     rich_help_panel=_PANEL_DATA)] = None,
     data_dir: Annotated[str | None, typer.Option(help="Where the data set lies.",
                         rich_help_panel=_PANEL_DATA)] = None,
@@ -91,40 +91,40 @@ def train_command(
         rich_help_panel=_PANEL_DATA)] = None,
     train_subset: Annotated[int | None, typer.Option(help="Class-balanced, seeded subset of "
                             "N training images.", rich_help_panel=_PANEL_DATA)] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs.  [default: per data set]",
+    epochs: Annotated[int | None, typer.Option(help="Epochs. (default: per data set)",
                       show_default=False, rich_help_panel=_PANEL_RECIPE)] = None,
     steps: Annotated[int | None, typer.Option(help="Total optimiser steps (overrides "
                      "--epochs).", rich_help_panel=_PANEL_RECIPE)] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Batch size.  "
-                          "[default: per data set]", show_default=False,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Batch size. "
+                          "(default: per data set)", show_default=False,
                           rich_help_panel=_PANEL_RECIPE)] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (SGD Nesterov, cosine, "
-                  "linear warm-up).  [default: per data set]", show_default=False,
+                  "linear warm-up). (default: per data set)", show_default=False,
                   rich_help_panel=_PANEL_RECIPE)] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay (not on norms and "
-                            "biases).  [default: per data set]", show_default=False,
+                            "biases). (default: per data set)", show_default=False,
                             rich_help_panel=_PANEL_RECIPE)] = None,
     warmup_epochs: Annotated[float | None, typer.Option(help="Linear warm-up length in "
-                             "epochs.  [default: per data set]", show_default=False,
+                             "epochs. (default: per data set)", show_default=False,
                              rich_help_panel=_PANEL_RECIPE)] = None,
-    label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing.  [default: "
-                               "0.1]", show_default=False,
+    label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing. (default: "
+                               "0.1)", show_default=False,
                                rich_help_panel=_PANEL_RECIPE)] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of init, subset, order and "
-                    "augmentation.  [default: 0]", show_default=False,
+                    "augmentation. (default: 0)", show_default=False,
                     rich_help_panel=_PANEL_RECIPE)] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.  [default: auto]",
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda. (default: auto)",
                       show_default=False, rich_help_panel=_PANEL_RUN)] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.",
                        rich_help_panel=_PANEL_RUN)] = None,
     amp: Annotated[str | None, typer.Option(help="Mixed precision: bf16, or fp16 (CUDA only).",
                    rich_help_panel=_PANEL_RUN)] = None,
     channels_last: Annotated[bool | None, typer.Option(
-        "--channels-last/--no-channels-last", help="Channels-last memory format.  [default: "
-        "on; several times faster for depthwise convs on CPU]", show_default=False,
+        "--channels-last/--no-channels-last", help="Channels-last memory format. (default: "
+        "on; about 1.5x faster for depthwise convs on CPU)", show_default=False,
         rich_help_panel=_PANEL_RUN)] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.  [default: "
-                   "runs/train-<model>-<time>]", show_default=False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder. (default: "
+                   "runs/train-<model>-<time>)", show_default=False,
                    rich_help_panel=_PANEL_RUN)] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in RUN_DIR from its "
                       "last checkpoint (options given must match the saved ones).",
