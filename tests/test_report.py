@@ -150,7 +150,7 @@ def test_table_numbers_equal_results_json(run_dir):
 
 
 def test_page_is_self_contained_and_escaped(tmp_path):
-    evil = '<script>alert("x")</script>'
+    evil = '<script>alert("x")</script> $\\frac{' + "{$"  # HTML and matplotlib mathtext
     root = make_run(tmp_path / "evil", variants=("none", evil), seeds=(0, 1))
     html = render_report(root).read_text()
     assert "<script" not in html.lower()

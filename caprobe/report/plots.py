@@ -31,6 +31,11 @@ def _mpl_version() -> tuple[int, int]:
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
+def text(value) -> str:
+    """A user string for matplotlib: ``$`` would start mathtext (and can raise), so escape it."""
+    return str(value).replace("$", r"\$")
+
+
 def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
@@ -112,7 +117,7 @@ def accuracy_vs_cost(rows: list[dict], *, cost: str, xlabel: str, prefix: str,
             ax.errorbar([x], [y], yerr=yerr, xerr=xe, fmt="o", color=r.get("_color", color(i)),
                         ms=7 if i in front else 5, mfc=None if i in front else "white",
                         capsize=3, zorder=3)
-            ax.annotate(str(r["_label"]), (x, y), textcoords="offset points", xytext=(6, 5),
+            ax.annotate(text(r["_label"]), (x, y), textcoords="offset points", xytext=(6, 5),
                         fontsize=8)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("top-1 accuracy (%)")
@@ -144,7 +149,8 @@ def training_curves(series: list[dict], *, prefix: str) -> str | None:
                 m = s["metrics"].get(name)
                 if not m:
                     continue
-                ax.plot(m["x"], m["mean"], marker="o", ms=3, color=s["color"], label=s["label"])
+                ax.plot(m["x"], m["mean"], marker="o", ms=3, color=s["color"],
+                        label=text(s["label"]))
                 if any(lo != hi for lo, hi in zip(m["lo"], m["hi"], strict=True)):
                     ax.fill_between(m["x"], m["lo"], m["hi"], color=s["color"], alpha=0.15,
                                     lw=0)
@@ -169,7 +175,7 @@ def latency_distributions(rows: list[dict], *, prefix: str) -> str | None:
         for patch, r in zip(bp["boxes"], rows[::-1], strict=True):
             patch.set_facecolor(r["_color"])
             patch.set_alpha(0.35)
-        ax.set_yticks(range(1, len(rows) + 1), [str(r["_label"]) for r in rows][::-1])
+        ax.set_yticks(range(1, len(rows) + 1), [text(r["_label"]) for r in rows][::-1])
         ax.set_xlabel("latency (ms per batch)")
         return to_svg(fig, prefix)
 
@@ -185,7 +191,7 @@ def stage_madds(stages: list[str], rows: list[dict], *, prefix: str) -> str | No
         for i, r in enumerate(rows):
             xs = [k + (i - (len(rows) - 1) / 2) * width for k in range(len(stages))]
             ax.bar(xs, [v / 1e3 for v in r["values"]], width=width, color=r["_color"],
-                   label=str(r["_label"]))
+                   label=text(r["_label"]))
         ax.set_xticks(range(len(stages)), stages, rotation=30, ha="right")
         ax.set_ylabel("attention MAdds (thousands)")
         ax.legend(fontsize=7, frameon=False)
@@ -202,7 +208,7 @@ def trend(series: list[dict], *, ylabel: str, prefix: str) -> str | None:
         for s in series:
             pts = [(x, y) for x, y in zip(s["x"], s["y"], strict=True) if _ok(y)]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3,
-                    color=s["color"], label=str(s["label"]))
+                    color=s["color"], label=text(s["label"]))
         ax.set_ylabel(ylabel)
         ax.tick_params(axis="x", rotation=30)
         ax.legend(fontsize=7, frameon=False, ncol=2)
@@ -233,7 +239,7 @@ def attention_maps(images: list, classes: list, blocks: list[dict], *,
             ax.set_xticks([])
             ax.set_yticks([])
             if classes and i < len(classes) and classes[i] is not None:
-                ax.set_ylabel(str(classes[i]), fontsize=7)
+                ax.set_ylabel(text(classes[i]), fontsize=7)
             if i == 0:
                 ax.set_title("image", fontsize=8)
             for j, block in enumerate(blocks):

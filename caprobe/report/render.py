@@ -197,6 +197,8 @@ def verdict(r: dict[str, Any]) -> dict[str, str]:
         text = f"{label}: {acc} for {cost}{tail}."
     else:
         status = r.get("status") or "not trained"
+        if status == "ok" and r.get("n_finished"):
+            status = "the baseline has no finished seed to pair with"
         text = f"{label}: no paired top-1 ({status}); costs {cost}."
         tone = "bad" if status not in ("ok", "pending") else "neutral"
     if r.get("error"):
