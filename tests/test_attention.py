@@ -105,6 +105,22 @@ def test_inference_path_on_channels_last_and_strided_inputs(spec, hw):
         torch.testing.assert_close(module(wide), module(wide.contiguous()), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("spec", ["se", "cbam", "eca", "ca", "ca_h"])
+def test_input_is_overwritten_only_when_allowed(spec):
+    x = torch.randn(2, 48, 6, 7)
+    keep, own = attention.build(spec, 48).eval(), attention.build(spec, 48, inplace=True).eval()
+    own.load_state_dict(keep.state_dict())
+    before = x.clone()
+    with torch.inference_mode():
+        expected = keep(x)
+        assert torch.equal(x, before)
+        out = own(x)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    assert out.data_ptr() == x.data_ptr()  # no new feature map
+    with torch.no_grad():
+        own.train()(before.clone())  # training mode never overwrites: autograd may need it
+
+
 def test_inference_path_sees_new_bn_statistics():
     ca = attention.build("ca", 32).eval()
     x = torch.randn(1, 32, 5, 5)

@@ -26,8 +26,10 @@ register(AttnKind("ca_w", CoordAttention,
                   "CA ablation: only the width gate (one weight per column)", {"branches": "w"}))
 
 
-def build(spec: str | AttnSpec | None, channels: int) -> nn.Module:
+def build(spec: str | AttnSpec | None, channels: int, *, inplace: bool = False) -> nn.Module:
     """Build the attention module named by ``spec`` for ``channels`` input channels.
+
+    ``inplace=True`` lets the inference path overwrite its input (for a temporary input).
 
     Raises :class:`~caprobe.errors.CaprobeError` (a ValueError) for an unknown name or option,
     a reduction or floor below 1 (the floors ``min_mip`` / ``min_hidden`` keep at least one
@@ -40,6 +42,7 @@ def build(spec: str | AttnSpec | None, channels: int) -> nn.Module:
         return nn.Identity()
     module = parsed.kind.cls(channels, **parsed.kwargs())
     module.spec = str(parsed)
+    module.inplace = inplace
     return module
 
 

@@ -39,6 +39,10 @@ class AttentionModule(nn.Module):
     """
 
     spec: str = ""
+    #: May the inference path overwrite the input tensor? Off by default (a caller's tensor
+    #: must not change); backbones turn it on where the input is a temporary, like
+    #: ``nn.ReLU(inplace=True)``.
+    inplace: bool = False
 
     def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -50,12 +54,13 @@ class AttentionModule(nn.Module):
         return f"spec={self.spec!r}"
 
 
-def apply_gates(module: nn.Module, x: torch.Tensor, gates) -> torch.Tensor:
-    """``x`` times every gate (broadcast); products after the first run in place when
-    nothing needs the intermediates for a backward pass."""
+def apply_gates(module: AttentionModule, x: torch.Tensor, gates) -> torch.Tensor:
+    """``x`` times every gate (broadcast). Where nothing needs the intermediates for a backward
+    pass, products after the first run in place, and the first too if the module may
+    overwrite its input (``module.inplace``, set by backbones whose input is a temporary)."""
     gates = list(gates)
-    out = x * gates[0]
     in_place = inference_fast_path(module)
+    out = x.mul_(gates[0]) if in_place and module.inplace else x * gates[0]
     for gate in gates[1:]:
         out = out.mul_(gate) if in_place else out * gate
     return out

@@ -56,5 +56,6 @@ class CBAM(AttentionModule):
         return {"channel": channel, "spatial": self._spatial_gate(x * channel)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gated = x * self._channel_gate(x)
-        return apply_gates(self, gated, [self._spatial_gate(gated)])
+        gated = apply_gates(self, x, [self._channel_gate(x)])
+        spatial = self._spatial_gate(gated)
+        return gated.mul_(spatial) if inference_fast_path(self) else gated * spatial

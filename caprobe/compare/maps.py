@@ -112,7 +112,7 @@ def compute_maps(model, images, mean, std, *, max_blocks: int = MAX_BLOCKS) -> l
     hooks = []
     for name, m in chosen:
         def hook(mod, args, _name=name):
-            captured[_name] = args[0].detach()
+            captured[_name] = args[0].detach().clone()  # backbones' attention works in place
         hooks.append(m.register_forward_pre_hook(hook))
     was_training = model.training
     model.eval()

@@ -34,7 +34,8 @@ class InvertedResidual(nn.Module):
         self.use_residual = stride == 1 and inp == oup
         self.expand = conv_bn(inp, hidden) if expand_ratio != 1 else nn.Identity()
         self.dw = conv_bn(hidden, hidden, 3, stride, groups=hidden)
-        self.attn = attention.build(attn, hidden) if expand_ratio != 1 else nn.Identity()
+        self.attn = (attention.build(attn, hidden, inplace=True) if expand_ratio != 1
+                     else nn.Identity())
         self.project = conv_bn(hidden, oup, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -55,7 +55,7 @@ class SandGlass(nn.Module):
         first_dw, last_dw = _depthwise_convs(inp, oup, stride, reduction, lone)
         self.use_residual = stride == 1 and inp == oup
         self.dw1 = conv_bn(inp, inp, 3, groups=inp) if first_dw else nn.Identity()
-        self.attn = attention.build(attn, inp) if first_dw else nn.Identity()
+        self.attn = attention.build(attn, inp, inplace=True) if first_dw else nn.Identity()
         self.reduce = conv_bn(inp, hidden, act=False)
         self.expand = conv_bn(hidden, oup)
         self.dw2 = conv_bn(oup, oup, 3, stride, groups=oup, act=False) if last_dw else nn.Identity()
