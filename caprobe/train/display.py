@@ -13,15 +13,14 @@ def _own_progress():
         MofNCompleteColumn,
         Progress,
         TextColumn,
-        TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
     console = Console(stderr=True)
     if not console.is_terminal:
         return None
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[ips]} img/s"), TimeElapsedColumn(),
+    return Progress(TextColumn("{task.description}"), BarColumn(bar_width=20),
+                    MofNCompleteColumn(), TextColumn("{task.fields[ips]} img/s"),
                     TextColumn("ETA"), TimeRemainingColumn(), console=console,
                     transient=False)
 
@@ -49,14 +48,14 @@ class Bar:
                acc: float | None, ips: float | None, test_top1: float | None = None) -> None:
         if self.progress is None:
             return
-        parts = [f"{self.label} epoch {epoch}/{epochs}"]
+        parts = [f"{self.label} ep {epoch}/{epochs}"]
         if loss is not None:
             parts.append(f"loss {loss:.3f}")
         if acc is not None:
-            parts.append(f"acc {acc:.1f}%")
+            parts.append(f"acc {acc:.0f}%")
         if test_top1 is not None:
             parts.append(f"test {test_top1:.1f}%")
-        self.progress.update(self.task, completed=step, description="  ".join(parts),
+        self.progress.update(self.task, completed=step, description=" ".join(parts),
                              ips="-" if ips is None else f"{ips:.0f}")
 
     def close(self) -> None:

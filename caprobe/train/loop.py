@@ -452,7 +452,7 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
         return res
 
     label = model.name if hasattr(model, "name") else cfg.model
-    bar = Bar(progress, f"{label} seed {cfg.seed}", total_steps, step)
+    bar = Bar(progress, f"{label} s{cfg.seed}", total_steps, step)
     eval_kwargs = dict(num_classes=num_classes, mean=mean, std=std, device=device,
                        batch_size=cfg.eval_batch_size, amp=cfg.amp,
                        channels_last=cfg.channels_last, to_input=data_api.to_input)
