@@ -33,8 +33,9 @@ from caprobe.attention.base import (
 )
 
 #: Up to this H + W, pooling both strips as one (C, H·W) × (H·W, H+W) product beats two means
-#: (reduction over a short axis is slow on CPU): 7× faster at 7×7, break-even near 40×40.
-MATMUL_POOL_MAX = 64
+#: (reduction over a short axis is slow on CPU): 7× faster at 7×7, 2× at 14×14; at 28×28 the
+#: (H+W) multiply-adds per element cost as much as the means save (1 thread, batch 1).
+MATMUL_POOL_MAX = 32
 
 
 @lru_cache(maxsize=32)
