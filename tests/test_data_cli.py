@@ -17,12 +17,12 @@ def _invoke(*args):
 
 
 def test_check_positional_json():
-    res = _invoke("--data", "positional", "-o", "n_train=30", "-o", "n_test=9", "--json")
+    res = _invoke("--data", "positional", "-o", "n_train=30", "-o", "n_test=8", "--json")
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     assert report["splits"]["train"]["count"] == 30
-    assert report["splits"]["test"]["per_class"] == {"same_row": 3, "same_column": 3,
-                                                      "neither": 3}
+    assert report["splits"]["test"]["per_class"] == {
+        "above_left": 2, "above_right": 2, "below_left": 2, "below_right": 2}
     assert report["unreadable"] == [] and len(report["checksum"]) == 64
 
 

@@ -21,53 +21,60 @@ from caprobe.errors import DataError
 # ---------------------------------------------------------------------------------- positional
 @pytest.mark.parametrize("difficulty", [0.0, "medium", 1.0])
 def test_positional_deterministic_per_seed(difficulty):
-    a = generate_positional(60, seed=3, difficulty=difficulty)
-    b = generate_positional(60, seed=3, difficulty=difficulty)
-    c = generate_positional(60, seed=4, difficulty=difficulty)
+    a = generate_positional(40, seed=3, difficulty=difficulty)
+    b = generate_positional(40, seed=3, difficulty=difficulty)
+    c = generate_positional(40, seed=4, difficulty=difficulty)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert not np.array_equal(a[0], c[0])
-    assert a[0].dtype == np.uint8 and a[0].shape == (60, 3, 32, 32)
-    assert np.bincount(a[1], minlength=3).tolist() == [20, 20, 20]
+    assert a[0].dtype == np.uint8 and a[0].shape == (40, 3, 32, 32)
+    assert np.bincount(a[1], minlength=4).tolist() == [10] * 4
 
 
-def test_positional_labels_are_a_function_of_mark_positions():
-    images, labels, meta = generate_positional(300, seed=1, difficulty=0.8, return_meta=True)
-    t = meta["targets"]
-    assert np.array_equal(label_from_positions(t), labels)
+@pytest.mark.parametrize("difficulty", [0.0, 0.5, 1.0])
+def test_positional_labels_are_a_function_of_the_mark_positions(difficulty):
+    images, labels, meta = generate_positional(400, seed=1, difficulty=difficulty,
+                                               return_meta=True)
+    red, blue = meta["red"], meta["blue"]
+    assert np.array_equal(label_from_positions(red, blue), labels)
     # recomputed independently from the generator's description
-    y1, x1, y2, x2 = t[:, 0, 0], t[:, 0, 1], t[:, 1, 0], t[:, 1, 1]
-    expected = np.where(y1 == y2, 0, np.where(x1 == x2, 1, 2))
-    assert np.array_equal(expected, labels)
-    assert ((t >= 1) & (t <= 30)).all()
-    p = pos.params_for(0.8)
-    d = np.abs(t[:, 0] - t[:, 1])
-    assert (np.maximum(d[:, 0], d[:, 1]) >= 4).all()            # the two marks never touch
-    neither = labels == 2
-    near = neither & (d.min(axis=1) <= p.max_offset)
-    assert near.sum() > 0.5 * p.near_miss * neither.sum()         # near misses do occur
-    assert meta["distractors"].shape == (300, p.n_distractors, 2)
+    below, right = blue[:, 0] > red[:, 0], blue[:, 1] > red[:, 1]
+    names = [pos.CLASSES[i] for i in labels]
+    assert all(n.startswith("below" if b else "above") for n, b in zip(names, below, strict=True))
+    assert all(n.endswith("right" if r else "left") for n, r in zip(names, right, strict=True))
+    d = np.abs(red - blue)
+    assert ((red >= 1) & (red <= 30) & (blue >= 1) & (blue <= 30)).all()
+    assert (d.min(axis=1) >= 1).all() and (d.max(axis=1) >= 4).all()   # distinct, never touch
+    p = pos.params_for(difficulty)
+    near = d.min(axis=1) <= p.max_offset
+    assert abs(near.mean() - p.near) < 0.08                           # near misses as described
+    dist = meta["distractors"]
+    assert dist.shape == (400, p.n_distractors, 2)
+    for mark in (red, blue):
+        assert (np.abs(dist - mark[:, None, :]).max(axis=2) >= 4).all()
 
 
 def test_positional_marks_drawn_where_meta_says():
-    """Without noise or clutter the plus marks sit exactly at the recorded centres."""
+    """Without noise, clutter or distractors the red and blue plus sit at the recorded centres."""
     import dataclasses
 
     quiet = dataclasses.replace(pos.params_for(0.0), noise=0.0, n_clutter=0, n_distractors=0,
                                 jitter=0.0)
     images, _, meta = generate_positional(30, seed=2, params=quiet, return_meta=True)
-    for img, (m1, m2) in zip(images.astype(int), meta["targets"], strict=True):
-        for y, x in (m1, m2):
-            centre, corner = img[:, y, x], img[:, y - 1, x - 1]
-            assert np.array_equal(centre, img[:, y - 1, x])   # plus arm equals the centre
-            assert np.abs(centre - corner).sum() > 20          # corner is background
+    for i, img in enumerate(images.astype(int)):
+        for colour, centre in ((pos.RED, meta["red"][i]), (pos.BLUE, meta["blue"][i])):
+            rgb = np.rint(np.array(colour) * 255)
+            ys, xs = np.nonzero(np.abs(img - rgb[:, None, None]).sum(axis=0) == 0)
+            y, x = centre
+            assert sorted(zip(ys.tolist(), xs.tolist(), strict=True)) == sorted(
+                (y + dy, x + dx) for dy, dx in pos.PLUS)
 
 
 def test_positional_dataset_api():
     ds = load_dataset("positional", n_train=30, n_test=12, difficulty="hard", seed=5)
-    assert ds.name == "positional" and ds.classes == pos.CLASSES and ds.num_classes == 3
+    assert ds.name == "positional" and ds.classes == pos.CLASSES and ds.num_classes == 4
     assert ds.train.images.shape == (30, 3, 32, 32) and ds.test.labels.shape == (12,)
     assert ds.augment == "none" and ds.image_size == 32
-    assert ds.source.startswith("built-in generator v1") and "difficulty=0.8" in ds.source
+    assert ds.source.startswith("built-in generator v2") and "difficulty=0.8" in ds.source
     again = load_dataset("positional", n_train=30, n_test=12, difficulty=0.8, seed=5)
     assert again.checksum == ds.checksum and torch.equal(again.train.images, ds.train.images)
     other = load_dataset("positional", n_train=30, n_test=12, difficulty=0.8, seed=6)
