@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import caprobe.cli
-from caprobe.cli.bench import spread_multi_values
+from caprobe.cli.options import spread_multi_values
 
 FAST = ["--input-size", "32", "--min-time", "0.02", "--width", "0.35", "--threads", "1"]
 
@@ -20,16 +20,22 @@ def invoke(*args: str):
     return CliRunner().invoke(caprobe.cli.app, ["bench", *args])
 
 
+_GREEDY = ("--model", "-m", "--attn", "-a", "--batch", "-b")
+
+
 def test_spread_multi_values():
     args = ["--model", "mobilenetv2", "--attn", "none", "se", "cbam", "ca",
             "--batch", "1", "32", "--threads", "2", "--json"]
-    assert spread_multi_values(args) == [
+    assert spread_multi_values(args, _GREEDY) == [
         "--model", "mobilenetv2", "--attn", "none", "--attn", "se", "--attn", "cbam",
         "--attn", "ca", "--batch", "1", "--batch", "32", "--threads", "2", "--json"]
-    assert spread_multi_values(["--attn=ca", "se", "-b", "1", "4"]) == [
+    assert spread_multi_values(["--attn=ca", "se", "-b", "1", "4"], _GREEDY) == [
         "--attn=ca", "--attn", "se", "-b", "1", "-b", "4"]
-    assert spread_multi_values(["--batch", "-1", "2"]) == ["--batch", "-1", "--batch", "2"]
-    assert spread_multi_values(["--threads", "2", "--", "x"]) == ["--threads", "2", "--", "x"]
+    assert spread_multi_values(["--batch", "-1", "2"], _GREEDY) == ["--batch", "-1", "--batch", "2"]
+    assert spread_multi_values(["--threads", "2", "--", "x"], _GREEDY) == [
+        "--threads", "2", "--", "x"]
+    assert spread_multi_values(["--attn", "--json"], _GREEDY) == ["--attn", "", "--json"]
+    assert spread_multi_values(["--json", "-a"], _GREEDY) == ["--json", "-a", ""]
 
 
 def test_json_results_for_every_variant_and_batch():

@@ -13,70 +13,11 @@ from pathlib import Path
 import typer
 
 from caprobe.cli.app import app
+from caprobe.cli.options import multi_value_command, parse_input_size
 from caprobe.errors import CaprobeError
 
-PROFILES = {"imagenet": (224, 1000), "cifar": (32, 10)}
-
 # Options that take several space-separated values: ``--attn none se ca --batch 1 32``.
-_GREEDY = ("--model", "-m", "--attn", "-a", "--batch", "-b")
-
-
-def spread_multi_values(args: list[str], greedy: tuple[str, ...] = _GREEDY) -> list[str]:
-    """Rewrite ``--attn a b c`` as ``--attn a --attn b --attn c`` (click repeats options).
-
-    Values that follow a greedy option up to the next token starting with ``-`` (or ``--``)
-    are each given their own copy of the option; everything else is left alone.
-    """
-    out: list[str] = []
-    current: str | None = None
-    pending = False  # the next value binds to the option token itself
-    for i, tok in enumerate(args):
-        if tok == "--":
-            out.extend(args[i:])
-            break
-        if tok.startswith("-") and not _is_number(tok):
-            name, eq, _ = tok.partition("=")
-            current = name if name in greedy else None
-            pending = not eq
-            out.append(tok)
-            continue
-        if current is not None:
-            if pending:
-                pending = False
-            else:
-                out.append(current)
-        out.append(tok)
-    return out
-
-
-def _is_number(tok: str) -> bool:
-    try:
-        float(tok)
-    except ValueError:
-        return False
-    return True
-
-
-class _MultiValueCommand(typer.core.TyperCommand):
-    def parse_args(self, ctx, args):  # noqa: ANN001 - typer's vendored click types
-        return super().parse_args(ctx, spread_multi_values(list(args)))
-
-
-def _parse_input_size(text: str | None, profile: str) -> tuple[int, int]:
-    if text is None:
-        side = PROFILES[profile][0]
-        return (side, side)
-    parts = text.lower().replace("x", " ").replace(",", " ").split()
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) < 1:
-        raise CaprobeError(f"input size {text!r} is invalid; pass a positive size like 224 or "
-                           "224x160")
-    return (values[0], values[1])
+_MultiValueCommand = multi_value_command("--model", "-m", "--attn", "-a", "--batch", "-b")
 
 
 def _variants(model: str, attns: list[str] | None) -> list[tuple[str, str, str]]:
@@ -161,8 +102,6 @@ def bench(
     """Time attention variants interleaved (A B C A B C ...) and report latency with spread
     and the overhead over the none baseline with a confidence interval."""
     profile = profile.strip().lower()
-    if profile not in PROFILES:
-        raise CaprobeError(f"unknown profile {profile!r}; use imagenet or cifar")
     bad = [b for b in batch if b < 1]
     if bad:
         raise CaprobeError(f"batch size {bad[0]} is invalid; use integers >= 1 such as "
@@ -173,8 +112,8 @@ def bench(
         raise CaprobeError(f"--min-time {min_time} is invalid; use a positive number of seconds")
     if width <= 0:
         raise CaprobeError(f"--width {width} is invalid; use a positive multiplier such as 1.0")
-    hw = _parse_input_size(input_size, profile)
-    classes = num_classes if num_classes is not None else PROFILES[profile][1]
+    hw = parse_input_size(input_size, profile)
+    classes = num_classes if num_classes is not None else (10 if profile == "cifar" else 1000)
 
     import caprobe
     from caprobe.io import to_jsonable, write_json

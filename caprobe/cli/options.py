@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from caprobe.errors import CaprobeError
 
 
@@ -25,3 +28,73 @@ def parse_input_size(text: str | None, profile: str) -> tuple[int, int]:
         raise CaprobeError(f"input size {text!r} is not valid; give a positive integer like 224 "
                            "or HxW like 160x224")
     return size  # type: ignore[return-value]
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def spread_multi_values(args: list[str], greedy: tuple[str, ...]) -> list[str]:
+    """Rewrite ``--attn a b c`` as ``--attn a --attn b --attn c`` (click repeats options).
+
+    Values after a ``greedy`` option, up to the next option token, each get their own copy of
+    the option (``--attn=a b`` too). A greedy option given no value at all becomes
+    ``--attn ""`` so the command can say that the list is empty. Negative numbers are values;
+    everything after ``--`` is left alone.
+    """
+    out: list[str] = []
+    current: str | None = None
+    pending = False  # the next value binds to the option token itself
+
+    def close_empty() -> None:
+        if current is not None and pending:
+            out.append("")
+
+    for i, token in enumerate(args):
+        if token == "--":
+            close_empty()
+            return out + args[i:]
+        if token.startswith("-") and not _is_number(token):
+            close_empty()
+            name, eq, _ = token.partition("=")
+            current = name if name in greedy else None
+            pending = not eq
+            out.append(token)
+            continue
+        if current is not None:
+            if pending:
+                pending = False
+            else:
+                out.append(current)
+        out.append(token)
+    close_empty()
+    return out
+
+
+def multi_value_command(*greedy: str) -> type:
+    """A Typer command class whose ``greedy`` options take several space-separated values."""
+    import typer.core
+
+    class MultiValueCommand(typer.core.TyperCommand):
+        def parse_args(self, ctx, args):  # noqa: ANN001 - typer's vendored click types
+            return super().parse_args(ctx, spread_multi_values(list(args), greedy))
+
+    return MultiValueCommand
+
+
+def parse_key_values(items: list[str] | None, option: str, example: str) -> dict[str, Any]:
+    """``["n_train=512", "difficulty=0.5"]`` → a dict; values are JSON where they parse."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise CaprobeError(f"{option} {item!r} is not KEY=VALUE; pass e.g. {option} {example}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out

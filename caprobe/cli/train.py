@@ -13,26 +13,12 @@ from typing import Annotated, Any
 import typer
 
 from caprobe.cli.app import app
+from caprobe.cli.options import parse_key_values
 from caprobe.errors import CaprobeError
 
 _PANEL_DATA = "Data"
 _PANEL_RECIPE = "Recipe"
 _PANEL_RUN = "Run"
-
-
-def _data_options(items: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, eq, raw = item.partition("=")
-        if not eq or not key.strip():
-            raise CaprobeError(f"--data-option {item!r} is not KEY=VALUE; pass e.g. "
-                               "--data-option difficulty=0.7")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out[key.strip()] = value
-    return out
 
 
 def _default_out(model: str, attn: str | None) -> Path:
@@ -138,7 +124,8 @@ def train_command(
     given = {
         "model": model, "attn": attn, "width": width, "profile": profile, "data": data,
         "data_dir": data_dir, "cache_dir": cache_dir,
-        "data_options": _data_options(data_option) if data_option else None,
+        "data_options": (parse_key_values(data_option, "--data-option", "difficulty=0.7")
+                         if data_option else None),
         "train_subset": train_subset, "epochs": epochs, "steps": steps,
         "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
         "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "seed": seed,
