@@ -71,8 +71,8 @@ def _series(nightlies: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
         for n in nightlies:
             vals = [r[key] for r in n["rows"] if r["label"] == label]
             ys.append(vals[0] if vals else None)
-        out.append({"label": label, "color": plots.color(i), "x": [n["date"] for n in nightlies],
-                    "y": ys})
+        out.append({"label": label, "color": plots.color(i + 1),
+                    "x": [n["date"] for n in nightlies], "y": ys})
     return out
 
 

@@ -18,6 +18,8 @@ import matplotlib
 
 matplotlib.use("Agg", force=False)
 
+ANNOTATE_MAX = 6  # more points than this: a legend instead of labels next to the points
+BASELINE_GREYS = ["#4c4c4c", "#9a9a9a", "#262626", "#bdbdbd"]
 PALETTE = ["#4c4c4c", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
            "#e377c2", "#17becf", "#bcbd22"]
 
@@ -37,7 +39,8 @@ def text(value) -> str:
 
 
 def color(i: int) -> str:
-    return PALETTE[i % len(PALETTE)]
+    """Colour ``i``: 0 is the baseline's grey, the others cycle through the rest."""
+    return PALETTE[0] if i <= 0 else PALETTE[1 + (i - 1) % (len(PALETTE) - 1)]
 
 
 def _rc():
@@ -117,11 +120,16 @@ def accuracy_vs_cost(rows: list[dict], *, cost: str, xlabel: str, prefix: str,
             ax.errorbar([x], [y], yerr=yerr, xerr=xe, fmt="o", color=r.get("_color", color(i)),
                         ms=7 if i in front else 5, mfc=None if i in front else "white",
                         capsize=3, zorder=3)
-            ax.annotate(text(r["_label"]), (x, y), textcoords="offset points", xytext=(6, 5),
-                        fontsize=8)
+            if len(pts) <= ANNOTATE_MAX:
+                ax.annotate(text(r["_label"]), (x, y), textcoords="offset points",
+                            xytext=(6, 5), fontsize=8)
+            else:  # many points: name them in a legend instead of colliding labels
+                ax.plot([], [], "o", color=r.get("_color", color(i)), label=text(r["_label"]))
         ax.set_xlabel(xlabel)
         ax.set_ylabel("top-1 accuracy (%)")
-        if len(front) > 1:
+        if len(pts) > ANNOTATE_MAX:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+        elif len(front) > 1:
             ax.legend(loc="lower right", fontsize=8, frameon=False)
         ax.margins(x=0.15, y=0.15)
         return to_svg(fig, prefix)

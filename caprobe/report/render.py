@@ -106,11 +106,12 @@ def _rows(runs: list[RunRecords]) -> list[dict[str, Any]]:
     """Aggregate rows of every run with their page label, colour and run."""
     out = []
     i = 0
-    for run in runs:
+    for k, run in enumerate(runs):
+        grey = plots.BASELINE_GREYS[k % len(plots.BASELINE_GREYS)]
         for agg in run.results.get("aggregates", []):
             row = dict(agg)
             row["_label"] = run.labels.get(agg["variant"], agg["variant"])
-            row["_color"] = "#4c4c4c" if agg["variant"] == BASELINE else plots.color(i + 1)
+            row["_color"] = grey if agg["variant"] == BASELINE else plots.color(i + 1)
             row["_run"] = run
             if agg["variant"] != BASELINE:
                 i += 1
@@ -144,10 +145,10 @@ def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                             fmt_ratio_pct)
         top_ci = _interval(r.get("top1_ci_low"), r.get("top1_ci_high"), fmt_acc)
         if _ok(r.get("top1_mean")) and not top_ci:
-            top_ci = "(one seed: no interval)" if r.get("n_finished") == 1 else ""
+            top_ci = "no CI: 1 seed" if r.get("n_finished") == 1 else ""
         d_ci = _interval(r.get("delta_top1_ci_low"), r.get("delta_top1_ci_high"), fmt_delta)
         if _ok(r.get("delta_top1_mean")) and not d_ci:
-            d_ci = "(one seed: no interval)"
+            d_ci = "no CI: 1 pair"
         cells = [
             _cell("params", fmt_count(r.get("params")), r.get("params")),
             _cell("params_delta_pct", fmt_pct(r.get("params_delta_pct")),
@@ -163,6 +164,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             _cell("seeds", seeds, r.get("n_finished") if train else None),
         ]
         out.append({"label": r["_label"], "variant": r["variant"], "color": r["_color"],
+                    "long": len(str(r["_label"])) > 22,
                     "cells": cells, "status": r.get("status") or "", "error": r.get("error"),
                     "failed": (r.get("status") or "") not in ("ok", "")})
     return out
