@@ -187,36 +187,58 @@ def _f(v: Any, fmt: str) -> str:
     return format(v, fmt)
 
 
+def _short_count(v: Any) -> str:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return "–"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:.0f}"
+
+
+def _pct(v: Any) -> str:
+    return _f(v, "+.1f") + "%" if isinstance(v, (int, float)) and math.isfinite(v) else ""
+
+
 def _print_summary(outcome) -> None:  # noqa: ANN001
+    """A table that fits 80 columns: each cell holds a value and, below, its delta/spread."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    from caprobe.report.render import fmt_count
-
     console = Console()
-    table = Table(title=f"caprobe compare: {outcome.out}")
-    for name in ("variant", "params", "Δ params", "MAdds", "Δ MAdds", "latency ms", "overhead",
-                 "top-1 %", "Δ top-1 [95% CI]", "status"):
-        table.add_column(name, justify="left" if name in ("variant", "status") else "right")
+    table = Table(title=f"caprobe compare: {outcome.out}", box=box.SIMPLE_HEAD,
+                  title_justify="left", pad_edge=False)
+    table.add_column("variant", overflow="fold", max_width=18)
+    for name in ("params", "MAdds", "latency", "top-1 %", "Δ top-1"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("status", overflow="fold", max_width=12)
+    errors = []
     for r in outcome.results["aggregates"]:
         over = r.get("latency_overhead")
-        delta = _f(r.get("delta_top1_mean"), "+.2f")
-        if r.get("delta_top1_ci_low") is not None:
-            delta += f" [{r['delta_top1_ci_low']:+.2f}, {r['delta_top1_ci_high']:+.2f}]"
-        elif r.get("delta_top1_mean") is not None:
-            delta += " (1 seed, no CI)"
+        lat = _f(r.get("latency_median_ms"), ".2f") + " ms"
+        if isinstance(over, (int, float)):
+            lat += f"\n{_pct(100 * (over - 1))}"
         top = _f(r.get("top1_mean"), ".2f")
         if r.get("top1_ci_low") is not None:
-            top += f" ± {(r['top1_ci_high'] - r['top1_ci_low']) / 2:.2f}"
+            top += f"\n± {(r['top1_ci_high'] - r['top1_ci_low']) / 2:.2f}"
+        delta = _f(r.get("delta_top1_mean"), "+.2f")
+        if r.get("delta_top1_ci_low") is not None:
+            delta += f"\n[{r['delta_top1_ci_low']:+.1f}, {r['delta_top1_ci_high']:+.1f}]"
+        elif r.get("delta_top1_mean") is not None:
+            delta += "\nno CI: 1 seed"
+        if r.get("error"):
+            errors.append(f"{r['variant']}: {r['error']}")
         table.add_row(
-            r["variant"], fmt_count(r.get("params")), _f(r.get("params_delta_pct"), "+.1f") + "%"
-            if r.get("params_delta_pct") is not None else "–",
-            fmt_count(r.get("madds")), _f(r.get("madds_delta_pct"), "+.1f") + "%"
-            if r.get("madds_delta_pct") is not None else "–",
-            _f(r.get("latency_median_ms"), ".3f"),
-            _f(100 * (over - 1), "+.1f") + "%" if isinstance(over, (int, float)) else "–",
-            top, delta, str(r.get("status")) + (f": {r['error']}" if r.get("error") else ""))
+            r["variant"],
+            f"{_short_count(r.get('params'))}\n{_pct(r.get('params_delta_pct'))}".rstrip(),
+            f"{_short_count(r.get('madds'))}\n{_pct(r.get('madds_delta_pct'))}".rstrip(),
+            lat, top, delta, str(r.get("status")))
     console.print(table)
+    console.print("Δ against none; latency: median and overhead; top-1 ± 95% CI half-width; "
+                  "Δ top-1 paired by seed [95% CI].", style="dim", highlight=False)
+    for line in errors:
+        console.print(f"error: {line}", highlight=False, soft_wrap=True)
     if outcome.report:
         console.print(f"report:       {outcome.report}", highlight=False, soft_wrap=True)
     console.print(f"results.csv:  {outcome.results_csv}", highlight=False, soft_wrap=True)
