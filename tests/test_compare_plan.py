@@ -6,7 +6,6 @@ import pytest
 from typer.testing import CliRunner
 
 from caprobe.cli import app
-from caprobe.cli.compare import spread_attn
 from caprobe.compare import CompareOptions, Layout, Plan, load_plan, slug
 from caprobe.compare.plan import canonical_variants, merge_for_resume
 from caprobe.errors import CaprobeError
@@ -19,14 +18,6 @@ def _one_line_exit_2(result) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("caprobe: error:"), result.stderr
     return lines[0]
-
-
-def test_spread_attn():
-    assert spread_attn(["--attn", "se", "cbam", "ca", "--seeds", "2"]) == [
-        "--attn", "se", "--attn", "cbam", "--attn", "ca", "--seeds", "2"]
-    assert spread_attn(["--attn", "--seeds", "2"]) == ["--attn", "", "--seeds", "2"]
-    assert spread_attn(["--seeds", "2", "-a"]) == ["--seeds", "2", "-a", ""]
-    assert spread_attn(["--attn=se", "ca"]) == ["--attn=se", "ca"]
 
 
 def test_variants_baseline_first_canonical_unique():

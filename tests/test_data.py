@@ -332,3 +332,15 @@ def test_imagenette_from_compressed_tar(tmp_path, cache):
     assert torch.equal(packed.train.images, plain.train.images)
     assert packed.checksum == plain.checksum
     assert packed.train.images.untyped_storage().nbytes() == packed.train.images.numel()
+
+
+def test_truncated_or_foreign_archive(tmp_path, cache):
+    root = write_tree(tmp_path / "t")
+    tar = make_tar(root, tmp_path / "t.tar", "t")
+    tar.write_bytes(tar.read_bytes()[:5000])
+    with pytest.raises(DataError, match=r"t\.tar"):
+        _load("cifar10", tar, cache)
+    junk = tmp_path / "data.zip"
+    junk.write_bytes(b"PK\x03\x04 not a tar")
+    with pytest.raises(DataError, match=r"cannot read archive .*data\.zip"):
+        _load("cifar10", junk, cache)

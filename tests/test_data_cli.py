@@ -17,12 +17,12 @@ def _invoke(*args):
 
 
 def test_check_positional_json():
-    res = _invoke("--data", "positional", "-o", "n_train=30", "-o", "n_test=8", "--json")
+    res = _invoke("--data", "positional", "-o", "n_train=30", "-o", "n_test=8", "-o", "grid=2",
+                  "--json")
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     assert report["splits"]["train"]["count"] == 30
-    assert report["splits"]["test"]["per_class"] == {
-        "above_left": 2, "above_right": 2, "below_left": 2, "below_right": 2}
+    assert report["splits"]["test"]["per_class"] == {"r0c0": 2, "r0c1": 2, "r1c0": 2, "r1c1": 2}
     assert report["unreadable"] == [] and len(report["checksum"]) == 64
 
 

@@ -21,34 +21,41 @@ from caprobe.errors import DataError
 # ---------------------------------------------------------------------------------- positional
 @pytest.mark.parametrize("difficulty", [0.0, "medium", 1.0])
 def test_positional_deterministic_per_seed(difficulty):
-    a = generate_positional(40, seed=3, difficulty=difficulty)
-    b = generate_positional(40, seed=3, difficulty=difficulty)
-    c = generate_positional(40, seed=4, difficulty=difficulty)
+    a = generate_positional(100, seed=3, difficulty=difficulty)
+    b = generate_positional(100, seed=3, difficulty=difficulty)
+    c = generate_positional(100, seed=4, difficulty=difficulty)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert not np.array_equal(a[0], c[0])
-    assert a[0].dtype == np.uint8 and a[0].shape == (40, 3, 32, 32)
-    assert np.bincount(a[1], minlength=4).tolist() == [10] * 4
+    assert a[0].dtype == np.uint8 and a[0].shape == (100, 3, 32, 32)
+    assert np.bincount(a[1], minlength=25).tolist() == [4] * 25
 
 
-@pytest.mark.parametrize("difficulty", [0.0, 0.5, 1.0])
-def test_positional_labels_are_a_function_of_the_mark_positions(difficulty):
-    images, labels, meta = generate_positional(400, seed=1, difficulty=difficulty,
+@pytest.mark.parametrize(("difficulty", "grid"), [(0.0, 5), (0.5, 3), (1.0, 5), (0.8, 7)])
+def test_positional_labels_are_the_grid_cell_of_the_red_mark(difficulty, grid):
+    images, labels, meta = generate_positional(700, seed=1, difficulty=difficulty, grid=grid,
                                                return_meta=True)
     red, blue = meta["red"], meta["blue"]
-    assert np.array_equal(label_from_positions(red, blue), labels)
-    # recomputed independently from the generator's description
-    below, right = blue[:, 0] > red[:, 0], blue[:, 1] > red[:, 1]
-    names = [pos.CLASSES[i] for i in labels]
-    assert all(n.startswith("below" if b else "above") for n, b in zip(names, below, strict=True))
-    assert all(n.endswith("right" if r else "left") for n, r in zip(names, right, strict=True))
-    d = np.abs(red - blue)
+    assert np.array_equal(label_from_positions(red, grid), labels)
+    # recomputed independently from the generator's description: 30 centre positions (1..30)
+    # cut into `grid` equal-as-possible bands per axis, label = row * grid + col
+    edges = np.linspace(0, 30, grid + 1)
+    row = np.searchsorted(edges, red[:, 0] - 1, side="right") - 1
+    col = np.searchsorted(edges, red[:, 1] - 1, side="right") - 1
+    assert np.array_equal(row * grid + col, labels)
+    assert [pos.class_names(grid)[i] for i in labels[:3]] == [
+        f"r{r}c{c}" for r, c in zip(row[:3], col[:3], strict=True)]
     assert ((red >= 1) & (red <= 30) & (blue >= 1) & (blue <= 30)).all()
-    assert (d.min(axis=1) >= 1).all() and (d.max(axis=1) >= 4).all()   # distinct, never touch
-    p = pos.params_for(difficulty)
-    near = d.min(axis=1) <= p.max_offset
-    assert abs(near.mean() - p.near) < 0.08                           # near misses as described
+    assert (np.abs(red - blue).max(axis=1) >= 4).all()                  # never touch
+    p = pos.params_for(difficulty, grid)
+    # near misses: within max_offset px of an interior boundary on some axis
+    lo, hi = edges[:-1], edges[1:]
+    inner = [np.minimum(red[:, k] - 1 - lo[(row, col)[k]], hi[(row, col)[k]] - (red[:, k] - 1) - 1)
+             + np.where(((row, col)[k] == 0) | ((row, col)[k] == grid - 1), 99, 0)
+             for k in range(2)]
+    hugging = np.minimum(*inner) < p.max_offset
+    assert hugging.mean() >= p.near - 0.06
     dist = meta["distractors"]
-    assert dist.shape == (400, p.n_distractors, 2)
+    assert dist.shape == (700, p.n_distractors, 2)
     for mark in (red, blue):
         assert (np.abs(dist - mark[:, None, :]).max(axis=2) >= 4).all()
 
@@ -70,20 +77,24 @@ def test_positional_marks_drawn_where_meta_says():
 
 
 def test_positional_dataset_api():
-    ds = load_dataset("positional", n_train=30, n_test=12, difficulty="hard", seed=5)
-    assert ds.name == "positional" and ds.classes == pos.CLASSES and ds.num_classes == 4
-    assert ds.train.images.shape == (30, 3, 32, 32) and ds.test.labels.shape == (12,)
+    ds = load_dataset("positional", n_train=50, n_test=25, difficulty="hard", seed=5)
+    assert ds.name == "positional" and ds.num_classes == 25
+    assert ds.classes == pos.class_names(5) and ds.classes[7] == "r1c2"
+    assert ds.train.images.shape == (50, 3, 32, 32) and ds.test.labels.shape == (25,)
     assert ds.augment == "none" and ds.image_size == 32
-    assert ds.source.startswith("built-in generator v2") and "difficulty=0.8" in ds.source
-    again = load_dataset("positional", n_train=30, n_test=12, difficulty=0.8, seed=5)
+    assert ds.source.startswith("built-in generator v3") and "difficulty=0.8" in ds.source
+    again = load_dataset("positional", n_train=50, n_test=25, difficulty=0.8, seed=5)
     assert again.checksum == ds.checksum and torch.equal(again.train.images, ds.train.images)
-    other = load_dataset("positional", n_train=30, n_test=12, difficulty=0.8, seed=6)
+    other = load_dataset("positional", n_train=50, n_test=25, difficulty=0.8, seed=6)
     assert other.checksum != ds.checksum
-    assert not torch.equal(ds.train.images[:12], ds.test.images)       # splits differ
+    coarse = load_dataset("positional", n_train=50, n_test=25, difficulty=0.8, seed=5, grid=3)
+    assert coarse.num_classes == 9 and coarse.checksum != ds.checksum
+    assert not torch.equal(ds.train.images[:25], ds.test.images)       # splits differ
 
 
 @pytest.mark.parametrize("bad", [{"difficulty": 1.5}, {"difficulty": "extreme"},
-                                 {"n_train": 0}, {"n_test": "many"}, {"image_size": 64}])
+                                 {"n_train": 0}, {"n_test": "many"}, {"image_size": 64},
+                                 {"grid": 1}, {"grid": 11}, {"grid": "2.5"}])
 def test_positional_bad_options(bad):
     with pytest.raises(DataError):
         load_dataset("positional", **bad)

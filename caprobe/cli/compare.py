@@ -11,70 +11,8 @@ from typing import Any
 import typer
 
 from caprobe.cli.app import app
+from caprobe.cli.options import multi_value_command, parse_key_values
 from caprobe.errors import CaprobeError
-
-# options that take several space-separated values: ``--attn se cbam ca``
-_GREEDY = ("--attn", "-a")
-
-
-def spread_attn(args: list[str]) -> list[str]:
-    """``--attn a b c`` -> ``--attn a --attn b --attn c``; a bare ``--attn`` (nothing after
-    it, or another option) becomes ``--attn ""`` so it is reported as an empty list."""
-    out: list[str] = []
-    current: str | None = None
-    count = 0
-    for i, tok in enumerate(args):
-        if tok == "--":
-            if current is not None and count == 0:
-                out.append("")
-            current = None
-            out.extend(args[i:])
-            break
-        if tok.startswith("-") and not _is_number(tok):
-            if current is not None and count == 0:
-                out.append("")
-            name, eq, _ = tok.partition("=")
-            current = name if name in _GREEDY and not eq else None
-            count = 0
-            out.append(tok)
-            continue
-        if current is not None:
-            if count:
-                out.append(current)
-            count += 1
-        out.append(tok)
-    if current is not None and count == 0:
-        out.append("")
-    return out
-
-
-def _is_number(tok: str) -> bool:
-    try:
-        float(tok)
-    except ValueError:
-        return False
-    return True
-
-
-class _CompareCommand(typer.core.TyperCommand):
-    def parse_args(self, ctx, args):  # noqa: ANN001 - typer's vendored click types
-        return super().parse_args(ctx, spread_attn(list(args)))
-
-
-def _data_options(items: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, eq, raw = item.partition("=")
-        if not eq or not key.strip():
-            raise CaprobeError(f"--data-option {item!r} is not KEY=VALUE; pass e.g. "
-                               "--data-option n_train=512")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out[key.strip()] = value
-    return out
-
 
 _OPTION_NAMES = {  # CLI parameter -> CompareOptions field
     "model": "model", "attn": "attn", "width": "width", "profile": "profile", "data": "data",
@@ -96,7 +34,7 @@ def _explicit(ctx) -> set[str]:  # noqa: ANN001
     return given
 
 
-@app.command("compare", cls=_CompareCommand)
+@app.command("compare", cls=multi_value_command("--attn", "-a"))
 def compare(
     ctx: typer.Context,
     attn: list[str] | None = typer.Option(
@@ -142,7 +80,8 @@ def compare(
     values = {
         "model": model, "attn": list(attn or []), "width": width, "profile": profile,
         "data": data, "data_dir": str(data_dir) if data_dir is not None else None,
-        "data_option": _data_options(data_option), "train_subset": train_subset,
+        "data_option": parse_key_values(data_option, "--data-option", "n_train=512"),
+        "train_subset": train_subset,
         "epochs": epochs, "steps": steps, "batch_size": batch_size, "lr": lr, "seeds": seeds,
         "seed": seed, "no_train": not no_train, "device": device, "threads": threads,
         "latency_batch": latency_batch, "min_time": min_time, "input_size": input_size,

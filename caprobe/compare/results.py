@@ -21,7 +21,7 @@ from typing import Any
 
 from caprobe.compare.layout import Layout
 from caprobe.compare.plan import BASELINE, load_plan
-from caprobe.io import atomic_write_text, read_json, write_json
+from caprobe.io import atomic_write_text, read_json, read_jsonl, write_json
 
 RESULTS_SCHEMA = 1
 FINISHED = "finished"
@@ -42,21 +42,8 @@ def _read(path: Path) -> Any | None:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Rows of ``metrics.jsonl`` (one per epoch); a torn last line is ignored."""
-    rows = []
-    try:
-        with open(run_dir / "metrics.jsonl", encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
-    except FileNotFoundError:
-        pass
-    return rows
+    """Rows of a training's ``metrics.jsonl`` (one per epoch); a torn last line is ignored."""
+    return read_jsonl(run_dir / "metrics.jsonl")
 
 
 def piece_state(layout: Layout, variant: str, seed: int) -> dict[str, Any]:

@@ -21,7 +21,6 @@ import datetime as _dt
 import os
 import sys
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from caprobe.compare.plan import (
 from caprobe.compare.results import piece_done, piece_state, write_results
 from caprobe.errors import CaprobeError
 from caprobe.io import read_json, to_jsonable, write_json
+from caprobe.runtime import torch_threads
 
 
 @dataclass
@@ -269,7 +269,7 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
     else:
         total = len(plan.variants)
         done = sum(layout.counts(v).exists() for v in plan.variants)
-    with _threads(options.threads), _Progress(progress, total, done, console) as bar:
+    with torch_threads(options.threads), _Progress(progress, total, done, console) as bar:
         # 1. counts
         for variant in plan.variants:
             bar.say(f"counting {variant}")
@@ -321,22 +321,6 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
     return CompareOutcome(out=layout.root, results=results, report=report_path,
                           results_csv=layout.results_csv, results_json=layout.results_json,
                           ran=ran, skipped=skipped)
-
-
-@contextmanager
-def _threads(threads: int | None):
-    """``--threads`` for compare's own work too (counts, maps), restored afterwards."""
-    if threads is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _read_sessions(layout: Layout) -> list:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from caprobe.io import atomic_writer
 
 CACHE_FORMAT = 1
 
@@ -69,14 +70,5 @@ def save(path: Path, key: str, tensors: dict[str, torch.Tensor], meta: dict) -> 
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     payload = {"format": CACHE_FORMAT, "key": key, "meta": meta, "tensors": tensors,
                "digest": tensor_digest(tensors)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as f:
+        torch.save(payload, f)

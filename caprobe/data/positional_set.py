@@ -20,21 +20,21 @@ def _count(value, what: str) -> int:
 
 
 def plan_positional(*, image_size: int | None = None, seed: int = 0, difficulty=None,
-                    n_train=pos.DEFAULT_N_TRAIN, n_test=pos.DEFAULT_N_TEST) -> Plan:
+                    grid=None, n_train=pos.DEFAULT_N_TRAIN, n_test=pos.DEFAULT_N_TEST) -> Plan:
     if image_size not in (None, pos.SIZE):
         raise DataError(f"the positional set is generated at {pos.SIZE}×{pos.SIZE}; drop "
                         f"--image-size {image_size} or set it to {pos.SIZE}")
-    d = pos.parse_difficulty(difficulty)
+    params = pos.params_for(difficulty, grid)
     n_train, n_test = _count(n_train, "n_train"), _count(n_test, "n_test")
-    description = pos.describe(d, n_train, n_test, seed)
+    description = pos.describe(params, n_train, n_test, seed)
 
     def build(progress=None) -> Built:
-        xtr, ytr = pos.generate_positional(n_train, seed, d, split=0)
-        xte, yte = pos.generate_positional(n_test, seed, d, split=1)
+        xtr, ytr = pos.generate_positional(n_train, seed, split=0, params=params)
+        xte, yte = pos.generate_positional(n_test, seed, split=1, params=params)
         checksum = pos.generated_digest(description, xtr, ytr, xte, yte)
         return Built(torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte),
-                     torch.from_numpy(yte), list(pos.CLASSES), checksum,
-                     info={"layout": "generated", "params": pos.params_for(d).__dict__})
+                     torch.from_numpy(yte), pos.class_names(params.grid), checksum,
+                     info={"layout": "generated", "params": params.__dict__})
 
     return Plan("positional", description, f"positional:{description}", pos.SIZE, "none", build,
                 info={"layout": "generated"})

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from caprobe import stats
 from caprobe.errors import CaprobeError
+from caprobe.runtime import torch_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -229,21 +230,6 @@ def _default_timer(device: str) -> Timer:
 
 
 @contextmanager
-def _num_threads(threads: int | None):
-    import torch
-
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextmanager
 def _gc_paused():
     """No garbage-collector pauses inside timed blocks (as :mod:`timeit` does)."""
     was_enabled = gc.isenabled()
@@ -365,7 +351,7 @@ def time_variants(
         for label in labels:
             _prepare(models[label], dev, tdtype, channels_last)
 
-    with _num_threads(threads), _gc_paused(), torch.inference_mode():
+    with torch_threads(threads), _gc_paused(), torch.inference_mode():
         gen = torch.Generator().manual_seed(seed)
         x = torch.randn(batch, in_channels, *hw, generator=gen).to(device=dev, dtype=tdtype)
         if channels_last:

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from caprobe.errors import CaprobeError
-from caprobe.io import atomic_write_text, read_json, write_json
+from caprobe.io import atomic_write_text, read_json, read_jsonl, write_json
+from caprobe.runtime import torch_threads
 from caprobe.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from caprobe.train.config import TrainConfig, differences, resolve, validate
 
@@ -199,21 +200,6 @@ def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
     atomic_write_text(run_dir / METRICS_FILE, text)
 
 
-def _read_metrics(run_dir: Path) -> list[dict]:
-    rows = []
-    try:
-        with open(run_dir / METRICS_FILE, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        break
-    except FileNotFoundError:
-        pass
-    return rows
-
-
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
@@ -233,7 +219,7 @@ def load_run(run_dir: str | Path) -> tuple[TrainConfig, list[dict], RunResult | 
             result = RunResult.from_dict(read_json(run_dir / RESULT_FILE))
         except (OSError, json.JSONDecodeError, TypeError):
             result = None
-    return config, _read_metrics(run_dir), result
+    return config, read_jsonl(run_dir / METRICS_FILE), result
 
 
 def load_model(run_dir: str | Path):
@@ -331,16 +317,9 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
 
     if on_start is not None:
         on_start(cfg)
-    threads_before = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     fork_devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
-    try:
-        with torch.random.fork_rng(devices=fork_devices):
-            return _run(cfg, model, dataset, data_api, device, run_dir, state, progress,
-                        on_epoch)
-    finally:
-        torch.set_num_threads(threads_before)
+    with torch_threads(cfg.threads), torch.random.fork_rng(devices=fork_devices):
+        return _run(cfg, model, dataset, data_api, device, run_dir, state, progress, on_epoch)
 
 
 def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path | None,
