@@ -2,7 +2,7 @@
 
 MobileNetV2 width 0.5, CIFAR profile, attention none vs ca (``--attn``), each trained with
 :func:`caprobe.train.train` for as many steps as the budget allows: the step rate is
-measured first (a few real steps), the number of steps follows from it, and the cosine
+measured first (40 steps of the real loop), the number of steps follows from it, and the cosine
 schedule spans exactly those steps. Every epoch ends with an evaluation on the full 10,000
 test images; the table lists top-1 against training time (evaluation excluded; total wall
 time is reported too).
@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,38 +28,19 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_TAR = HERE.parent.parent / "shared" / "data" / "cifar10-jpg.tar"
 
 
-def measure_step_time(cfg, ds, steps: int = 6) -> float:
-    """Median seconds per training step of ``cfg``'s model on real augmented batches."""
-    import torch
+def measure_step_time(cfg, steps: int = 40) -> float:
+    """Seconds per training step of ``cfg``, measured with the real loop (:func:`caprobe.train.
+    train` for ``steps`` steps into a throw-away folder; evaluation time excluded)."""
+    import dataclasses
+    import tempfile
 
-    from caprobe.data import augment_batch
-    from caprobe.models import build_model
-    from caprobe.train.loop import _autocast
-    from caprobe.train.optim import build_optimizer
+    from caprobe.train import loop, train
 
-    model = build_model(cfg.model, attn=cfg.attn, width=cfg.width, num_classes=ds.num_classes,
-                        profile="cifar", seed=cfg.seed)
-    mf = torch.channels_last if cfg.channels_last is not False else torch.contiguous_format
-    model = model.to(memory_format=mf).train()
-    opt, _ = build_optimizer(model, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                             total_steps=100, warmup_steps=0)
-    crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    g = torch.Generator().manual_seed(0)
-    times = []
-    for i in range(steps + 2):
-        t = time.perf_counter()
-        idx = torch.randint(0, len(ds.train.labels), (cfg.batch_size,), generator=g)
-        x = augment_batch(ds.train.images[idx], policy=ds.augment, generator=g, mean=ds.mean,
-                          std=ds.std).contiguous(memory_format=mf)
-        with _autocast("cpu", cfg.amp):
-            out = model(x)
-        loss = crit(out.float(), ds.train.labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if i >= 2:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    with tempfile.TemporaryDirectory() as tmp:
+        train(dataclasses.replace(cfg, steps=steps), out=Path(tmp) / "calibrate",
+              progress=False)
+        _, rows, _ = loop.load_run(Path(tmp) / "calibrate")
+    return sum(r["train_time_s"] for r in rows) / rows[-1]["step"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None,
+                   help="train exactly this many steps (skips the calibration), e.g. the budget "
+                        "divided by the step time of an earlier full run")
+    p.add_argument("--slack", type=float, default=1.15,
+                   help="plan with the calibrated step time times this: full epochs ran about "
+                        "14%% slower per step than the 40-step calibration here")
     p.add_argument("--eval-subset", type=int, default=None,
                    help="evaluate on a class-balanced N of the test images (quick checks; "
                         "the target is on all 10,000)")
@@ -126,12 +112,16 @@ def main(argv: list[str] | None = None) -> int:
                           lr=args.lr or recipe["lr"], warmup_epochs=args.warmup_epochs,
                           amp=amp, channels_last=not args.no_channels_last, threads=threads,
                           seed=args.seed, device="cpu", steps=1)
-        step_s = measure_step_time(cfg, ds)
-        steps = max(1, math.floor(args.budget_min * 60 / step_s))
-        cfg.steps = steps
         spe = len(ds.train.labels) // args.batch_size
-        print(f"[{attn}] {step_s * 1000:.0f} ms/step measured → {steps} steps "
-              f"({steps / spe:.2f} epochs) for {args.budget_min:g} min", flush=True)
+        if args.steps:
+            steps = args.steps
+            print(f"[{attn}] {steps} steps ({steps / spe:.2f} epochs) as given", flush=True)
+        else:
+            step_s = measure_step_time(cfg)
+            steps = max(1, math.floor(args.budget_min * 60 / (step_s * args.slack)))
+            print(f"[{attn}] {step_s * 1000:.0f} ms/step measured → {steps} steps "
+                  f"({steps / spe:.2f} epochs) for {args.budget_min:g} min", flush=True)
+        cfg.steps = steps
         run_dir = out_dir / f"{args.model}-{attn}-w{args.width}-s{args.seed}"
         if loop.is_run_dir(run_dir):
             import shutil

@@ -12,10 +12,17 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file that replaces ``path`` only when the block ends without an error:
-    written to a temporary file in the same folder, fsync'd, then renamed over ``path``."""
+    written to a temporary file in the same folder, fsync'd, then renamed over ``path``.
+    The file gets the permissions a plain ``open`` would give (mkstemp's are owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -24,6 +31,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
