@@ -94,7 +94,8 @@ def test_positional_dataset_api():
 
 @pytest.mark.parametrize("bad", [{"difficulty": 1.5}, {"difficulty": "extreme"},
                                  {"n_train": 0}, {"n_test": "many"}, {"image_size": 64},
-                                 {"grid": 1}, {"grid": 11}, {"grid": "2.5"}])
+                                 {"grid": 1}, {"grid": 11}, {"grid": "2.5"},
+                                 {"grid": "x"}, {"grid": 2.5}])
 def test_positional_bad_options(bad):
     with pytest.raises(DataError):
         load_dataset("positional", **bad)

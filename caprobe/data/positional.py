@@ -94,9 +94,10 @@ def parse_grid(value: int | str | None) -> int:
         return DEFAULT_GRID
     try:
         g = int(value)
+        whole = g == float(value)
     except (TypeError, ValueError):
-        g = -1
-    if g != float(value) or not 2 <= g <= MAX_GRID:
+        g, whole = -1, False
+    if not whole or not 2 <= g <= MAX_GRID:
         raise DataError(f"positional grid={value!r} is not valid; give an integer in "
                         f"2..{MAX_GRID} (cells per side)")
     return g
