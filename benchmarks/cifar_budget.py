@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="train exactly this many steps (skips the calibration), e.g. the budget "
                         "divided by the step time of an earlier full run")
     p.add_argument("--slack", type=float, default=1.15,
-                   help="plan with the calibrated step time times this: full epochs ran about "
-                        "14%% slower per step than the 40-step calibration here")
+                   help="plan with the calibrated step time times this: on a shared machine "
+                        "the 40-step calibration was off by up to 15%% either way, so the "
+                        "default keeps the run inside the budget")
     p.add_argument("--eval-subset", type=int, default=None,
                    help="evaluate on a class-balanced N of the test images (quick checks; "
                         "the target is on all 10,000)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
+@functools.cache
 def _umask() -> int:
+    """The process umask, read once (reading it means setting it, which is not thread-safe)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
