@@ -249,3 +249,68 @@ def test_jit_trace_onnx_and_compile_survive():
     graph = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(graph)
     assert not any("Pool" in node.op_type for node in graph.graph.node)
+    # dynamo captures the whole module as one graph (no breaks on the caches or the views);
+    # the eager backend keeps this test free of a C++ toolchain
+    compiled = torch.compile(ca, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(other), ca(other), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["ca", "ca_h", "ca_w", "ca:act=relu6,gate=hsigmoid",
+                                  "ca:act=silu", "ca:act=relu"])
+@pytest.mark.parametrize("shape", [(3, 40, 7, 7), (1, 40, 14, 14), (2, 40, 28, 28),
+                                   (1, 40, 20, 36), (2, 40, 1, 40)])
+def test_inference_path_matches_paper_form_on_every_pooling_route(spec, shape):
+    """Matrix pooling (small maps), sums with the factor on the GEMM (large square maps), the
+    rescaled W strip (non-square), one branch, every non-linearity; the map itself is the
+    output (``inplace``) and nothing else changes."""
+    module = attention.build(spec, 40, inplace=True).eval()
+    _randomize_bn(module)
+    x = torch.rand(shape) * 4 - 1
+    expected = module(x)  # autograd on: the paper form
+    with torch.inference_mode():
+        gates = module.gates(x)
+        out = module(x.clone())
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    product = x.clone()
+    for gate in gates.values():
+        product = product * gate
+    torch.testing.assert_close(product, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_weights_follow_every_kind_of_change():
+    ca = attention.build("ca", 16).eval()
+    _randomize_bn(ca)
+    x = torch.randn(1, 16, 6, 6)
+
+    def check():
+        with torch.inference_mode():
+            fast = ca(x)
+        torch.testing.assert_close(fast, ca(x), atol=1e-5, rtol=1e-5)  # vs the paper form
+
+    check()
+    ca.conv_h.weight = nn.Parameter(torch.randn_like(ca.conv_h.weight))  # a new tensor
+    check()
+    ca.bn1 = nn.BatchNorm2d(ca.bn1.num_features).eval()  # a new submodule
+    check()
+    ca.load_state_dict({k: v + 0.1 if v.is_floating_point() else v
+                        for k, v in ca.state_dict().items()})  # in place
+    check()
+    ca.double()  # new storage, same tensors
+    x = x.double()
+    check()
+    ca.conv1.bias.data.add_(1.0)  # no version counter sees this ...
+    ca.eval()  # ... and eval() refreshes
+    check()
+
+
+def test_modules_built_in_inference_mode_work_uncached():
+    with torch.inference_mode():
+        ca = attention.build("ca", 16).eval()  # inference tensors: no version counters
+        x = torch.randn(1, 16, 5, 5)
+        ca(x)
+        ca.bn1.running_mean.add_(1.0)
+        fast = ca(x)
+    twin = attention.build("ca", 16).eval()
+    twin.load_state_dict(ca.state_dict())
+    torch.testing.assert_close(fast, twin(x.clone()), atol=1e-5, rtol=1e-5)

@@ -3,31 +3,45 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from operator import attrgetter
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU,
-    "relu6": nn.ReLU6,
-    "hswish": nn.Hardswish,
-    "silu": nn.SiLU,
+
+@dataclass(frozen=True)
+class Nonlinearity:
+    """A named non-linearity: a module for the paper's form, and an in-place function for the
+    inference paths (no autograd there; on tiny strips the module call costs more than the math)."""
+
+    module: Callable[[], nn.Module]
+    inplace: Callable[[torch.Tensor], torch.Tensor]
+
+
+ACTIVATIONS: dict[str, Nonlinearity] = {
+    "relu": Nonlinearity(nn.ReLU, torch.relu_),
+    "relu6": Nonlinearity(nn.ReLU6, partial(F.relu6, inplace=True)),
+    "hswish": Nonlinearity(nn.Hardswish, partial(F.hardswish, inplace=True)),
+    "silu": Nonlinearity(nn.SiLU, partial(F.silu, inplace=True)),
 }
-GATES: dict[str, Callable[[], nn.Module]] = {
-    "sigmoid": nn.Sigmoid,
-    "hsigmoid": nn.Hardsigmoid,
+#: Gate non-linearities map to [0, 1].
+GATES: dict[str, Nonlinearity] = {
+    "sigmoid": Nonlinearity(nn.Sigmoid, torch.sigmoid_),
+    "hsigmoid": Nonlinearity(nn.Hardsigmoid, partial(F.hardsigmoid, inplace=True)),
 }
 
 
 def make_act(name: str) -> nn.Module:
     """A fresh activation module by name (validated by the spec parser)."""
-    return ACTIVATIONS[name]()
+    return ACTIVATIONS[name].module()
 
 
 def make_gate(name: str) -> nn.Module:
     """A fresh gate non-linearity (maps to [0, 1]) by name."""
-    return GATES[name]()
+    return GATES[name].module()
 
 
 class AttentionModule(nn.Module):
@@ -53,16 +67,47 @@ class AttentionModule(nn.Module):
     def extra_repr(self) -> str:
         return f"spec={self.spec!r}"
 
+    def _apply(self, fn, recurse=True):  # .to(), .half(), .cuda(), ...: weights get new storage
+        self._clear_weight_caches()
+        return super()._apply(fn, recurse)
+
+    def train(self, mode: bool = True):
+        """As :meth:`nn.Module.train`; also drops cached inference weights, so ``.eval()``
+        re-derives them (the one way to refresh after writes through ``.data``, which no
+        version counter sees)."""
+        self._clear_weight_caches()
+        return super().train(mode)
+
+    def _clear_weight_caches(self) -> None:
+        for value in vars(self).values():
+            if isinstance(value, WeightCache):
+                value.clear()
+
+
+#: Up to this H + W, two gates are multiplied together first and the map once: one pass over
+#: a map-sized product beats a second pass over the map when broadcasting along short rows is
+#: slow (measured in MobileNetV2+CA at 224, 2 threads; 28×28 maps still gain).
+COMBINE_GATES_MAX = 56
+
 
 def apply_gates(module: AttentionModule, x: torch.Tensor, gates) -> torch.Tensor:
-    """``x`` times every gate (broadcast). Where nothing needs the intermediates for a backward
-    pass, products after the first run in place, and the first too if the module may
-    overwrite its input (``module.inplace``, set by backbones whose input is a temporary)."""
-    gates = list(gates)
-    in_place = inference_fast_path(module)
-    out = x.mul_(gates[0]) if in_place and module.inplace else x * gates[0]
+    """``x`` times every gate (broadcast), in place where ``module`` is on its inference path
+    (see :func:`multiply_gates`)."""
+    return multiply_gates(x, list(gates), inference=inference_fast_path(module),
+                          overwrite=module.inplace)
+
+
+def multiply_gates(x: torch.Tensor, gates: list[torch.Tensor], *, inference: bool,
+                   overwrite: bool) -> torch.Tensor:
+    """``x`` times every gate (broadcast). On an inference path (nothing needs the
+    intermediates for a backward pass) products after the first run in place, the first too
+    with ``overwrite`` (a module whose input is a temporary, set by backbones), and two gates
+    on a small map are multiplied together first (one pass over ``x``)."""
+    if inference and len(gates) == 2 and x.shape[-2] + x.shape[-1] <= COMBINE_GATES_MAX:
+        gates = [gates[0] * gates[1]]
+    out = x.mul_(gates[0]) if inference and overwrite else x * gates[0]
     for gate in gates[1:]:
-        out = out.mul_(gate) if in_place else out * gate
+        out = out.mul_(gate) if inference else out * gate
     return out
 
 
@@ -84,33 +129,69 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Te
     return weight, (bias - bn.running_mean) * scale + bn.bias
 
 
-class FoldedConvBN:
-    """Caches :func:`fold_bn` of a (conv, bn) pair until any of their tensors changes.
+#: Bumped whenever any module anywhere gets a parameter, buffer or submodule assigned, so that
+#: a :class:`WeightCache` notices weights replaced by new tensor objects without walking the
+#: module tree on every call.
+_registrations = 0
 
-    The inference path uses it so frozen weights are folded once, not on every call.
+
+def _count_registration(*_: object) -> None:
+    global _registrations
+    _registrations += 1
+
+
+for _register in (nn.modules.module.register_module_parameter_registration_hook,
+                  nn.modules.module.register_module_buffer_registration_hook,
+                  nn.modules.module.register_module_module_registration_hook):
+    _register(_count_registration)
+
+
+class WeightCache:
+    """Holds tensors derived from a module's weights (BN folded, reshaped) until one of them
+    changes. Seen: in-place updates (optimizer steps, ``load_state_dict``, ``copy_`` under
+    ``no_grad``: the version counter moves), new tensors or submodules assigned anywhere
+    (:data:`_registrations` moves) and ``.to()``/``.half()`` (the owning
+    :class:`AttentionModule` clears its caches in ``_apply``). Not seen: writes through
+    ``.data``, which bypass version counters; ``.eval()`` clears the cache after those.
+
+    The inference paths use it so frozen weights are prepared once, not on every call; the
+    check is one C-level pass over the version counters, as it runs on every forward.
+    Inference tensors carry no version counter and are never cached.
     """
 
     def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._value: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.clear()
 
-    def __call__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-        if building_graph():  # fold inside the graph so exported weights stay live
-            return fold_bn(conv, bn)
-        tensors = [t for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
-                               bn.running_var) if t is not None]
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-        if key != self._key or self._value is None:
-            with torch.no_grad():
-                self._value = fold_bn(conv, bn)
-            self._key = key
-        return self._value
+    def clear(self) -> None:
+        self._sources: tuple[torch.Tensor, ...] = ()
+        self._versions: list[int] = []
+        self._generation = -1
+        self._value: tuple[torch.Tensor, ...] | None = None
+
+    def get(self, module: nn.Module,
+            derive: Callable[[], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+        """``derive()`` (which may read any parameter or buffer of ``module``), computed again
+        only when one of them has changed since the last call. Eager mode only: graphs being
+        built (trace, export, compile) must derive their weights inside the graph."""
+        if (self._generation == _registrations and self._value is not None
+                and list(map(_VERSION, self._sources)) == self._versions):
+            return self._value
+        sources = (*module.parameters(), *module.buffers())
+        with torch.no_grad():
+            value = derive()
+        if not any(t.is_inference() for t in sources):
+            self._value, self._sources, self._generation = value, sources, _registrations
+            self._versions = list(map(_VERSION, sources))
+        return value
+
+
+_VERSION = attrgetter("_version")
 
 
 def building_graph() -> bool:
-    """True while tracing, scripting, exporting or compiling (shape-specialised tricks off)."""
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling())
+    """True while tracing, exporting or compiling. ONNX export traces (TorchScript exporter) or
+    compiles (dynamo exporter); scripted code answers True from both calls."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def inference_fast_path(module: nn.Module) -> bool:
@@ -118,5 +199,7 @@ def inference_fast_path(module: nn.Module) -> bool:
 
     That is eval mode with autograd off: BN then uses running statistics, so folding it into
     the preceding conv is exact, and nothing needs the intermediate tensors for a backward.
+    Not while a graph is built (trace, export, compile): the paper's form is the one to
+    record, with its weights live and no shape-specific tricks or in-place writes.
     """
-    return not (module.training or torch.is_grad_enabled())
+    return not (module.training or torch.is_grad_enabled() or building_graph())

@@ -13,9 +13,10 @@ from torch import nn
 
 from caprobe.attention.base import (
     AttentionModule,
-    FoldedConvBN,
+    WeightCache,
     apply_gates,
     batch_norm,
+    fold_bn,
     inference_fast_path,
     make_act,
     make_gate,
@@ -35,7 +36,7 @@ class CBAM(AttentionModule):
         self.spatial = nn.Conv2d(2, 1, kernel, padding=kernel // 2, bias=False)
         self.spatial_bn = nn.BatchNorm2d(1)
         self.gate = make_gate(gate)
-        self._folded = FoldedConvBN()
+        self._weights = WeightCache()
 
     def _channel_gate(self, x: torch.Tensor) -> torch.Tensor:
         avg = x.mean(dim=(2, 3), keepdim=True)
@@ -45,7 +46,7 @@ class CBAM(AttentionModule):
     def _spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
         if inference_fast_path(self):
-            weight, bias = self._folded(self.spatial, self.spatial_bn)
+            weight, bias = self._weights.get(self, lambda: fold_bn(self.spatial, self.spatial_bn))
             return self.gate(F.conv2d(pooled, weight, bias, padding=self.spatial.padding))
         return self.gate(batch_norm(self.spatial_bn, self.spatial(pooled)))
 
