@@ -163,9 +163,9 @@ class WeightCache:
         self.clear()
 
     def clear(self) -> None:
+        self._generation = -1  # first: a concurrent reader stops trusting the rest
         self._sources: tuple[torch.Tensor, ...] = ()
         self._versions: list[int] = []
-        self._generation = -1
         self._value: tuple[torch.Tensor, ...] | None = None
 
     def get(self, module: nn.Module,
@@ -173,15 +173,16 @@ class WeightCache:
         """``derive()`` (which may read any parameter or buffer of ``module``), computed again
         only when one of them has changed since the last call. Eager mode only: graphs being
         built (trace, export, compile) must derive their weights inside the graph."""
-        if (self._generation == _registrations and self._value is not None
+        if (self._generation == _registrations  # -1 while empty
                 and list(map(_VERSION, self._sources)) == self._versions):
             return self._value
         sources = (*module.parameters(), *module.buffers())
         with torch.no_grad():
             value = derive()
         if not any(t.is_inference() for t in sources):
-            self._value, self._sources, self._generation = value, sources, _registrations
+            self._value, self._sources = value, sources
             self._versions = list(map(_VERSION, sources))
+            self._generation = _registrations  # last: a concurrent reader sees all or nothing
         return value
 
 
