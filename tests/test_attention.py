@@ -249,8 +249,8 @@ def test_jit_trace_onnx_and_compile_survive():
     graph = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(graph)
     assert not any("Pool" in node.op_type for node in graph.graph.node)
-    # dynamo captures the whole module as one graph (no breaks on the caches or the views);
-    # the eager backend keeps this test free of a C++ toolchain
+    # dynamo captures the whole module as one graph (while compiling, the paper form is
+    # recorded); the eager backend keeps this test free of a C++ toolchain
     compiled = torch.compile(ca, backend="eager", fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(other), ca(other), atol=1e-5, rtol=1e-5)
@@ -258,12 +258,14 @@ def test_jit_trace_onnx_and_compile_survive():
 
 @pytest.mark.parametrize("spec", ["ca", "ca_h", "ca_w", "ca:act=relu6,gate=hsigmoid",
                                   "ca:act=silu", "ca:act=relu"])
-@pytest.mark.parametrize("shape", [(3, 40, 7, 7), (1, 40, 14, 14), (2, 40, 28, 28),
-                                   (1, 40, 20, 36), (2, 40, 1, 40)])
+@pytest.mark.parametrize("shape", [(3, 40, 7, 7), (1, 40, 14, 14), (2, 40, 5, 9),
+                                   (2, 40, 28, 28), (2, 40, 30, 30), (1, 40, 20, 36),
+                                   (2, 40, 1, 40), (0, 40, 7, 7)])
 def test_inference_path_matches_paper_form_on_every_pooling_route(spec, shape):
-    """Matrix pooling (small maps), sums with the factor on the GEMM (large square maps), the
-    rescaled W strip (non-square), one branch, every non-linearity; the map itself is the
-    output (``inplace``) and nothing else changes."""
+    """Matrix pooling (small maps, square or not), sums with the factor on the GEMM (large
+    maps; non-square rescales the W strip), gates combined first (H+W <= 56) or applied one
+    after the other, one branch, every non-linearity, batch 0 to 3; the map itself is the
+    output (``inplace``)."""
     module = attention.build(spec, 40, inplace=True).eval()
     _randomize_bn(module)
     x = torch.rand(shape) * 4 - 1
@@ -302,6 +304,38 @@ def test_cached_weights_follow_every_kind_of_change():
     ca.conv1.bias.data.add_(1.0)  # no version counter sees this ...
     ca.eval()  # ... and eval() refreshes
     check()
+
+
+def test_swapped_in_weights_and_nonlinearities_are_used():
+    ca = attention.build("ca", 16).eval()
+    _randomize_bn(ca)
+    x = torch.randn(1, 16, 6, 6)
+    with torch.no_grad():
+        ca(x)  # fills the cache
+        other = {k: v + 0.3 if v.is_floating_point() else v for k, v in ca.state_dict().items()}
+        swapped = torch.func.functional_call(ca, other, (x,))  # tensors swapped into the dicts
+    twin = attention.build("ca", 16).eval()
+    twin.load_state_dict(other)
+    torch.testing.assert_close(swapped, twin(x), atol=1e-5, rtol=1e-5)
+    ca.act = nn.ReLU()  # by hand: the fast path must follow the module it has
+    with torch.inference_mode():
+        fast = ca(x)
+    torch.testing.assert_close(fast, ca(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["ca", "ca_w"])
+def test_bf16_inference_path_is_as_accurate_as_the_paper_form(spec):
+    module = attention.build(spec, 32).eval()
+    _randomize_bn(module)
+    x = torch.rand(2, 32, 6, 10) + 0.5  # matrix pooling with a non-square map
+    exact = module.double()(x.double())
+    module.bfloat16()
+    xb = x.bfloat16()
+    paper = module(xb).double()
+    with torch.inference_mode():
+        fast = module(xb).double()
+    paper_err, fast_err = (paper - exact).abs().max(), (fast - exact).abs().max()
+    assert fast_err <= 1.5 * paper_err + 1e-3, (fast_err, paper_err)
 
 
 def test_modules_built_in_inference_mode_work_uncached():

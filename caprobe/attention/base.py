@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from operator import attrgetter
+from itertools import chain
+from operator import attrgetter, is_
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,16 @@ GATES: dict[str, Nonlinearity] = {
     "sigmoid": Nonlinearity(nn.Sigmoid, torch.sigmoid_),
     "hsigmoid": Nonlinearity(nn.Hardsigmoid, partial(F.hardsigmoid, inplace=True)),
 }
+
+
+_INPLACE_BY_TYPE: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
+    nl.module: nl.inplace for nl in (*ACTIVATIONS.values(), *GATES.values())}
+
+
+def inplace_form(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The in-place function equal to ``module`` (one of the non-linearities above), or the
+    module itself when it is anything else (say, swapped in by hand)."""
+    return _INPLACE_BY_TYPE.get(type(module), module)
 
 
 def make_act(name: str) -> nn.Module:
@@ -103,10 +115,13 @@ def multiply_gates(x: torch.Tensor, gates: list[torch.Tensor], *, inference: boo
     intermediates for a backward pass) products after the first run in place, the first too
     with ``overwrite`` (a module whose input is a temporary, set by backbones), and two gates
     on a small map are multiplied together first (one pass over ``x``)."""
-    if inference and len(gates) == 2 and x.shape[-2] + x.shape[-1] <= COMBINE_GATES_MAX:
-        gates = [gates[0] * gates[1]]
-    out = x.mul_(gates[0]) if inference and overwrite else x * gates[0]
-    for gate in gates[1:]:
+    first, *rest = gates
+    if inference and rest and x.shape[-2] + x.shape[-1] <= COMBINE_GATES_MAX:
+        (second,) = rest
+        product = first * second  # map-sized: it becomes the output unless x may be
+        return x.mul_(product) if overwrite else product.mul_(x)
+    out = x.mul_(first) if inference and overwrite else x * first
+    for gate in rest:
         out = out.mul_(gate) if inference else out * gate
     return out
 
@@ -130,8 +145,10 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Te
 
 
 #: Bumped whenever any module anywhere gets a parameter, buffer or submodule assigned, so that
-#: a :class:`WeightCache` notices weights replaced by new tensor objects without walking the
-#: module tree on every call.
+#: a :class:`WeightCache` notices a changed module tree (say ``ca.bn1 = nn.BatchNorm2d(8)``)
+#: without walking it on every call. Process-wide: importing caprobe's attention modules
+#: installs these three registration hooks, each an integer increment; a module built
+#: anywhere makes every cache re-derive once.
 _registrations = 0
 
 
@@ -146,43 +163,55 @@ for _register in (nn.modules.module.register_module_parameter_registration_hook,
     _register(_count_registration)
 
 
+class _CacheEntry(NamedTuple):
+    generation: int
+    holders: tuple[dict, ...]  # the parameter and buffer dicts of the module tree
+    members: list[torch.Tensor | None]  # their values when ``value`` was derived
+    sources: list[torch.Tensor]  # the tensors among them
+    versions: list[int]
+    value: tuple
+
+
 class WeightCache:
-    """Holds tensors derived from a module's weights (BN folded, reshaped) until one of them
+    """Holds values derived from a module's weights (BN folded, reshaped) until one of them
     changes. Seen: in-place updates (optimizer steps, ``load_state_dict``, ``copy_`` under
-    ``no_grad``: the version counter moves), new tensors or submodules assigned anywhere
+    ``no_grad``: a version counter moves), tensors swapped into the module's dicts
+    (``torch.func.functional_call``: a different object), new tensors or submodules assigned
     (:data:`_registrations` moves) and ``.to()``/``.half()`` (the owning
     :class:`AttentionModule` clears its caches in ``_apply``). Not seen: writes through
     ``.data``, which bypass version counters; ``.eval()`` clears the cache after those.
 
     The inference paths use it so frozen weights are prepared once, not on every call; the
-    check is one C-level pass over the version counters, as it runs on every forward.
-    Inference tensors carry no version counter and are never cached.
+    check reads each tensor's identity and version counter, as it runs on every forward. The
+    entry is one immutable record, so a concurrent ``clear()`` or update is seen whole or not
+    at all. Inference tensors carry no version counter and are never cached.
     """
 
     def __init__(self) -> None:
-        self.clear()
+        self._entry: _CacheEntry | None = None
 
     def clear(self) -> None:
-        self._generation = -1  # first: a concurrent reader stops trusting the rest
-        self._sources: tuple[torch.Tensor, ...] = ()
-        self._versions: list[int] = []
-        self._value: tuple[torch.Tensor, ...] | None = None
+        self._entry = None
 
-    def get(self, module: nn.Module,
-            derive: Callable[[], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    def get(self, module: nn.Module, derive: Callable[[], tuple]) -> tuple:
         """``derive()`` (which may read any parameter or buffer of ``module``), computed again
         only when one of them has changed since the last call. Eager mode only: graphs being
         built (trace, export, compile) must derive their weights inside the graph."""
-        if (self._generation == _registrations  # -1 while empty
-                and list(map(_VERSION, self._sources)) == self._versions):
-            return self._value
-        sources = (*module.parameters(), *module.buffers())
+        entry = self._entry
+        if (entry is not None and entry.generation == _registrations  # same names in the dicts
+                and all(map(is_, chain.from_iterable(map(dict.values, entry.holders)),
+                            entry.members))
+                and list(map(_VERSION, entry.sources)) == entry.versions):
+            return entry.value
+        generation = _registrations  # before reading the tensors: a racing assignment re-derives
+        holders = tuple(d for m in module.modules() for d in (m._parameters, m._buffers) if d)
+        members = list(chain.from_iterable(map(dict.values, holders)))
+        sources = [t for t in members if t is not None]
         with torch.no_grad():
             value = derive()
         if not any(t.is_inference() for t in sources):
-            self._value, self._sources = value, sources
-            self._versions = list(map(_VERSION, sources))
-            self._generation = _registrations  # last: a concurrent reader sees all or nothing
+            self._entry = _CacheEntry(generation, holders, members, sources,
+                                      list(map(_VERSION, sources)), value)
         return value
 
 
@@ -190,9 +219,12 @@ _VERSION = attrgetter("_version")
 
 
 def building_graph() -> bool:
-    """True while tracing, exporting or compiling. ONNX export traces (TorchScript exporter) or
-    compiles (dynamo exporter); scripted code answers True from both calls."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+    """True while tracing, exporting or compiling (ONNX export traces with the TorchScript
+    exporter and compiles with the dynamo exporter). caprobe's modules are not scriptable.
+    Runs on every inference call, hence ``torch._C._is_tracing`` rather than
+    ``torch.jit.is_tracing``, which wraps it in two more Python calls; it comes second, as
+    dynamo cannot trace it (``is_compiling`` answers first there)."""
+    return torch.compiler.is_compiling() or torch._C._is_tracing()
 
 
 def inference_fast_path(module: nn.Module) -> bool:

@@ -11,7 +11,8 @@ Means replace the official code's ``AdaptiveAvgPool2d((None, 1))`` (identical va
 to ONNX). In eval mode with autograd off, outside graph building, an inference path gives the
 same output with less work: BN folded into F1 once, both strips pooled by one small matrix
 product on small maps (sums elsewhere), the 1×1 convs as two batched GEMMs on the strips, both
-gates read as views of one buffer, no copy of the feature map but the output itself. Tracing,
+gates read as views of one buffer, on small maps the two gates multiplied together first (one
+map-sized product, then one pass over the map), no copy of the feature map. Tracing,
 export and ``torch.compile`` see the paper form, which they can fuse themselves.
 
 Inside a network every kernel launch and Python step of this path costs several times its
@@ -27,14 +28,13 @@ import torch
 from torch import nn
 
 from caprobe.attention.base import (
-    ACTIVATIONS,
-    GATES,
     AttentionModule,
     WeightCache,
     apply_gates,
     batch_norm,
     fold_bn,
     inference_fast_path,
+    inplace_form,
     make_act,
     make_gate,
     multiply_gates,
@@ -49,14 +49,17 @@ MATMUL_POOL_MAX = 32
 @lru_cache(maxsize=32)
 def _pooling_matrix(height: int, width: int, branches: str, dtype: torch.dtype,
                     device: torch.device) -> torch.Tensor:
-    """(H·W, H+W) matrix whose product with a flattened map gives [z^h, z^w] (or one of them)."""
+    """(H·W, H+W) matrix whose product with a flattened map, times 1/W (1/H for the W strip
+    alone), gives [z^h, z^w] (or one of them): 0/1 entries (exact in any dtype), W/H on the W
+    strip of a non-square map."""
     with torch.inference_mode(False), torch.no_grad():
         rows = torch.arange(height * width, device=device)
         cols = []
         if "h" in branches:
-            cols.append(torch.nn.functional.one_hot(rows // width, height) / width)
+            cols.append(torch.nn.functional.one_hot(rows // width, height).double())
         if "w" in branches:
-            cols.append(torch.nn.functional.one_hot(rows % width, width) / height)
+            w_factor = width / height if "h" in branches else 1.0
+            cols.append(torch.nn.functional.one_hot(rows % width, width).double() * w_factor)
         return torch.cat(cols, dim=1).to(dtype)
 
 
@@ -74,11 +77,9 @@ class CoordAttention(AttentionModule):
         self.conv1 = nn.Conv2d(channels, mip, 1, bias=True)
         self.bn1 = nn.BatchNorm2d(mip)
         self.act = make_act(act)
-        self._act_inplace = ACTIVATIONS[act].inplace
         self.conv_h = nn.Conv2d(mip, channels, 1, bias=True) if "h" in branches else None
         self.conv_w = nn.Conv2d(mip, channels, 1, bias=True) if "w" in branches else None
         self.gate = make_gate(gate)
-        self._gate_inplace = GATES[gate].inplace
         self._weights = WeightCache()
 
     def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -110,28 +111,29 @@ class CoordAttention(AttentionModule):
             out["w"] = self.gate(self.conv_w(y.transpose(2, 3)))
         return out
 
-    def _strip_sums(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """``(z, scale)`` with ``scale * z`` = [z^h, z^w] as N×C×(H+W) (or the one strip this
-        module uses), from sums: a mean is a sum plus a division kernel, and the factor rides
-        free on the next GEMM's ``alpha``. A non-square map rescales its W strip to share the
-        H strip's factor."""
+    def _strip_sums(self, x: torch.Tensor) -> torch.Tensor:
+        """[z^h, z^w] as N×C×(H+W) (or the one strip this module uses) times W (H for the W
+        strip alone), from sums: a mean is a sum plus a division kernel, and the factor rides
+        free on the next GEMM's ``alpha``."""
         height, width = x.shape[2], x.shape[3]
         if self.branches == "h":
-            return x.sum(dim=3), 1.0 / width
+            return x.sum(dim=3)
         if self.branches == "w":
-            return x.sum(dim=2), 1.0 / height
+            return x.sum(dim=2)
         z = torch.cat([x.sum(dim=3), x.sum(dim=2)], dim=2)
         if height != width:
             z[:, :, height:] *= width / height
-        return z, 1.0 / width
+        return z
 
-    def _inference_weights(self) -> tuple[torch.Tensor, ...]:
-        """F1 with BN folded in as (mip×C, mip×1); the gate convs stacked as (kC×mip, kC×1)."""
+    def _inference_weights(self) -> tuple:
+        """F1 with BN folded in as (mip×C, mip×1); the gate convs stacked as (kC×mip, kC×1);
+        the activation and the gate as in-place functions."""
         weight, bias = fold_bn(self.conv1, self.bn1)
         convs = [conv for conv in (self.conv_h, self.conv_w) if conv is not None]
         gate_weight = torch.cat([conv.weight.flatten(1) for conv in convs])
         gate_bias = torch.cat([conv.bias for conv in convs])
-        return weight.flatten(1), bias[:, None], gate_weight, gate_bias[:, None]
+        return (weight.flatten(1), bias[:, None], gate_weight, gate_bias[:, None],
+                inplace_form(self.act), inplace_form(self.gate))
 
     def _inference_gates(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The gates in ``branches`` order (eager mode only). F1 (BN folded) and both gate
@@ -140,20 +142,21 @@ class CoordAttention(AttentionModule):
         second GEMM call). GEMMs, not conv1d: a 1×1 conv1d on strips takes a slow im2col path
         on CPU."""
         n, channels, height, width = x.shape
-        w1, b1, wg, bg = self._weights.get(self, self._inference_weights)
+        w1, b1, wg, bg, act, gate = self._weights.get(self, self._inference_weights)
         if height + width <= MATMUL_POOL_MAX and x.is_contiguous():
             pool = _pooling_matrix(height, width, self.branches, x.dtype, x.device)
-            z, scale = torch.mm(x.view(n * channels, height * width), pool), 1.0
-            z = z.view(n, channels, -1)
+            z = torch.mm(x.view(n * channels, height * width), pool)
+            z = z.view(n, channels, pool.shape[1])
         else:
-            z, scale = self._strip_sums(x)
-        f = self._act_inplace(torch.baddbmm(b1, w1.expand(n, -1, -1), z, alpha=scale))
-        g = self._gate_inplace(torch.baddbmm(bg, wg.expand(n, -1, -1), f))  # N×kC×L
+            z = self._strip_sums(x)
+        scale = 1.0 / height if self.branches == "w" else 1.0 / width  # sums to means
+        f = act(torch.baddbmm(b1, w1.expand(n, -1, -1), z, alpha=scale))
+        g = gate(torch.baddbmm(bg, wg.expand(n, -1, -1), f))  # N×kC×L
         if self.branches == "h":
             return [g.view(n, channels, height, 1)]
         if self.branches == "w":
             return [g.view(n, channels, 1, width)]
-        length, stride = height + width, g.stride(0)
-        return [g.as_strided((n, channels, height, 1), (stride, length, 1, 1)),
-                g.as_strided((n, channels, 1, width), (stride, length, 1, 1),
-                             channels * length + height)]
+        s0, s1, s2 = g.stride()  # the blocks [:C, :H] and [C:, H:] as N×C×H×1 and N×C×1×W
+        return [g.as_strided((n, channels, height, 1), (s0, s1, s2, 1), g.storage_offset()),
+                g.as_strided((n, channels, 1, width), (s0, s1, 1, s2),
+                             g.storage_offset() + channels * s1 + height * s2)]
