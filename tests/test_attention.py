@@ -348,3 +348,24 @@ def test_modules_built_in_inference_mode_work_uncached():
     twin = attention.build("ca", 16).eval()
     twin.load_state_dict(ca.state_dict())
     torch.testing.assert_close(fast, twin(x.clone()), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shapes", [[(2, 4, 5, 1), (2, 4, 1, 6)], [(2, 4, 1, 1), (2, 1, 5, 6)],
+                                    [(2, 4, 1, 1), (2, 4, 1, 1)], [(2, 4, 5, 1)],
+                                    [(2, 4, 1, 1), (2, 1, 5, 6), (2, 4, 5, 1)]])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_multiply_gates_equals_the_plain_product_for_any_gate_shapes(shapes, overwrite):
+    from caprobe.attention.base import multiply_gates
+
+    x = torch.randn(2, 4, 5, 6)
+    gates = [torch.rand(s) for s in shapes]
+    expected = x.clone()
+    for gate in gates:
+        expected = expected * gate
+    before = x.clone()
+    with torch.no_grad():
+        out = multiply_gates(x, gates, inference=True, overwrite=overwrite)
+    torch.testing.assert_close(out, expected)
+    assert out.shape == x.shape
+    if not overwrite:
+        assert torch.equal(x, before)

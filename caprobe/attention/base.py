@@ -116,10 +116,11 @@ def multiply_gates(x: torch.Tensor, gates: list[torch.Tensor], *, inference: boo
     with ``overwrite`` (a module whose input is a temporary, set by backbones), and two gates
     on a small map are multiplied together first (one pass over ``x``)."""
     first, *rest = gates
-    if inference and rest and x.shape[-2] + x.shape[-1] <= COMBINE_GATES_MAX:
-        (second,) = rest
-        product = first * second  # map-sized: it becomes the output unless x may be
-        return x.mul_(product) if overwrite else product.mul_(x)
+    if inference and len(rest) == 1 and x.shape[-2] + x.shape[-1] <= COMBINE_GATES_MAX:
+        product = first * rest[0]
+        if overwrite:
+            return x.mul_(product)
+        return product.mul_(x) if product.shape == x.shape else x * product  # no second map
     out = x.mul_(first) if inference and overwrite else x * first
     for gate in rest:
         out = out.mul_(gate) if inference else out * gate
