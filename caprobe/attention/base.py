@@ -1,4 +1,5 @@
-"""What every attention module shares: the base class, activation and gate factories, BN folding."""
+"""What every attention module shares: the base class, the non-linearities (module and in-place
+forms), gate multiplication, BN folding and the cache of weights derived for inference."""
 
 from __future__ import annotations
 

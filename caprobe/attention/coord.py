@@ -40,25 +40,34 @@ from caprobe.attention.base import (
     multiply_gates,
 )
 
-#: Up to this H + W, pooling both strips as one (C, H·W) × (H·W, H+W) product beats two means
-#: (reduction over a short axis is slow on CPU): 7× faster at 7×7, 2× at 14×14; at 28×28 the
-#: (H+W) multiply-adds per element cost as much as the means save (1 thread, batch 1).
+#: Up to this H + W, pooling both strips as one (C, H·W) × (H·W, H+W) product beats sums (a
+#: reduction over a short axis is slow on CPU): inside MobileNetV2 at 224, 2 threads, 40 vs
+#: 108 µs per block at 14×14; at 28×28 the H+W multiply-adds per element lose (161 vs 90 µs).
 MATMUL_POOL_MAX = 32
+
+
+def _strip_factors(height: int, width: int, branches: str) -> tuple[float, float]:
+    """``(w_factor, scale)`` that turn strip sums (or 0/1 pooling products) into the means:
+    the W strip is weighted by ``w_factor`` against the H strip, and then both by ``scale``,
+    which rides free on the next GEMM's ``alpha`` (a mean is a sum plus a division kernel)."""
+    if branches == "w":
+        return 1.0, 1.0 / height
+    return width / height, 1.0 / width
 
 
 @lru_cache(maxsize=32)
 def _pooling_matrix(height: int, width: int, branches: str, dtype: torch.dtype,
                     device: torch.device) -> torch.Tensor:
-    """(H·W, H+W) matrix whose product with a flattened map, times 1/W (1/H for the W strip
-    alone), gives [z^h, z^w] (or one of them): 0/1 entries (exact in any dtype), W/H on the W
-    strip of a non-square map."""
+    """(H·W, H+W) matrix whose product with a flattened map gives [z^h, z^w] (or one of them)
+    up to :func:`_strip_factors`: 0/1 entries (exact in any dtype), the W strip's factor on
+    its columns."""
+    w_factor, _ = _strip_factors(height, width, branches)
     with torch.inference_mode(False), torch.no_grad():
         rows = torch.arange(height * width, device=device)
         cols = []
         if "h" in branches:
             cols.append(torch.nn.functional.one_hot(rows // width, height).double())
         if "w" in branches:
-            w_factor = width / height if "h" in branches else 1.0
             cols.append(torch.nn.functional.one_hot(rows % width, width).double() * w_factor)
         return torch.cat(cols, dim=1).to(dtype)
 
@@ -111,18 +120,16 @@ class CoordAttention(AttentionModule):
             out["w"] = self.gate(self.conv_w(y.transpose(2, 3)))
         return out
 
-    def _strip_sums(self, x: torch.Tensor) -> torch.Tensor:
-        """[z^h, z^w] as N×C×(H+W) (or the one strip this module uses) times W (H for the W
-        strip alone), from sums: a mean is a sum plus a division kernel, and the factor rides
-        free on the next GEMM's ``alpha``."""
-        height, width = x.shape[2], x.shape[3]
+    def _strip_sums(self, x: torch.Tensor, w_factor: float) -> torch.Tensor:
+        """[z^h, z^w] as N×C×(H+W) (or the one strip this module uses) from sums, up to
+        :func:`_strip_factors`."""
         if self.branches == "h":
             return x.sum(dim=3)
         if self.branches == "w":
             return x.sum(dim=2)
         z = torch.cat([x.sum(dim=3), x.sum(dim=2)], dim=2)
-        if height != width:
-            z[:, :, height:] *= width / height
+        if w_factor != 1.0:
+            z[:, :, x.shape[2]:] *= w_factor
         return z
 
     def _inference_weights(self) -> tuple:
@@ -143,13 +150,13 @@ class CoordAttention(AttentionModule):
         on CPU."""
         n, channels, height, width = x.shape
         w1, b1, wg, bg, act, gate = self._weights.get(self, self._inference_weights)
+        w_factor, scale = _strip_factors(height, width, self.branches)
         if height + width <= MATMUL_POOL_MAX and x.is_contiguous():
             pool = _pooling_matrix(height, width, self.branches, x.dtype, x.device)
             z = torch.mm(x.view(n * channels, height * width), pool)
             z = z.view(n, channels, pool.shape[1])
         else:
-            z = self._strip_sums(x)
-        scale = 1.0 / height if self.branches == "w" else 1.0 / width  # sums to means
+            z = self._strip_sums(x, w_factor)
         f = act(torch.baddbmm(b1, w1.expand(n, -1, -1), z, alpha=scale))
         g = gate(torch.baddbmm(bg, wg.expand(n, -1, -1), f))  # N×kC×L
         if self.branches == "h":
