@@ -1,9 +1,19 @@
-"""Process-wide torch settings that commands change for a while and then put back."""
+"""The process and the machine around a command: torch settings that commands change for a
+while and then put back, a stop request (SIGTERM) handled like Ctrl-C, and which failures are
+the machine's (a full disk, no memory, a killed process) rather than results of an experiment.
+"""
 
 from __future__ import annotations
 
+import errno
+import signal
+import threading
 from collections.abc import Iterator
+from concurrent.futures import BrokenExecutor
 from contextlib import contextmanager
+
+#: the message of torch's CPU allocator when a tensor cannot be allocated (a RuntimeError)
+_CPU_ALLOCATOR_FAILED = "DefaultCPUAllocator: can't allocate memory"
 
 
 @contextmanager
@@ -21,3 +31,51 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _interrupt(signum, frame) -> None:  # noqa: ANN001 - the signal module's handler signature
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside the block SIGTERM raises :class:`KeyboardInterrupt`, so a stop request unwinds
+    like Ctrl-C (records closed, workers stopped). Only the main thread can set handlers;
+    elsewhere the block runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and _CPU_ALLOCATOR_FAILED in str(exc))
+
+
+def is_environmental(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure of the machine, not an outcome of the experiment: any
+    OSError (a full disk, an I/O error, a vanished folder), no memory (MemoryError, torch's
+    CPU allocator), a killed worker process (BrokenProcessPool). Such a failure is no result:
+    the work is retried once the machine is fixed."""
+    return isinstance(exc, (OSError, BrokenExecutor)) or _out_of_memory(exc)
+
+
+def environmental_cause(exc: BaseException) -> tuple[str, str]:
+    """``(what happened, what to do)`` for an environmental failure, as short phrases, e.g.
+    ``("no space left on device", "free space")``."""
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ENOSPC:
+            return "no space left on device", "free space"
+        if exc.errno == errno.EIO:
+            return "an input/output error on the disk", "check the disk"
+        text = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{text}{where}", "fix that"
+    if _out_of_memory(exc):
+        return "out of memory", "free memory or run fewer trainings at once"
+    return " ".join(str(exc).split()) or type(exc).__name__, "check the machine"

@@ -10,6 +10,8 @@ Conventions
   "type 7"), the same as ``pandas.Series.quantile``.
 * Standard deviations use ``ddof=1``; with a single sample they are ``nan`` (there is no
   spread to speak of) and confidence intervals are ``None``: never a fake interval.
+* :func:`did_learn` tells a training that learned from one that stayed at chance (the
+  latter is flagged and left out of accuracy statistics, never reported as an effect).
 * :func:`ratio_ci` pairs the *i*-th baseline timing with the *i*-th variant timing (they
   were taken back to back in one interleaved round), takes the ratio per pair, and reports
   the **median of the per-pair ratios** with a distribution-free confidence interval for
@@ -29,8 +31,13 @@ import numpy as np
 from caprobe.errors import CaprobeError
 
 __all__ = [
+    "CHANCE_FACTOR",
+    "LOSS_FACTOR",
     "PairedDelta",
     "Summary",
+    "chance_top1",
+    "did_learn",
+    "loss_fell",
     "mean_ci",
     "median_ci_indices",
     "paired_delta",
@@ -38,6 +45,7 @@ __all__ = [
     "summarize",
     "t_cdf",
     "t_quantile",
+    "top1_floor",
 ]
 
 
@@ -272,3 +280,58 @@ def ratio_ci(baseline_samples: Sequence[float], variant_samples: Sequence[float]
     if idx is None:
         return (point, math.nan, math.nan)
     return (point, float(r[idx[0]]), float(r[idx[1]]))
+
+
+# --------------------------------------------------------------------------- did it learn?
+
+# A final top-1 below 3 x chance reads as "at chance": on the small, balanced test sets of a
+# quick ablation, guessing (or always predicting one class) stays well under 3 x chance, while
+# a model that picked up the task clears it after a few epochs.
+CHANCE_FACTOR = 3.0
+# A final training loss not below 90% of the first epoch's means the optimiser went nowhere
+# (dead learning rate, frozen weights, broken labels), whatever the test top-1 happens to be.
+LOSS_FACTOR = 0.9
+
+
+def _finite_or_none(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def chance_top1(num_classes: int | None) -> float | None:
+    """Top-1 (percent) of guessing on a balanced test set: ``100 / num_classes``."""
+    return 100.0 / num_classes if num_classes and num_classes > 0 else None
+
+
+def top1_floor(chance: float) -> float:
+    """The lowest top-1 (percent) that counts as learned: ``CHANCE_FACTOR`` x ``chance``.
+
+    With 4 classes or fewer, 3 x chance is 75% or more (out of reach below 4 classes), so the
+    floor is capped halfway between chance and 100%.
+    """
+    return min(CHANCE_FACTOR * chance, (chance + 100.0) / 2.0)
+
+
+def loss_fell(train_losses: Iterable[object]) -> bool | None:
+    """Whether the last finite per-epoch loss is below ``LOSS_FACTOR`` x the first finite one;
+    None with fewer than two finite losses (no trend to read)."""
+    losses = [x for x in map(_finite_or_none, train_losses) if x is not None]
+    if len(losses) < 2:
+        return None
+    return losses[-1] < LOSS_FACTOR * losses[0]
+
+
+def did_learn(top1: float | None, num_classes: int | None,
+              train_losses: Iterable[object] = ()) -> bool | None:
+    """Whether a finished training learned.
+
+    False when the final test ``top1`` (percent) is below :func:`top1_floor` of chance, or the
+    per-epoch ``train_losses`` (in order) did not fall below ``LOSS_FACTOR`` x the first;
+    with a single logged epoch only the top-1 criterion applies. None when ``top1`` or the
+    class count is unknown (e.g. a run that did not finish): never a guess.
+    """
+    top1, chance = _finite_or_none(top1), chance_top1(num_classes)
+    if top1 is None or chance is None:
+        return None
+    return top1 >= top1_floor(chance) and loss_fell(train_losses) is not False

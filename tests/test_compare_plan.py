@@ -54,6 +54,7 @@ def test_resume_compares_only_given_options(tmp_path):
     opts = merge_for_resume(saved, {"attn": ["se"], "seeds": 2})
     assert opts.epochs == 3 and opts.attn == ["se"]
     assert merge_for_resume(saved, {}).seeds == 2
+    assert merge_for_resume(saved, {"jobs": 3, "seeds": 2}).jobs == 3  # jobs: not compared
     with pytest.raises(CaprobeError, match=r"seeds=3 \(plan.json has 2\)"):
         merge_for_resume(saved, {"seeds": 3})
     with pytest.raises(CaprobeError, match="attn"):
@@ -66,6 +67,9 @@ def test_resume_compares_only_given_options(tmp_path):
     (["--attn", "--seeds", "2"], "no attention variants"),
     ([], "no attention variants"),
     (["--attn", "se", "--seeds", "0"], "--seeds must be at least 1"),
+    (["--attn", "se", "--jobs", "0"], "--jobs must be at least 1"),
+    (["--attn", "se", "--image-size", "0"], "--image-size must be at least 1"),
+    (["--attn", "se", "--image-size", "32", "--data-option", "image_size=32"], "given twice"),
     (["--attn", "se", "--model", "resnet"], "unknown model"),
     (["--attn", "se", "--data-option", "oops"], "KEY=VALUE"),
 ])

@@ -146,7 +146,8 @@ def test_table_numbers_equal_results_json(run_dir):
                 assert float(value) == agg[key]  # exact: repr round-trips
                 assert text == f(agg[key])
         assert cells["latency_median_ms"][0] == repr(agg["latency_median_ms"])
-    assert "se: +1.3 ± 1.4 top-1 for +2.0% params, +2.0% MAdds, +10.0% CPU latency" in html
+    assert ("se: no detectable difference in top-1 (Δ +1.3, 95% CI [-0.1, +2.8], paired over 3 "
+            "seeds) for +2.0% params, +2.0% MAdds, +10.0% CPU latency.") in html
 
 
 def test_page_is_self_contained_and_escaped(tmp_path):

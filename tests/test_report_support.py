@@ -14,14 +14,17 @@ from pathlib import Path
 from caprobe.compare.layout import Layout
 from caprobe.compare.results import write_results
 from caprobe.io import write_json
+from caprobe.stats import chance_top1, did_learn
 
 STAGES = ["stem", "stage1", "stage2", "stage3", "head"]
 
 
 def make_run(root: Path, *, variants=("none", "se", "ca"), seeds=(0, 1, 2), data="positional",
              checksum="abc123", model="mobilenetv2", top1=None, train=True, failed=(),
-             maps=True) -> Path:
-    """Write a complete synthetic run folder; ``top1[(variant, seed)]`` overrides accuracy."""
+             maps=True, losses=None, classes=10) -> Path:
+    """Write a complete synthetic run folder; ``top1[(variant, seed)]`` overrides accuracy,
+    ``losses[(variant, seed)]`` the per-epoch training losses (``learned`` follows from both,
+    with ``classes`` classes; top-5 is top-1 + 30, capped at 100)."""
     root = Path(root)
     layout = Layout(root)
     rng = random.Random(7)
@@ -85,13 +88,16 @@ def make_run(root: Path, *, variants=("none", "se", "ca"), seeds=(0, 1, 2), data
                                                      "top1": None})
                 continue
             acc = (top1 or {}).get((v, s), 60.0 + 2.0 * variants.index(v) + s)
-            rows = [{"epoch": e, "train_loss": 2.0 / e + 0.1 * s, "test_top1": acc - 3 + e}
-                    for e in (1, 2, 3)]
+            loss = (losses or {}).get((v, s), [2.0 / e + 0.1 * s for e in (1, 2, 3)])
+            rows = [{"epoch": e, "train_loss": x, "test_top1": acc - len(loss) + e}
+                    for e, x in enumerate(loss, 1)]
             (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             write_json(run_dir / "result.json", {
-                "status": "finished", "top1": acc, "top5": 99.0, "test_loss": 0.9,
-                "train_loss": 0.8, "epochs_done": 3, "steps_done": 30, "wall_time_s": 4.0,
-                "images_per_s": 100.0, "data_checksum": checksum, "error": None,
+                "status": "finished", "top1": acc, "top5": min(acc + 30.0, 100.0),
+                "test_loss": 0.9, "train_loss": loss[-1], "epochs_done": len(loss),
+                "steps_done": 10 * len(loss), "wall_time_s": 4.0, "images_per_s": 100.0,
+                "data_checksum": checksum, "error": None,
+                "chance_top1": chance_top1(classes), "learned": did_learn(acc, classes, loss),
             })
     if maps and train:
         h = w = 8

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from caprobe.errors import CaprobeError
+from caprobe.stats import did_learn
 from caprobe.train import RunResult, TrainConfig, load_model, load_run, loop, train
 from caprobe.train import checkpoint as ckpt_mod
 
@@ -101,6 +102,8 @@ def test_two_step_run_per_backbone(fake_data, tmp_path, backbone):
     assert {"train_loss", "train_acc", "test_loss", "test_top1", "lr", "epoch_time_s",
             "images_per_s"} <= rows[0].keys()
     assert saved.status == "finished" and saved.top1 == res.top1
+    assert saved.chance_top1 == 25.0 and saved.learned is res.learned is not None
+    assert res.learned is did_learn(res.top1, 4, [row["train_loss"] for row in rows])
     assert saved.env["torch"] == torch.__version__ and saved.env["threads"] == 1
     assert saved.data_checksum.startswith("tiny-")
     model = load_model(tmp_path / "run")

@@ -19,8 +19,8 @@ _OPTION_NAMES = {  # CLI parameter -> CompareOptions field
     "data_dir": "data_dir", "data_option": "data_options", "train_subset": "train_subset",
     "epochs": "epochs", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
     "seeds": "seeds", "seed": "seed", "no_train": "train", "device": "device",
-    "threads": "threads", "latency_batch": "latency_batch", "min_time": "latency_min_time",
-    "input_size": "input_size",
+    "threads": "threads", "jobs": "jobs", "latency_batch": "latency_batch",
+    "min_time": "latency_min_time", "input_size": "input_size", "image_size": "image_size",
 }
 
 
@@ -61,12 +61,22 @@ def compare(
     seed: int = typer.Option(0, "--seed", help="First seed."),
     no_train: bool = typer.Option(False, "--no-train", help="Cost only: counts and latency."),
     device: str = typer.Option("auto", "--device", help="Training device: auto, cpu, cuda."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads per job (per "
+                                       "training at once), also used for latency. (default: "
+                                       "cores // jobs)", show_default=False),
+    jobs: int | None = typer.Option(None, "--jobs", "-j", help="Trainings at once, each in "
+                                    "its own process; --jobs 1 trains them one after the "
+                                    "other in this process. Results depend on --threads, not "
+                                    "on --jobs. (default: 2 on a machine with 2+ cores "
+                                    "when 2+ trainings are left, else 1)", show_default=False),
     latency_batch: int = typer.Option(1, "--latency-batch", help="Batch size for latency."),
     min_time: float = typer.Option(0.5, "--min-time", help="Timed seconds per variant for "
                                    "latency."),
     input_size: int | None = typer.Option(None, "--input-size", help="Input side for counts "
-                                          "and latency (default: the data set's)."),
+                                          "and latency (default: the data's image size)."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Image size of the data "
+                                          "set (resized once; default: its own, imagenette "
+                                          "128)."),
     out: Path | None = typer.Option(None, "--out", help="Run folder to create (default "
                                     "runs/compare-<time>)."),
     resume: Path | None = typer.Option(None, "--resume", help="Finish the run in this folder: "
@@ -84,7 +94,8 @@ def compare(
         "train_subset": train_subset,
         "epochs": epochs, "steps": steps, "batch_size": batch_size, "lr": lr, "seeds": seeds,
         "seed": seed, "no_train": not no_train, "device": device, "threads": threads,
-        "latency_batch": latency_batch, "min_time": min_time, "input_size": input_size,
+        "jobs": jobs, "latency_batch": latency_batch, "min_time": min_time,
+        "input_size": input_size, "image_size": image_size,
     }
     fields = {_OPTION_NAMES[k]: v for k, v in values.items()}
     if resume is not None:
@@ -145,13 +156,15 @@ def _print_summary(outcome) -> None:  # noqa: ANN001
     from rich.console import Console
     from rich.table import Table
 
+    from caprobe.compare.results import DID_NOT_LEARN
+
     console = Console()
     table = Table(title=f"caprobe compare: {outcome.out}", box=box.SIMPLE_HEAD,
                   title_justify="left", pad_edge=False)
     table.add_column("variant", overflow="fold", max_width=18)
     for name in ("params", "MAdds", "latency", "top-1 %", "Δ top-1"):
         table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("status", overflow="fold", max_width=12)
+    table.add_column("status", overflow="fold", max_width=13)
     errors = []
     for r in outcome.results["aggregates"]:
         over = r.get("latency_overhead")
@@ -168,11 +181,14 @@ def _print_summary(outcome) -> None:  # noqa: ANN001
             delta += "\nno CI: 1 seed"
         if r.get("error"):
             errors.append(f"{r['variant']}: {r['error']}")
+        status = str(r.get("status"))
+        if r.get("n_not_learned") and status != DID_NOT_LEARN:
+            status += f"\n{r['n_learned']}/{r['n_finished']} learned"
         table.add_row(
             r["variant"],
             f"{_short_count(r.get('params'))}\n{_pct(r.get('params_delta_pct'))}".rstrip(),
             f"{_short_count(r.get('madds'))}\n{_pct(r.get('madds_delta_pct'))}".rstrip(),
-            lat, top, delta, str(r.get("status")))
+            lat, top, delta, status)
     console.print(table)
     console.print("Δ against none; latency: median and overhead; top-1 ± 95% CI half-width; "
                   "Δ top-1 paired by seed [95% CI].", style="dim", highlight=False)
@@ -182,10 +198,17 @@ def _print_summary(outcome) -> None:  # noqa: ANN001
         console.print(f"report:       {outcome.report}", highlight=False, soft_wrap=True)
     console.print(f"results.csv:  {outcome.results_csv}", highlight=False, soft_wrap=True)
     console.print(f"results.json: {outcome.results_json}", highlight=False, soft_wrap=True)
-    bad = [r["variant"] for r in outcome.results["aggregates"] if r.get("status") != "ok"]
+    aggs = outcome.results["aggregates"]
+    bad = [r["variant"] for r in aggs if r.get("status") not in ("ok", DID_NOT_LEARN)]
     if bad:
         typer.echo(f"caprobe: warning: not every piece finished for: {', '.join(bad)} "
                    "(see the status column)", err=True)
+    unlearned = [f"{r['variant']} ({r['n_not_learned']}/{r['n_finished']})" for r in aggs
+                 if r.get("n_not_learned")]
+    if unlearned:
+        typer.echo(f"caprobe: warning: runs that did not learn (top-1 at chance or a flat "
+                   f"training loss) are left out of top-1 and deltas: {', '.join(unlearned)}",
+                   err=True)
 
 
 @app.command("report")

@@ -32,7 +32,10 @@ def _fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
 
 def summary_line(result, label: str) -> str:
     """``<label>: finished, top-1 81.2% (top-5 -), test loss 0.61, 4 epochs / 188 steps in
-    41.0 s, 312 img/s, data wait 0.8% → runs/x``"""
+    41.0 s, 312 img/s, data wait 0.8% → runs/x``; a run that did not learn says so after its
+    test loss (``warning: did not learn (top-1 at chance: 25.0% by guessing)``)."""
+    from caprobe.stats import top1_floor
+
     parts = [f"{label}: {result.status}"]
     if result.status == "finished":
         top = f"top-1 {_fmt(result.top1, 2, '%')}"
@@ -40,6 +43,11 @@ def summary_line(result, label: str) -> str:
             top += f", top-5 {_fmt(result.top5, 2, '%')}"
         parts.append(top)
         parts.append(f"test loss {_fmt(result.test_loss, 3)}")
+        if result.learned is False:
+            at_chance = result.top1 < top1_floor(result.chance_top1)
+            why = f"top-1 at chance: {result.chance_top1:.1f}% by guessing" if at_chance \
+                else "training loss did not fall"
+            parts.append(f"warning: did not learn ({why})")
     parts.append(f"{result.epochs_done} epochs / {result.steps_done} steps in "
                  f"{result.wall_time_s:.1f} s")
     if result.images_per_s:
@@ -75,6 +83,9 @@ def train_command(
     data_option: Annotated[list[str] | None, typer.Option(
         "--data-option", help="KEY=VALUE for the data set (repeatable), e.g. difficulty=0.7.",
         rich_help_panel=_PANEL_DATA)] = None,
+    image_size: Annotated[int | None, typer.Option(help="Image size of the data set (resized "
+                          "once). (default: its own, imagenette 128)", show_default=False,
+                          rich_help_panel=_PANEL_DATA)] = None,
     train_subset: Annotated[int | None, typer.Option(help="Class-balanced, seeded subset of "
                             "N training images.", rich_help_panel=_PANEL_DATA)] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs. (default: per data set)",
@@ -126,13 +137,14 @@ def train_command(
         "data_dir": data_dir, "cache_dir": cache_dir,
         "data_options": (parse_key_values(data_option, "--data-option", "difficulty=0.7")
                          if data_option else None),
-        "train_subset": train_subset, "epochs": epochs, "steps": steps,
+        "image_size": image_size, "train_subset": train_subset, "epochs": epochs, "steps": steps,
         "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
         "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "seed": seed,
         "device": device, "threads": threads, "amp": amp, "channels_last": channels_last,
     }
     given = {k: v for k, v in given.items() if v is not None}
 
+    from caprobe.runtime import environmental_cause, is_environmental
     from caprobe.train import TrainConfig, is_run_dir, train
 
     if resume is not None:
@@ -186,6 +198,13 @@ def train_command(
         typer.echo(f"caprobe: interrupted; the last finished epoch is saved in {run_dir}. "
                    f"Continue with: caprobe train --resume {run_dir}", err=True)
         raise typer.Exit(130) from None
+    except Exception as exc:
+        if not is_environmental(exc):
+            raise
+        cause, fix = environmental_cause(exc)
+        then = (f"continue with caprobe train --resume {run_dir}" if is_run_dir(run_dir)
+                else "run the command again")
+        raise CaprobeError(f"{cause} while training in {run_dir}; {fix}, then {then}") from exc
 
     from caprobe.train.loop import _finite
 

@@ -45,12 +45,14 @@ class CompareOptions:
     seed: int = 0  # first seed; the plan uses seed, seed + 1, ...
     train: bool = True
     device: str = "auto"
-    threads: int | None = None
+    threads: int | None = None  # torch threads per job; None: cores // jobs
+    jobs: int | None = None  # trainings at once, one process each; None: default_jobs()
     train_options: dict[str, Any] = field(default_factory=dict)
     latency_batch: int = 1
     latency_min_time: float = 0.5
     latency_device: str = "auto"
-    input_size: int | None = None  # None: the data set's image size
+    input_size: int | None = None  # counts and latency; None: the data's image size
+    image_size: int | None = None  # the data set's image size; None: its own default
     map_images: int = 4  # fixed test images drawn in the attention-map section
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,8 +64,9 @@ class CompareOptions:
         return cls(**{k: v for k, v in raw.items() if k in names})
 
 
-#: options that only say where / how to show things, never compared on --resume
-NOT_COMPARED: frozenset[str] = frozenset()
+#: options that only say how to run, never compared on --resume: the new command's value
+#: (when given) is used for the new session
+NOT_COMPARED: frozenset[str] = frozenset({"jobs"})
 
 
 def canonical_variants(attn: list[str] | tuple[str, ...]) -> list[str]:
@@ -91,7 +94,8 @@ def validate(options: CompareOptions) -> CompareOptions:
     """Check user-fixable mistakes early and canonicalize the variant list (in place)."""
     if not isinstance(options.seeds, int) or options.seeds < 1:
         raise CaprobeError(f"--seeds must be at least 1, got {options.seeds}")
-    for name in ("epochs", "steps", "batch_size", "train_subset", "threads", "input_size"):
+    for name in ("epochs", "steps", "batch_size", "train_subset", "threads", "jobs",
+                 "input_size", "image_size"):
         value = getattr(options, name)
         if value is not None and value < 1:
             raise CaprobeError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -106,6 +110,7 @@ def validate(options: CompareOptions) -> CompareOptions:
     if options.data_dir is not None:
         options.data_dir = str(Path(options.data_dir).expanduser())
     _check_model(options.model)
+    _check_training(options)
     return options
 
 
@@ -115,6 +120,14 @@ def _check_model(model: str) -> None:
     except ImportError:  # models not installed yet: building will fail per variant instead
         return
     resolve_name(model, None)
+
+
+def _check_training(options: CompareOptions) -> None:
+    """The trainings' own checks (TrainConfig's), before anything is written."""
+    from caprobe.compare.run import train_config
+    from caprobe.train.config import validate as validate_training
+
+    validate_training(train_config(options, BASELINE, options.seed))
 
 
 @dataclass
@@ -175,7 +188,8 @@ def load_plan(root: str | Path) -> dict[str, Any]:
 
 def merge_for_resume(saved: dict[str, Any], given: dict[str, Any]) -> CompareOptions:
     """Options for a resumed run: the saved ones, after checking that every option the new
-    command set explicitly (``given``) equals the saved value."""
+    command set explicitly (``given``) equals the saved value; options in
+    :data:`NOT_COMPARED` take the given value."""
     saved_opts = CompareOptions.from_dict(saved["options"])
     base = saved_opts.to_dict()
     if "attn" in given:
@@ -184,7 +198,10 @@ def merge_for_resume(saved: dict[str, Any], given: dict[str, Any]) -> CompareOpt
         given = {**given, "data_dir": str(Path(given["data_dir"]).expanduser())}
     diffs = []
     for key, value in given.items():
-        if key in NOT_COMPARED or key not in base:
+        if key in NOT_COMPARED:
+            setattr(saved_opts, key, value)
+            continue
+        if key not in base:
             continue
         if to_jsonable(value) != base[key] and not _same_number(value, base[key]):
             diffs.append(f"{key}={_show(value)} (plan.json has {_show(base[key])})")

@@ -4,10 +4,14 @@ Reads only saved files (plan, counts, latency, training run folders), so the rep
 resumed run get the same numbers as the run that wrote them. Statistics come from
 :mod:`caprobe.stats`:
 
-* top-1 per variant: mean, standard deviation (ddof=1) and a 95% Student-t interval over the
-  seeds that finished (no interval with one seed);
+* only runs that finished **and learned** (:func:`caprobe.stats.did_learn`; a record too old to
+  tell counts as learned) enter the accuracy statistics; the others are counted
+  (``n_not_learned``) and left out, and a variant none of whose finished runs learned gets the
+  status ``did not learn`` and no top-1 numbers;
+* top-1 per variant: mean, standard deviation (ddof=1) and a 95% Student-t interval over those
+  runs (no interval with one seed);
 * deltas against the baseline are paired by seed (``paired_delta(baseline, variant)`` over the
-  seeds where both finished), with a paired 95% interval (none with one pair);
+  seeds where both finished and learned), with a paired 95% interval (none with one pair);
 * cost deltas: ``100 * (variant / baseline - 1)`` percent of params and MAdds; latency overhead
   is the interleaved ratio measured by the bench library.
 """
@@ -22,13 +26,16 @@ from typing import Any
 from caprobe.compare.layout import Layout
 from caprobe.compare.plan import BASELINE, load_plan
 from caprobe.io import atomic_write_text, read_json, read_jsonl, write_json
+from caprobe.stats import chance_top1, did_learn
 
-RESULTS_SCHEMA = 1
+RESULTS_SCHEMA = 2  # 2: runs carry learned / chance_top1, aggregates n_learned / n_not_learned
 FINISHED = "finished"
+DID_NOT_LEARN = "did not learn"  # aggregate status: no finished run of the variant learned
 
 RUN_COLUMNS = [
-    "row", "variant", "seed", "status", "error", "top1", "top5", "test_loss", "train_loss",
-    "epochs_done", "steps_done", "wall_time_s", "images_per_s", "data_checksum", "run_dir",
+    "row", "variant", "seed", "status", "learned", "error", "top1", "chance_top1", "top5",
+    "test_loss", "train_loss", "epochs_done", "steps_done", "wall_time_s", "images_per_s",
+    "data_checksum", "run_dir",
 ]
 
 
@@ -51,24 +58,25 @@ def piece_state(layout: Layout, variant: str, seed: int) -> dict[str, Any]:
 
     ``status`` is the training's own status (finished, diverged, failed, interrupted), ``failed``
     when the piece failed outside training (``error.json``), ``partial`` when a run folder
-    exists without a result, or ``pending``.
+    exists without a result, or ``pending``. An ``error.json`` marked ``retry`` (the machine
+    failed: full disk, no memory, a killed worker) is no outcome: only its error is reported.
     """
     run_dir = layout.run_dir(variant, seed)
     err = _read(layout.error(variant, seed))
-    if err is not None:
+    if err is not None and not err.get("retry"):
         return {"status": err.get("status", "failed"), "error": err.get("error"), "result": None}
     result = _read(run_dir / "result.json")
     if result is not None:
         return {"status": result.get("status", "failed"), "error": result.get("error"),
                 "result": result}
     if run_dir.exists():
-        return {"status": "partial", "error": None, "result": None}
+        return {"status": "partial", "error": (err or {}).get("error"), "result": None}
     return {"status": "pending", "error": None, "result": None}
 
 
 def piece_done(layout: Layout, variant: str, seed: int) -> bool:
     """Finished pieces (finished, diverged, failed) are never run again; interrupted and
-    partial ones resume from their checkpoint."""
+    partial ones (a piece the machine failed is one) resume from their checkpoint."""
     return piece_state(layout, variant, seed)["status"] not in ("pending", "partial",
                                                                  "interrupted")
 
@@ -92,8 +100,27 @@ def _pct_delta(value: Any, base: Any) -> float | None:
     return 100.0 * (value / base - 1.0)
 
 
+def _record_classes(result: dict[str, Any]) -> int | None:
+    """The class count behind a ``result.json``: from its ``chance_top1`` or, in records older
+    than that field, from its per-class accuracies."""
+    chance = _num(result.get("chance_top1"))
+    if chance:
+        return round(100.0 / chance)
+    return len(result.get("per_class_acc") or {}) or None
+
+
+def _record_learned(result: dict[str, Any], run_dir: Path) -> bool | None:
+    """``learned`` of a ``result.json``; for a record older than the field, computed from its
+    top-1, class count and the run's ``metrics.jsonl`` (None when that is impossible)."""
+    if "learned" in result or result.get("status") != FINISHED:
+        return result.get("learned")
+    losses = [row.get("train_loss") for row in read_metrics(run_dir)]
+    return did_learn(result.get("top1"), _record_classes(result), losses)
+
+
 def run_rows(root: str | Path, plan: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One row per planned (variant, seed) training piece."""
+    """One row per planned (variant, seed) training piece; ``learned`` is None unless the
+    training finished (or when its record cannot tell)."""
     layout = Layout(root)
     plan = plan or load_plan(root)
     if not plan["options"].get("train", True):
@@ -105,8 +132,10 @@ def run_rows(root: str | Path, plan: dict[str, Any] | None = None) -> list[dict[
         result = state["result"] or {}
         rows.append({
             "row": "run", "variant": variant, "seed": seed, "status": state["status"],
-            "error": state["error"],
-            "top1": _num(result.get("top1")), "top5": _num(result.get("top5")),
+            "learned": _record_learned(result, layout.run_dir(variant, seed)),
+            "error": state["error"], "top1": _num(result.get("top1")),
+            "chance_top1": _num(chance_top1(_record_classes(result))),
+            "top5": _num(result.get("top5")),
             "test_loss": _num(result.get("test_loss")),
             "train_loss": _num(result.get("train_loss")),
             "epochs_done": result.get("epochs_done"), "steps_done": result.get("steps_done"),
@@ -116,6 +145,15 @@ def run_rows(root: str | Path, plan: dict[str, Any] | None = None) -> list[dict[
             "run_dir": piece["run_dir"],
         })
     return rows
+
+
+def _finished(row: dict[str, Any]) -> bool:
+    return row["status"] == FINISHED and row["top1"] is not None
+
+
+def _learned(row: dict[str, Any]) -> bool:
+    """Finished and not flagged as not learned (unknown, in older records, counts as learned)."""
+    return _finished(row) and row.get("learned") is not False
 
 
 def _status(variant_rows: list[dict[str, Any]], train: bool, counts: dict | None,
@@ -129,6 +167,9 @@ def _status(variant_rows: list[dict[str, Any]], train: bool, counts: dict | None
         if (counts and counts.get("error")) or (latency and latency.get("error")):
             return "failed", error
         return ("ok" if counts and latency else "incomplete"), error
+    finished = [r for r in variant_rows if _finished(r)]
+    if finished and not any(map(_learned, finished)):
+        return DID_NOT_LEARN, error
     statuses = [r["status"] for r in variant_rows]
     n = len(statuses)
     done = statuses.count(FINISHED)
@@ -145,7 +186,11 @@ def _status(variant_rows: list[dict[str, Any]], train: bool, counts: dict | None
 
 def aggregate_rows(root: str | Path, plan: dict[str, Any] | None = None,
                    runs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """One row per variant: costs, latency, top-1 statistics and paired deltas."""
+    """One row per variant: costs, latency, top-1 statistics and paired deltas.
+
+    ``n_finished`` counts the finished runs; ``n_learned`` those of them that enter the
+    accuracy columns; ``n_not_learned`` those left out because they did not learn.
+    """
     from caprobe.stats import mean_ci, paired_delta
 
     layout = Layout(root)
@@ -155,21 +200,23 @@ def aggregate_rows(root: str | Path, plan: dict[str, Any] | None = None,
     counts = {v: _read(layout.counts(v)) for v in plan["variants"]}
     latency = {v: _read(layout.latency(v)) for v in plan["variants"]}
     base_counts = counts.get(BASELINE) or {}
-    finished = {v: {r["seed"]: r["top1"] for r in runs
-                    if r["variant"] == v and r["status"] == FINISHED and r["top1"] is not None}
-                for v in plan["variants"]}
-    base_top1 = finished.get(BASELINE, {})
+    learned = {v: {r["seed"]: r for r in runs if r["variant"] == v and _learned(r)}
+               for v in plan["variants"]}
+    base_learned = learned.get(BASELINE, {})
     out = []
     for variant in plan["variants"]:
         c = counts[variant] or {}
         lat = latency[variant] or {}
         vrows = [r for r in runs if r["variant"] == variant]
         status, error = _status(vrows, train, counts[variant], latency[variant])
-        top = list(finished[variant].values())
+        used = list(learned[variant].values())
+        top = [r["top1"] for r in used]
+        n_finished = sum(map(_finished, vrows))
         row: dict[str, Any] = {
             "row": "aggregate", "variant": variant, "model": plan["options"].get("model"),
             "status": status, "error": error,
-            "n_seeds": len(vrows), "n_finished": len(top),
+            "n_seeds": len(vrows), "n_finished": n_finished,
+            "n_learned": len(top), "n_not_learned": n_finished - len(top),
             "params": _num(c.get("params")), "madds": _num(c.get("madds")),
             "attention_params": _num(c.get("attention_params")),
             "attention_madds": _num(c.get("attention_madds")),
@@ -199,17 +246,17 @@ def aggregate_rows(root: str | Path, plan: dict[str, Any] | None = None,
             interval = mean_ci(top)
             if interval is not None:
                 row["top1_ci_low"], row["top1_ci_high"] = interval
-            fin = [r for r in vrows if r["status"] == FINISHED]
             for key, col in (("top5", "top5_mean"), ("test_loss", "test_loss_mean")):
-                vals = [r[key] for r in fin if r[key] is not None]
+                vals = [r[key] for r in used if r[key] is not None]
                 row[col] = float(np.mean(vals)) if vals else None
-            walls = [r["wall_time_s"] for r in vrows if r["wall_time_s"] is not None]
-            row["train_wall_time_s"] = float(sum(walls)) if walls else None
+        walls = [r["wall_time_s"] for r in vrows if r["wall_time_s"] is not None]
+        if n_finished and walls:
+            row["train_wall_time_s"] = float(sum(walls))
         if variant != BASELINE:
-            seeds = sorted(set(base_top1) & set(finished[variant]))
+            seeds = sorted(set(base_learned) & set(learned[variant]))
             if seeds:
-                d = paired_delta([base_top1[s] for s in seeds],
-                                 [finished[variant][s] for s in seeds])
+                d = paired_delta([base_learned[s]["top1"] for s in seeds],
+                                 [learned[variant][s]["top1"] for s in seeds])
                 row.update(delta_top1_mean=d.mean, delta_n=d.n,
                            delta_top1_std=_num(d.std),
                            delta_top1_ci_low=d.ci_low, delta_top1_ci_high=d.ci_high)

@@ -6,24 +6,33 @@ Order of work (so that a crash keeps the most useful part):
 1. ``plan.json`` and ``provenance.json``;
 2. counts of every variant (``variants/<v>/counts.json``);
 3. latency of every variant, timed interleaved in one session (``variants/<v>/latency.json``);
-4. training, seed-major (every variant of seed 0, then of seed 1, ...);
+   counts and latency run alone on the machine, before any training starts;
+4. training, seed-major (every variant of seed 0, then of seed 1, ...): ``jobs`` trainings at
+   once in worker processes (:mod:`caprobe.compare.pool`), or in this process for one job;
 5. attention maps from the first finished checkpoint of each variant;
 6. ``results.csv`` / ``results.json`` and ``report.html``.
 
 ``resume=True`` skips every finished piece (a failed or diverged piece is finished: it is
 recorded, not retried) and resumes an interrupted training from its checkpoint.
+
+A failure of the machine (:func:`caprobe.runtime.is_environmental`: a full disk, no memory, a
+killed worker) is no result: it stops the plan with one :class:`CaprobeError` naming the cause
+and the fix, and the piece it hit is left to retry (its ``error.json`` is marked ``retry``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import os
+import signal
 import sys
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from caprobe.compare import maps as _maps
 from caprobe.compare.layout import Layout
@@ -35,10 +44,25 @@ from caprobe.compare.plan import (
     merge_for_resume,
     validate,
 )
+from caprobe.compare.pool import WorkerDied, WorkerPool
 from caprobe.compare.results import piece_done, piece_state, write_results
 from caprobe.errors import CaprobeError
 from caprobe.io import read_json, to_jsonable, write_json
-from caprobe.runtime import torch_threads
+from caprobe.runtime import (
+    environmental_cause,
+    is_environmental,
+    sigterm_as_interrupt,
+    torch_threads,
+)
+
+if TYPE_CHECKING:
+    from caprobe.train import TrainConfig
+
+#: Trainings at once when --jobs is not given, on a machine with at least 2 cores and more
+#: than one training left: two 1-thread processes outrun one 2-thread process on these small
+#: models. Measured: <owner: images/s of --jobs 1 and --jobs 2 on the 2-core machine>.
+#: (The --jobs help in caprobe/cli/compare.py names this value.)
+DEFAULT_JOBS = 2
 
 
 @dataclass
@@ -67,6 +91,16 @@ def _error_text(exc: BaseException) -> str:
     return text if isinstance(exc, CaprobeError) else f"{type(exc).__name__}: {text}"
 
 
+def default_jobs(pieces: int) -> int:
+    """``--jobs`` when not given, for ``pieces`` trainings left to run."""
+    return max(1, min(DEFAULT_JOBS, os.cpu_count() or 1, pieces))
+
+
+def threads_per_job(jobs: int) -> int:
+    """``--threads`` when not given: the cores shared out among the jobs."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 # --------------------------------------------------------------------------- adapters
 
 
@@ -78,7 +112,7 @@ def train_config(options: CompareOptions, variant: str, seed: int):
     given = {
         "model": options.model, "attn": variant, "width": options.width,
         "profile": options.profile, "data": options.data, "data_dir": options.data_dir,
-        "data_options": dict(options.data_options) or None,
+        "data_options": dict(options.data_options) or None, "image_size": options.image_size,
         "train_subset": options.train_subset, "epochs": options.epochs, "steps": options.steps,
         "batch_size": options.batch_size, "lr": options.lr, "seed": seed,
         "device": options.device, "threads": options.threads,
@@ -110,7 +144,8 @@ def _load_data(options: CompareOptions, config) -> _DataInfo:
     from caprobe.data import load_dataset
 
     ds = load_dataset(config.data, data_dir=config.data_dir, cache_dir=config.cache_dir,
-                      download=False, **(config.data_options or {}))
+                      download=False,
+                      **{"image_size": config.image_size, **(config.data_options or {})})
     test = ds.test
     images = test.images
     labels = getattr(test, "labels", None)
@@ -146,12 +181,13 @@ def _build(options: CompareOptions, config, variant: str, num_classes: int):
 
 
 class _Progress:
-    """One rich display: the plan's overall bar (with ETA) plus the current training's bar."""
+    """One rich display: the plan's overall bar (with ETA) plus a bar per running training."""
 
     def __init__(self, enabled: bool, total: int, done: int = 0, console=None) -> None:
         self.enabled = enabled
         self.progress = None
         self.task = None
+        self.trainings: dict[str, Any] = {}  # piece key -> task of a worker's training
         if enabled:
             from rich.console import Console
             from rich.progress import (
@@ -191,6 +227,15 @@ class _Progress:
     def for_train(self):
         return self.progress if self.progress is not None else False
 
+    def show(self, key: str, kind: str, fields: dict[str, Any]) -> None:
+        """Replay a worker's training-bar call (``add`` / ``update`` / ``remove``)."""
+        if kind == "add":
+            self.trainings[key] = self.progress.add_task(fields.pop("description"), **fields)
+        elif kind == "update":
+            self.progress.update(self.trainings[key], **fields)
+        else:
+            self.progress.remove_task(self.trainings.pop(key))
+
 
 # --------------------------------------------------------------------------- main entry
 
@@ -226,9 +271,32 @@ def run_compare(options: CompareOptions | None = None, out: str | Path | None = 
                                f"{out} or pass another --out")
         if out.exists() and any(out.iterdir()):
             raise CaprobeError(f"{out} exists and is not empty; pass a new or empty --out")
-        plan.save(layout)
-    return _execute(plan, layout, progress=progress, console=console,
-                    argv=argv if argv is not None else list(sys.argv), report=report)
+    with _machine_failures(layout), sigterm_as_interrupt():
+        if not resume:
+            plan.save(layout)
+        return _execute(plan, layout, progress=progress, console=console,
+                        argv=argv if argv is not None else list(sys.argv), report=report)
+
+
+def _stop_error(cause: str, fix: str, where: str, root: Path) -> CaprobeError:
+    """One line for a failure of the machine: what happened where, the fix, how to go on."""
+    then = (f"continue with caprobe compare --resume {root}" if Layout(root).plan.is_file()
+            else "run the command again")
+    return CaprobeError(f"{cause} while {where}; {fix}, then {then}")
+
+
+@contextlib.contextmanager
+def _machine_failures(layout: Layout) -> Iterator[None]:
+    """A failure of the machine escaping the block (a record that cannot be written on a full
+    disk, no memory) becomes one :class:`CaprobeError`."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_environmental(exc):
+            raise
+        cause, fix = environmental_cause(exc)
+        raise _stop_error(cause, fix, f"running the comparison in {layout.root}",
+                          layout.root) from exc
 
 
 def _session_start(layout: Layout, argv: list[str], resume: bool) -> dict[str, Any]:
@@ -259,13 +327,17 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
     prov.update(data=data.name, data_checksum=data.checksum, env=env,
                 input_size=list(data.input_size), num_classes=len(data.classes),
                 profile=config0.profile, width=config0.width)
-    write_json(layout.provenance, prov)
 
     pieces = plan.pieces if options.train else []
+    todo = [(v, s) for v, s in pieces if not piece_done(layout, v, s)]
+    jobs = options.jobs or default_jobs(len(todo))
+    threads = options.threads or threads_per_job(jobs)
+    prov["sessions"][-1].update(jobs=jobs, threads_per_job=threads)
+    write_json(layout.provenance, prov)
     # the overall bar counts variant x seed trainings (variants with --no-train); counts,
     # latency and maps show in its description
     if pieces:
-        total, done = len(pieces), sum(piece_done(layout, v, s) for v, s in pieces)
+        total, done = len(pieces), len(pieces) - len(todo)
     else:
         total = len(plan.variants)
         done = sum(layout.counts(v).exists() for v in plan.variants)
@@ -288,14 +360,14 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
             _do_latency(options, config0, data, layout, plan.variants)
             ran.append("latency")
         # 3. training, seed-major
-        for i, (variant, seed) in enumerate(pieces, 1):
-            bar.say(f"training {variant} seed {seed} ({i}/{len(pieces)})")
-            if piece_done(layout, variant, seed):
-                skipped.append(f"train:{variant}:{seed}")
-            else:
-                _do_train(options, layout, variant, seed, bar)
-                ran.append(f"train:{variant}:{seed}")
-                bar.advance()
+        skipped += [f"train:{v}:{s}" for v, s in pieces if (v, s) not in todo]
+
+        def trained(piece: Piece) -> None:
+            ran.append(piece.key)
+            bar.advance()
+
+        _train([_piece(options, layout, v, s, threads) for v, s in todo], jobs, threads, bar,
+               trained)
         # 4. attention maps
         if options.train:
             bar.say("attention maps")
@@ -342,8 +414,16 @@ def _collect_env(options: CompareOptions) -> dict[str, Any]:
         return {"error": _error_text(exc)}
 
 
+def _recordable(exc: BaseException) -> str:
+    """The error text of a failure of the experiment; a failure of the machine is no result:
+    it is raised again."""
+    if is_environmental(exc):
+        raise exc
+    return _error_text(exc)
+
+
 def _failure(variant: str, exc: BaseException) -> dict[str, Any]:
-    return {"variant": variant, "status": "failed", "error": _error_text(exc),
+    return {"variant": variant, "status": "failed", "error": _recordable(exc),
             "traceback": traceback.format_exc(limit=6)}
 
 
@@ -387,20 +467,120 @@ def _do_latency(options, config, data: _DataInfo, layout: Layout, variants: list
         write_json(layout.latency(variant), record)
 
 
-def _do_train(options, layout: Layout, variant: str, seed: int, bar: _Progress) -> None:
-    from caprobe.train import train
+# --------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One training to run, with everything a worker process needs."""
+
+    variant: str
+    seed: int
+    config: TrainConfig  # threads included
+    root: Path  # the comparison's run folder
+    resume: bool  # continue the training saved in its run folder
+
+    @property
+    def key(self) -> str:
+        return f"train:{self.variant}:{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Layout(self.root).run_dir(self.variant, self.seed)
+
+    @property
+    def where(self) -> str:
+        return f"training {self.variant} seed {self.seed} ({self.run_dir})"
+
+
+def _piece(options: CompareOptions, layout: Layout, variant: str, seed: int,
+           threads: int) -> Piece:
+    """A training continued from its folder keeps the thread count it began with (its result
+    may depend on it); a new one gets this session's ``threads``."""
+    from caprobe.train.loop import CONFIG_FILE, is_run_dir
 
     run_dir = layout.run_dir(variant, seed)
-    state = piece_state(layout, variant, seed)
-    resume = state["status"] in ("partial", "interrupted")
+    resume = is_run_dir(run_dir)
+    if resume:
+        threads = read_json(run_dir / CONFIG_FILE).get("threads")
+    config = dataclasses.replace(train_config(options, variant, seed), threads=threads)
+    return Piece(variant, seed, config, layout.root, resume)
+
+
+def _retry_later(piece: Piece, error: CaprobeError, cause: BaseException) -> CaprobeError:
+    """Mark a piece the machine failed as one to retry (best effort: the disk may be full)."""
+    note = {"variant": piece.variant, "seed": piece.seed, "status": "failed", "retry": True,
+            "error": str(error),
+            "traceback": "".join(traceback.format_exception(cause, limit=6))}
+    with contextlib.suppress(OSError, MemoryError):
+        write_json(Layout(piece.root).error(piece.variant, piece.seed), note)
+    return error
+
+
+def train_piece(piece: Piece, progress: Any) -> None:
+    """Train one piece (here or in a worker). An outcome of the experiment (finished, diverged,
+    a config that cannot be built) is recorded in its folder; a failure of the machine leaves
+    the piece to retry and raises a :class:`CaprobeError` naming the cause and the fix."""
+    from caprobe.train import train
+
+    error = Layout(piece.root).error(piece.variant, piece.seed)
+    error.unlink(missing_ok=True)  # the retry note of an earlier session
     try:
-        config = train_config(options, variant, seed)
-        train(config, out=run_dir, resume=resume, progress=bar.for_train())
-    except KeyboardInterrupt:
-        raise
+        train(piece.config, out=piece.run_dir, resume=piece.resume, progress=progress)
     except Exception as exc:  # noqa: BLE001 - recorded; the other pieces go on
-        if not (run_dir / "result.json").exists():
-            write_json(layout.error(variant, seed), {**_failure(variant, exc), "seed": seed})
+        if is_environmental(exc):
+            cause, fix = environmental_cause(exc)
+            raise _retry_later(piece, _stop_error(cause, fix, piece.where, piece.root),
+                               exc) from exc
+        if not (piece.run_dir / "result.json").exists():
+            write_json(error, {**_failure(piece.variant, exc), "seed": piece.seed})
+
+
+def _death_cause(code: int | None) -> tuple[str, str]:
+    """``(what happened, what to do)`` for a worker process that ended with exit ``code``."""
+    if code is None:
+        return "a worker process ended abruptly", "check the machine"
+    if code > 0:
+        return f"the worker process exited with code {code}", "check the machine"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if -code == signal.SIGKILL:
+        return (f"the worker process was killed by {name} (often the out-of-memory killer)",
+                "free memory or lower --jobs")
+    return f"the worker process was killed by {name}", "check the machine"
+
+
+def _killed(exc: WorkerDied, pieces: dict[str, Piece], root: Path) -> CaprobeError:
+    """The error for workers that died; each piece they were training is left to retry."""
+    dead = [(pieces[key], code) for key, code in exc.deaths if key in pieces]
+    code = dead[0][1] if dead else next((c for _, c in exc.deaths), None)
+    cause, fix = _death_cause(code)
+    error = _stop_error(cause, fix, dead[0][0].where if dead else f"training in {root}", root)
+    for piece, _ in dead:
+        _retry_later(piece, error, exc)
+    return error
+
+
+def _train(todo: list[Piece], jobs: int, threads: int, bar: _Progress,
+           trained: Callable[[Piece], None]) -> None:
+    """Train ``todo`` in this order: here when one job runs at a time, else in ``jobs`` worker
+    processes of ``threads`` torch threads each; ``trained(piece)`` after each."""
+    if min(jobs, len(todo)) <= 1:
+        for i, piece in enumerate(todo, 1):
+            bar.say(f"training {piece.variant} seed {piece.seed} ({i}/{len(todo)})")
+            train_piece(piece, bar.for_train())
+            trained(piece)
+        return
+    bar.say(f"training, {jobs} at a time")
+    pieces = {piece.key: piece for piece in todo}
+    with WorkerPool(min(jobs, len(todo)), threads, bar.show if bar.enabled else None) as pool:
+        try:
+            for key in pool.run(train_piece, list(pieces.items())):
+                trained(pieces[key])
+        except WorkerDied as exc:
+            raise _killed(exc, pieces, todo[0].root) from exc
 
 
 def _load_trained(layout: Layout, variant: str, seed: int):
@@ -429,5 +609,5 @@ def _do_maps(options, config, data: _DataInfo, layout: Layout, plan: Plan) -> No
             blocks = _maps.compute_maps(model, data.images, data.mean, data.std)
             record["variants"][variant] = {"seed": seed, "blocks": blocks}
         except Exception as exc:  # noqa: BLE001
-            record["variants"][variant] = {"error": _error_text(exc)}
+            record["variants"][variant] = {"error": _recordable(exc)}
     write_json(layout.maps, record)

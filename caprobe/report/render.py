@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from caprobe.compare.plan import BASELINE
+from caprobe.compare.results import DID_NOT_LEARN
 from caprobe.io import atomic_write_text
 from caprobe.report import plots
 from caprobe.report.records import RunRecords, load_runs
+from caprobe.stats import top1_floor
 
 ACC_KEYS = ("test_top1", "top1", "val_top1", "test_acc", "accuracy", "acc")
 LOSS_KEYS = ("train_loss", "loss", "test_loss")
@@ -137,6 +139,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         train = r["_run"].plan["options"].get("train", True)
         seeds = f"{r.get('n_finished', 0)}/{r.get('n_seeds', 0)}" if train else "–"
+        learned = f"{r['n_learned']}/{r['n_finished']} learned" if r.get("n_not_learned") else ""
         lat = fmt_ms(r.get("latency_median_ms"))
         if _ok(r.get("latency_iqr_ms")):
             lat += f" ± {fmt_ms(r['latency_iqr_ms'])}"
@@ -145,7 +148,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                             fmt_ratio_pct)
         top_ci = _interval(r.get("top1_ci_low"), r.get("top1_ci_high"), fmt_acc)
         if _ok(r.get("top1_mean")) and not top_ci:
-            top_ci = "no CI: 1 seed" if r.get("n_finished") == 1 else ""
+            top_ci = "no CI: 1 seed" if r.get("n_learned") == 1 else ""
         d_ci = _interval(r.get("delta_top1_ci_low"), r.get("delta_top1_ci_high"), fmt_delta)
         if _ok(r.get("delta_top1_mean")) and not d_ci:
             d_ci = "no CI: 1 pair"
@@ -161,19 +164,55 @@ def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             _cell("top1_mean", fmt_acc(r.get("top1_mean")), r.get("top1_mean"), top_ci),
             _cell("delta_top1_mean", fmt_delta(r.get("delta_top1_mean")),
                   r.get("delta_top1_mean"), d_ci),
-            _cell("seeds", seeds, r.get("n_finished") if train else None),
+            _cell("seeds", seeds, r.get("n_finished") if train else None, learned),
         ]
         out.append({"label": r["_label"], "variant": r["variant"], "color": r["_color"],
                     "long": len(str(r["_label"])) > 22,
                     "cells": cells, "status": r.get("status") or "", "error": r.get("error"),
-                    "failed": (r.get("status") or "") not in ("ok", "")})
+                    "failed": (r.get("status") or "") not in ("ok", ""),
+                    "not_learned": bool(r.get("n_not_learned"))})
     return out
 
 
-def verdict(r: dict[str, Any]) -> dict[str, str]:
-    """One sentence: what a module buys and what it costs against the baseline."""
-    label = r["_label"]
-    train = r["_run"].plan["options"].get("train", True)
+def _variant_runs(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-seed run rows of an aggregate row's variant."""
+    return [x for x in r["_run"].results.get("runs", []) if x["variant"] == r["variant"]]
+
+
+def _baseline_of(r: dict[str, Any]) -> dict[str, Any]:
+    """The baseline's aggregate row in the same run as ``r`` (empty when there is none)."""
+    aggs = r["_run"].results.get("aggregates", [])
+    base = next((a for a in aggs if a["variant"] == BASELINE), None)
+    return {**base, "_run": r["_run"]} if base else {}
+
+
+def _why_not_learned(r: dict[str, Any]) -> str:
+    """Why the variant's flagged runs did not learn: top-1 at chance, a flat loss, or both."""
+    at_chance = [_ok(x.get("top1")) and _ok(x.get("chance_top1"))
+                 and x["top1"] < top1_floor(x["chance_top1"])
+                 for x in _variant_runs(r) if x.get("learned") is False]
+    reasons = (["final top-1 at chance"] if any(at_chance) else []) \
+        + (["training loss did not fall"] if not all(at_chance) else [])
+    return " or ".join(reasons)
+
+
+def _none_learned(r: dict[str, Any]) -> str:
+    """For a did-not-learn row: did not learn in any of its 3 runs (final top-1 at chance)."""
+    n = r.get("n_not_learned") or 0
+    what = "run" if n == r.get("n_seeds") else "finished run"
+    runs = f"its one {what}" if n == 1 else f"any of its {n} {what}s"
+    return f"did not learn in {runs} ({_why_not_learned(r)})"
+
+
+def _left_out(r: dict[str, Any], who: str = "") -> list[str]:
+    """["1 of 3 runs did not learn and is left out"] when some, not all, runs were left out."""
+    k, n = r.get("n_not_learned") or 0, r.get("n_finished") or 0
+    if not k or k == n:
+        return []
+    return [f"{who}{k} of {n} runs did not learn and {'is' if k == 1 else 'are'} left out"]
+
+
+def _cost(r: dict[str, Any]) -> str:
     dev = _device_word(r.get("latency_device"))
     costs = []
     if _ok(r.get("params_delta_pct")):
@@ -182,30 +221,66 @@ def verdict(r: dict[str, Any]) -> dict[str, str]:
         costs.append(f"{fmt_pct(r['madds_delta_pct'])} MAdds")
     if _ok(r.get("latency_overhead")):
         costs.append(f"{fmt_ratio_pct(r['latency_overhead'])} {dev} latency".replace("  ", " "))
-    cost = ", ".join(costs) if costs else "unknown cost"
-    tone = "neutral"
-    if not train:
-        text = f"{label}: costs {cost}; accuracy not measured (--no-train)."
+    return ", ".join(costs) if costs else "unknown cost"
+
+
+def _delta_claim(r: dict[str, Any], cost: str) -> tuple[str, str]:
+    """The paired top-1 claim (no final full stop) and its tone."""
+    d, n = r["delta_top1_mean"], r.get("delta_n")
+    lo, hi = r.get("delta_top1_ci_low"), r.get("delta_top1_ci_high")
+    if not (_ok(lo) and _ok(hi)):
+        return f"{d:+.1f} top-1 for {cost} (one seed: no interval can be given)", "neutral"
+    if lo <= 0 <= hi:
+        return (f"no detectable difference in top-1 (Δ {d:+.1f}, 95% CI [{lo:+.1f}, {hi:+.1f}], "
+                f"paired over {n} seeds) for {cost}", "neutral")
+    return (f"{d:+.1f} ± {(hi - lo) / 2:.1f} top-1 for {cost} (paired over {n} seeds, 95% CI)",
+            "good" if lo > 0 else "bad")
+
+
+def verdict(r: dict[str, Any]) -> dict[str, str]:
+    """One sentence: what a module buys and what it costs against the baseline.
+
+    Only runs that learned count: a variant none of whose runs learned gets no accuracy
+    verdict, and a baseline that did not learn leaves nothing to pair with.
+    """
+    label, cost = r["_label"], _cost(r)
+    base = _baseline_of(r)
+    tone = "bad"
+    if not r["_run"].plan["options"].get("train", True):
+        text, tone = f"{label}: costs {cost}; accuracy not measured (--no-train).", "neutral"
+    elif r.get("status") == DID_NOT_LEARN:
+        text = f"{label}: {_none_learned(r)}; no accuracy verdict; costs {cost}."
     elif _ok(r.get("delta_top1_mean")):
-        d = r["delta_top1_mean"]
-        lo, hi = r.get("delta_top1_ci_low"), r.get("delta_top1_ci_high")
-        if _ok(lo) and _ok(hi):
-            acc = f"{d:+.1f} ± {(hi - lo) / 2:.1f} top-1"
-            tone = "good" if lo > 0 else "bad" if hi < 0 else "neutral"
-            tail = f" (paired over {r.get('delta_n')} seeds, 95% CI)"
-        else:
-            acc = f"{d:+.1f} top-1"
-            tail = " (one seed: no interval can be given)"
-        text = f"{label}: {acc} for {cost}{tail}."
+        claim, tone = _delta_claim(r, cost)
+        notes = _left_out(r) + _left_out(base, "baseline: ")
+        text = f"{label}: {claim}" + (f" ({'; '.join(notes)})" if notes else "") + "."
+    elif base.get("status") == DID_NOT_LEARN:
+        text = (f"{label}: no top-1 delta: the baseline {_none_learned(base)}, so there is "
+                f"nothing to pair with; costs {cost}.")
     else:
         status = r.get("status") or "not trained"
         if status == "ok" and r.get("n_finished"):
-            status = "the baseline has no finished seed to pair with"
+            status = "no seed where both it and the baseline finished and learned"
         text = f"{label}: no paired top-1 ({status}); costs {cost}."
         tone = "bad" if status not in ("ok", "pending") else "neutral"
     if r.get("error"):
         text += f" Error: {r['error']}"
     return {"label": label, "text": text, "tone": tone}
+
+
+def _learned_text(run: dict[str, Any]) -> str:
+    if run.get("status") != "finished":
+        return "–"
+    return {True: "yes", False: "did not learn"}.get(run.get("learned"), "unknown")
+
+
+def seed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every training run (variant × seed) with its top-1, chance level and learned flag."""
+    return [{"label": r["_label"], "color": r["_color"], "seed": x["seed"],
+             "status": x.get("status") or "", "top1": fmt_acc(x.get("top1")),
+             "top1_value": _value_attr(x.get("top1")), "chance": fmt_acc(x.get("chance_top1")),
+             "learned": _learned_text(x), "not_learned": x.get("learned") is False}
+            for r in rows for x in _variant_runs(r)]
 
 
 # --------------------------------------------------------------------------- series
@@ -421,6 +496,7 @@ def build_context(runs: list[RunRecords]) -> dict[str, Any]:
         "one_seed": any_train and one_seed,
         "any_train": any_train,
         "table": table_rows(rows),
+        "seed_rows": seed_rows(rows),
         "figures": fig,
         "stages": stages,
         "stage_rows": stage_rows,

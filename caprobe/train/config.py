@@ -60,6 +60,7 @@ class TrainConfig:
     data_dir: str | None = None
     cache_dir: str | None = None
     data_options: dict[str, Any] = field(default_factory=dict)
+    image_size: int | None = None  # None: the data set's own size (imagenette: 128)
     train_subset: int | None = None
     # schedule
     epochs: int | None = None
@@ -111,7 +112,11 @@ def validate(config: TrainConfig) -> TrainConfig:
         c.data_options = {}
     if not isinstance(c.data_options, dict):
         raise CaprobeError("data_options must be a mapping of option name to value")
-    for name in ("epochs", "steps", "batch_size", "train_subset", "threads", "eval_batch_size"):
+    if c.image_size is not None and "image_size" in c.data_options:
+        raise CaprobeError("the image size is given twice; pass --image-size N only, not also "
+                           "--data-option image_size=N")
+    for name in ("epochs", "steps", "batch_size", "train_subset", "threads", "eval_batch_size",
+                 "image_size"):
         value = getattr(c, name)
         if value is None:
             continue

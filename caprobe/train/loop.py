@@ -24,6 +24,7 @@ from typing import Any
 from caprobe.errors import CaprobeError
 from caprobe.io import atomic_write_text, read_json, read_jsonl, write_json
 from caprobe.runtime import torch_threads
+from caprobe.stats import chance_top1, did_learn
 from caprobe.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from caprobe.train.config import TrainConfig, differences, resolve, validate
 
@@ -53,6 +54,8 @@ class RunResult:
     error: str | None = None
     train_acc: float | None = None
     data_wait_share: float | None = None  # share of training-step time spent preparing data
+    chance_top1: float | None = None  # top-1 of guessing: 100 / number of classes
+    learned: bool | None = None  # caprobe.stats.did_learn; None unless finished
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _finite(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -287,7 +290,7 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
     data_api = _data_api()
     dataset = data_api.load_dataset(config.data, data_dir=config.data_dir,
                                     cache_dir=config.cache_dir, download=False,
-                                    **(config.data_options or {}))
+                                    **{"image_size": config.image_size, **config.data_options})
     cfg = resolve(config, image_size=int(dataset.image_size), device=device)
     if saved_config is not None:
         diffs = differences(saved_config, cfg.to_dict())
@@ -409,9 +412,10 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
 
     def result(status: str, error: str | None = None, train_loss=None, train_acc=None,
                per_class=None) -> RunResult:
+        top1 = last_eval.get("test_top1") if status == "finished" else None
         res = RunResult(
             status=status,
-            top1=last_eval.get("test_top1") if status == "finished" else None,
+            top1=top1,
             top5=last_eval.get("test_top5") if status == "finished" else None,
             test_loss=last_eval.get("test_loss") if status == "finished" else None,
             train_loss=train_loss if train_loss is not None else
@@ -425,6 +429,8 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
             data_checksum=dataset.checksum, env=env,
             run_dir=str(run_dir) if run_dir is not None else None, error=error,
             data_wait_share=round(data_time / train_time, 5) if train_time > 0 else None,
+            chance_top1=chance_top1(num_classes),
+            learned=did_learn(top1, num_classes, [r["train_loss"] for r in rows]),
         )
         if run_dir is not None:
             write_json(run_dir / RESULT_FILE, res.to_dict())
@@ -542,6 +548,10 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
     except CaprobeError:
         raise
     except Exception as exc:  # noqa: BLE001 - recorded in the run folder, not a traceback
+        from caprobe.runtime import is_environmental
+
+        if is_environmental(exc):
+            raise  # the machine failed (full disk, no memory): no result; the caller says so
         if run_dir is not None:
             with contextlib.suppress(Exception):
                 atomic_write_text(run_dir / ERROR_FILE, traceback.format_exc())
