@@ -43,6 +43,15 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/attention_latency.py", *session.posargs)
 
 
+@nox.session
+def calibrate(session: nox.Session) -> None:
+    """The positional probe's calibration (benchmarks/probe_calibration.py): 7 variants x 10
+    seeds at the default budget plus the shuffled-label and coordinate controls, one table
+    with PASS/MISS per target (about 15 minutes on 2 cores; run it alone)."""
+    install(session)
+    session.run("python", "benchmarks/probe_calibration.py", *session.posargs)
+
+
 # --------------------------------------------------------------------------- compare reports
 
 #: The fixed ablation plan of the nightly and the smoke run (the baseline none is implied).

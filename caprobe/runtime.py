@@ -52,17 +52,27 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+#: errnos of a machine that cannot go on now but can once fixed: full disk or quota, I/O
+#: error, read-only file system, no memory, no permission. A vanished file (ENOENT) is not
+#: among them: resuming would meet it again, so it is recorded with its piece.
+_MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM,
+                             errno.EACCES, errno.EPERM})
+
+
 def _out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError) or (
-        isinstance(exc, RuntimeError) and _CPU_ALLOCATOR_FAILED in str(exc))
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and _CPU_ALLOCATOR_FAILED in str(exc)))
 
 
 def is_environmental(exc: BaseException) -> bool:
-    """Whether ``exc`` is a failure of the machine, not an outcome of the experiment: any
-    OSError (a full disk, an I/O error, a vanished folder), no memory (MemoryError, torch's
-    CPU allocator), a killed worker process (BrokenProcessPool). Such a failure is no result:
-    the work is retried once the machine is fixed."""
-    return isinstance(exc, (OSError, BrokenExecutor)) or _out_of_memory(exc)
+    """Whether ``exc`` is a failure of the machine, not an outcome of the experiment: an
+    OSError with one of :data:`_MACHINE_ERRNOS` (a full disk, an I/O error, ...), no memory
+    (MemoryError, torch's CPU allocator, ``torch.OutOfMemoryError``), a killed worker process
+    (BrokenProcessPool). Such a failure is no result: the work is retried once the machine is
+    fixed."""
+    if isinstance(exc, OSError):
+        return exc.errno in _MACHINE_ERRNOS
+    return isinstance(exc, BrokenExecutor) or _out_of_memory(exc)
 
 
 def environmental_cause(exc: BaseException) -> tuple[str, str]:

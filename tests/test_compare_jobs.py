@@ -31,11 +31,11 @@ runner = CliRunner()
 
 
 
-def _tiny(steps: int = 4, n_train: int = 32) -> list[str]:
+def _tiny(steps: int = 4, n_train: int = 32, seeds: int = 1) -> list[str]:
     """A tiny plan: 32 images / batch 16 = 2 steps per epoch, so 4 steps are 2 epochs."""
     return ["--width", "0.25", "--data-option", f"n_train={n_train}", "--data-option",
             "n_test=32", "--steps", str(steps), "--batch-size", "16", "--threads", "1",
-            "--min-time", "0.02"]
+            "--min-time", "0.02", "--seeds", str(seeds)]
 
 CLI = [sys.executable, "-c", "from caprobe.cli import main; main()"]
 
@@ -95,7 +95,8 @@ def _results_of_pieces(out: Path) -> dict[Path, int]:
 
 @pytest.mark.parametrize("exc", [
     OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EIO, "I/O error"),
-    FileNotFoundError(2, "No such file or directory"), MemoryError(),
+    OSError(errno.EROFS, "Read-only file system"), PermissionError(errno.EACCES, "denied"),
+    MemoryError(), type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory"),
     RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't "
                  "allocate memory: you tried to allocate 123 bytes"),
     BrokenProcessPool("a worker died"), WorkerDied([("train:ca:0", -9)]),
@@ -108,6 +109,7 @@ def test_failures_of_the_machine_are_environmental(exc):
 
 @pytest.mark.parametrize("exc", [
     RuntimeError("mat1 and mat2 shapes cannot be multiplied"), ValueError("bad"),
+    FileNotFoundError(errno.ENOENT, "No such file or directory"),  # resuming meets it again
     CaprobeError("unknown attention 'x'"), KeyboardInterrupt(), ZeroDivisionError(),
 ])
 def test_outcomes_of_the_experiment_are_not(exc):
@@ -196,8 +198,8 @@ def test_jobs_2_gives_the_results_of_jobs_1(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_stops_the_workers_and_resume_finishes_the_rest(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    args = ["compare", "--attn", "ca", "--seeds", "2", "--jobs", "2", "--out", str(out),
-            "--json", *_tiny()]
+    args = ["compare", "--attn", "ca", "--jobs", "2", "--out", str(out), "--json",
+            *_tiny(seeds=2)]
     proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=_env(tmp_path))
     deadline = time.monotonic() + 120

@@ -26,8 +26,8 @@ def test_positional_deterministic_per_seed(difficulty):
     c = generate_positional(100, seed=4, difficulty=difficulty)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert not np.array_equal(a[0], c[0])
-    assert a[0].dtype == np.uint8 and a[0].shape == (100, 3, 32, 32)
-    assert np.bincount(a[1], minlength=25).tolist() == [4] * 25
+    assert a[0].dtype == np.uint8 and a[0].shape == (100, 3, 16, 16)
+    assert np.bincount(a[1], minlength=36).tolist() == [3] * 28 + [2] * 8  # 6 x 6 default
 
 
 @pytest.mark.parametrize(("difficulty", "grid"), [(0.0, 5), (0.5, 3), (1.0, 5), (0.8, 7)])
@@ -36,16 +36,18 @@ def test_positional_labels_are_the_grid_cell_of_the_red_mark(difficulty, grid):
                                                return_meta=True)
     red, blue = meta["red"], meta["blue"]
     assert np.array_equal(label_from_positions(red, grid), labels)
-    # recomputed independently from the generator's description: 30 centre positions (1..30)
+    assert (blue is not None) == (difficulty > 0.5)  # v4: no blue mark up to the default
+    if blue is None:
+        blue = red
+    # recomputed independently from the generator's description: 14 centre positions (1..14)
     # cut into `grid` equal-as-possible bands per axis, label = row * grid + col
-    edges = np.linspace(0, 30, grid + 1)
+    edges = np.linspace(0, 14, grid + 1)
     row = np.searchsorted(edges, red[:, 0] - 1, side="right") - 1
     col = np.searchsorted(edges, red[:, 1] - 1, side="right") - 1
     assert np.array_equal(row * grid + col, labels)
     assert [pos.class_names(grid)[i] for i in labels[:3]] == [
         f"r{r}c{c}" for r, c in zip(row[:3], col[:3], strict=True)]
-    assert ((red >= 1) & (red <= 30) & (blue >= 1) & (blue <= 30)).all()
-    assert (np.abs(red - blue).max(axis=1) >= 4).all()                  # never touch
+    assert ((red >= 1) & (red <= 14) & (blue >= 1) & (blue <= 14)).all()
     p = pos.params_for(difficulty, grid)
     # near misses: within max_offset px of an interior boundary on some axis
     lo, hi = edges[:-1], edges[1:]
@@ -58,6 +60,8 @@ def test_positional_labels_are_the_grid_cell_of_the_red_mark(difficulty, grid):
     assert dist.shape == (700, p.n_distractors, 2)
     for mark in (red, blue):
         assert (np.abs(dist - mark[:, None, :]).max(axis=2) >= 4).all()
+    if difficulty > 0.5:
+        assert (np.abs(red - blue).max(axis=1) >= 4).all()                  # never touch
 
 
 def test_positional_marks_drawn_where_meta_says():
@@ -65,7 +69,7 @@ def test_positional_marks_drawn_where_meta_says():
     import dataclasses
 
     quiet = dataclasses.replace(pos.params_for(0.0), noise=0.0, n_clutter=0, n_distractors=0,
-                                jitter=0.0)
+                                jitter=0.0, blue=True)
     images, _, meta = generate_positional(30, seed=2, params=quiet, return_meta=True)
     for i, img in enumerate(images.astype(int)):
         for colour, centre in ((pos.RED, meta["red"][i]), (pos.BLUE, meta["blue"][i])):
@@ -78,11 +82,11 @@ def test_positional_marks_drawn_where_meta_says():
 
 def test_positional_dataset_api():
     ds = load_dataset("positional", n_train=50, n_test=25, difficulty="hard", seed=5)
-    assert ds.name == "positional" and ds.num_classes == 25
-    assert ds.classes == pos.class_names(5) and ds.classes[7] == "r1c2"
-    assert ds.train.images.shape == (50, 3, 32, 32) and ds.test.labels.shape == (25,)
-    assert ds.augment == "none" and ds.image_size == 32
-    assert ds.source.startswith("built-in generator v3") and "difficulty=0.8" in ds.source
+    assert ds.name == "positional" and ds.num_classes == 36
+    assert ds.classes == pos.class_names(6) and ds.classes[8] == "r1c2"
+    assert ds.train.images.shape == (50, 3, 16, 16) and ds.test.labels.shape == (25,)
+    assert ds.augment == "none" and ds.image_size == 16
+    assert ds.source.startswith("built-in generator v4") and "difficulty=0.8" in ds.source
     again = load_dataset("positional", n_train=50, n_test=25, difficulty=0.8, seed=5)
     assert again.checksum == ds.checksum and torch.equal(again.train.images, ds.train.images)
     other = load_dataset("positional", n_train=50, n_test=25, difficulty=0.8, seed=6)
@@ -95,10 +99,57 @@ def test_positional_dataset_api():
 @pytest.mark.parametrize("bad", [{"difficulty": 1.5}, {"difficulty": "extreme"},
                                  {"n_train": 0}, {"n_test": "many"}, {"image_size": 64},
                                  {"grid": 1}, {"grid": 11}, {"grid": "2.5"},
-                                 {"grid": "x"}, {"grid": 2.5}])
+                                 {"grid": "x"}, {"grid": 2.5}, {"shuffle_labels": "maybe"}])
 def test_positional_bad_options(bad):
     with pytest.raises(DataError):
         load_dataset("positional", **bad)
+
+
+def test_default_difficulty_has_no_distractors_and_harder_levels_add_them():
+    """v4: up to the default only the red mark; distractors, near misses and clutter above."""
+    p = pos.params_for()
+    assert (p.grid, p.blue, p.n_distractors, p.n_clutter, p.jitter) == (6, False, 0, 0, 0.0)
+    assert (p.near, p.noise, p.ramp) == (0.2, 0.08, 0.15)
+    hard = pos.params_for(1.0)
+    assert (hard.blue, hard.n_distractors, hard.n_clutter, hard.near) == (True, 2, 4, 0.4)
+    assert hard.ramp == pytest.approx(0.05) and hard.noise == pytest.approx(0.12)
+    _, _, meta = generate_positional(20, seed=0, return_meta=True)
+    assert meta["blue"] is None and meta["distractors"].shape == (20, 0, 2)
+
+
+def test_background_ramp_encodes_the_pixel_position():
+    """Without noise or marks, green rises left to right and blue top to bottom by ``ramp``,
+    the same in every image (up to the per-image grey level): the probe's "where" cue."""
+    import dataclasses
+
+    p = dataclasses.replace(pos.params_for(), noise=0.0, near=0.0, ramp=0.2)
+    images, _, meta = generate_positional(8, seed=1, params=p, return_meta=True)
+    x = images.astype(float) / 255.0
+    keep = np.ones(x.shape, dtype=bool)
+    for i, (y0, x0) in enumerate(meta["red"]):         # ignore the red plus
+        for dy, dx in pos.PLUS:
+            keep[i, :, y0 + dy, x0 + dx] = False
+    green = np.where(keep[:, 1], x[:, 1], np.nan)
+    blue = np.where(keep[:, 2], x[:, 2], np.nan)
+    ramp = 0.2 * (np.arange(16) - 7.5) / 15
+    level = np.nanmean(green, axis=(1, 2))
+    assert np.nanmax(np.abs(green - level[:, None, None] - ramp[None, None, :])) < 1 / 255 + 1e-9
+    assert np.nanmax(np.abs(blue - level[:, None, None] - ramp[None, :, None])) < 1 / 255 + 1e-9
+    red = np.where(keep[:, 0], x[:, 0], np.nan)
+    assert np.nanstd(red, axis=(1, 2)).max() < 1 / 255
+
+
+def test_shuffled_labels_control_permutes_only_the_training_labels():
+    plain = load_dataset("positional", n_train=64, n_test=32, seed=2)
+    shuffled = load_dataset("positional", n_train=64, n_test=32, seed=2, shuffle_labels=1)
+    assert torch.equal(plain.train.images, shuffled.train.images)
+    assert torch.equal(plain.test.labels, shuffled.test.labels)
+    perm = torch.from_numpy(pos.label_permutation(64, 2))
+    assert torch.equal(shuffled.train.labels, plain.train.labels[perm])
+    assert not torch.equal(shuffled.train.labels, plain.train.labels)
+    assert shuffled.checksum != plain.checksum and "shuffled" in shuffled.source
+    same = load_dataset("positional", n_train=64, n_test=32, seed=2, shuffle_labels="false")
+    assert same.checksum == plain.checksum
 
 
 # -------------------------------------------------------------------------------------- subset

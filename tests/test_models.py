@@ -116,3 +116,52 @@ def test_names_shorthands_and_overrides():
 def test_bad_model_requests_raise_value_errors(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         caprobe.build_model(**kwargs)
+
+
+def test_coords_control_feeds_row_and_column_channels():
+    """The CoordConv control: a 5-channel stem whose extra inputs are the pixel row / column."""
+    import torch
+
+    from caprobe.models import AddCoords, build_model
+
+    x = torch.randn(2, 3, 5, 7)
+    out = AddCoords()(x)
+    assert out.shape == (2, 5, 5, 7) and torch.equal(out[:, :3], x)
+    assert torch.equal(out[0, 3, :, 0], torch.linspace(-1, 1, 5))      # rows
+    assert torch.equal(out[1, 4, 0, :], torch.linspace(-1, 1, 7))      # columns
+    assert (out[:, 3].std(dim=2) == 0).all() and (out[:, 4].std(dim=1) == 0).all()
+    plain = build_model("mobilenetv2", width=0.35, num_classes=16, profile="cifar", seed=0)
+    model = build_model("mobilenetv2", width=0.35, num_classes=16, profile="cifar", seed=0,
+                        coords=True)
+    assert model.features.stem[0].in_channels == 5 and model.coords and not plain.coords
+    extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 2 * 9 * model.features.stem[0].out_channels      # two more 3x3 input planes
+    assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 16)
+
+
+@pytest.mark.parametrize("spec", ["se", "cbam", "eca", "ca", "ca_h", "ca_w", "ca:gate=hsigmoid"])
+def test_attention_gates_start_constant(spec):
+    """init_weights zeroes each module's gate layers: every gate starts at gate(0) = 0.5
+    everywhere (sigmoid and hard sigmoid), the block is a uniform scaling, and the gradient
+    still reaches the gate layers."""
+    import torch
+
+    from caprobe.models import build_model
+
+    model = build_model("mobilenetv2", attn=spec, width=0.35, num_classes=16, profile="cifar",
+                        seed=3).train()
+    blocks = [m for m in model.modules() if getattr(m, "gate_layers", ())]
+    assert len(blocks) == 16                                     # every t = 6 block
+    for block in blocks[:3]:
+        channels = next(p for p in block.parameters() if p.ndim > 1).shape[1]
+        x = torch.randn(4, channels, 6, 5)
+        gates = block.gates(x)
+        for name, gate in gates.items():
+            assert torch.allclose(gate, torch.full_like(gate, 0.5)), name
+        assert torch.allclose(block(x), 0.5 ** len(gates) * x, atol=1e-6)
+    model(torch.randn(8, 3, 32, 32)).sum().backward()
+    layers = [block.get_submodule(name) for block in blocks for name in block.gate_layers
+              if getattr(block, name.split(".")[0]) is not None]
+    assert all((layer.weight == 0).all() for layer in layers)
+    reached = sum(bool(layer.weight.grad.abs().sum() > 0) for layer in layers)
+    assert reached >= 0.75 * len(layers)  # a few SE/CBAM hidden units are dead ReLUs

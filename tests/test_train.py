@@ -317,3 +317,13 @@ def test_progress_task_on_a_callers_bar_is_removed(fake_data):
         res = train(_cfg(steps=1), progress=bar)
         assert res.status == "finished"
         assert [t.id for t in bar.tasks] == [overall]
+
+
+def test_a_config_saved_before_a_field_existed_still_resumes():
+    """config.json written before ``coords`` / ``image_size`` existed: missing = the default."""
+    from caprobe.train.config import TrainConfig, differences
+
+    now = TrainConfig(seed=3).to_dict()
+    old = {k: v for k, v in now.items() if k not in ("coords", "image_size")}
+    assert differences(old, now) == []
+    assert differences(old, {**now, "coords": True}) == ["coords: False → True"]

@@ -24,6 +24,8 @@ from caprobe.attention.base import (
 
 
 class CBAM(AttentionModule):
+    gate_layers = ("mlp.2", "spatial_bn")
+
     def __init__(self, channels: int, reduction: int = 24, min_hidden: int = 1, kernel: int = 7,
                  act: str = "relu", gate: str = "sigmoid") -> None:
         super().__init__()

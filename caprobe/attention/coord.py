@@ -78,6 +78,8 @@ class CoordAttention(AttentionModule):
     ``mip = max(min_mip, channels // reduction)``; official defaults r=32, floor 8, h-swish.
     """
 
+    gate_layers = ("conv_h", "conv_w")
+
     def __init__(self, channels: int, reduction: int = 32, min_mip: int = 8,
                  act: str = "hswish", gate: str = "sigmoid", branches: str = "hw") -> None:
         super().__init__()

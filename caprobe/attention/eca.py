@@ -20,6 +20,8 @@ def eca_kernel_size(channels: int, gamma: int = 2, beta: int = 1) -> int:
 
 
 class ECA(AttentionModule):
+    gate_layers = ("conv",)
+
     def __init__(self, channels: int, kernel: int | None = None, gate: str = "sigmoid") -> None:
         super().__init__()
         k = kernel or eca_kernel_size(channels)

@@ -15,6 +15,8 @@ from caprobe.attention.base import AttentionModule, make_act, make_gate
 
 
 class SqueezeExcite(AttentionModule):
+    gate_layers = ("fc2",)
+
     def __init__(self, channels: int, reduction: int = 24, min_hidden: int = 1,
                  act: str = "relu6", gate: str = "sigmoid") -> None:
         super().__init__()

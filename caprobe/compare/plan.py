@@ -41,7 +41,7 @@ class CompareOptions:
     steps: int | None = None
     batch_size: int | None = None
     lr: float | None = None
-    seeds: int = 1
+    seeds: int = 3  # paired seeds: 3 give a paired interval (1 gives none)
     seed: int = 0  # first seed; the plan uses seed, seed + 1, ...
     train: bool = True
     device: str = "auto"
@@ -136,6 +136,10 @@ class Plan:
     variants: list[str]
     seeds: list[int]
     schema: int = PLAN_SCHEMA
+    #: torch threads of every training of the plan, fixed by its first session (``--threads``,
+    #: else the cores shared out among the jobs), so that a resumed plan with another
+    #: ``--jobs`` trains its remaining pieces exactly as the first ones
+    train_threads: int | None = None
 
     @classmethod
     def from_options(cls, options: CompareOptions) -> Plan:
@@ -156,6 +160,7 @@ class Plan:
             "options": self.options.to_dict(),
             "variants": self.variants,
             "seeds": self.seeds,
+            "train_threads": self.train_threads,
             "folders": {v: str(layout.variant_dir(v).relative_to(layout.root))
                         for v in self.variants},
             "pieces": [{"variant": v, "seed": s,

@@ -168,11 +168,13 @@ def _status(variant_rows: list[dict[str, Any]], train: bool, counts: dict | None
             return "failed", error
         return ("ok" if counts and latency else "incomplete"), error
     finished = [r for r in variant_rows if _finished(r)]
-    if finished and not any(map(_learned, finished)):
-        return DID_NOT_LEARN, error
     statuses = [r["status"] for r in variant_rows]
     n = len(statuses)
     done = statuses.count(FINISHED)
+    if finished and not any(map(_learned, finished)):
+        # every finished run failed to learn; unfinished pieces are said too
+        return (DID_NOT_LEARN if done == n else
+                f"{DID_NOT_LEARN} ({done}/{n} finished)"), error
     if done == n and n:
         return "ok", error
     if done == 0:

@@ -60,7 +60,9 @@ if TYPE_CHECKING:
 
 #: Trainings at once when --jobs is not given, on a machine with at least 2 cores and more
 #: than one training left: two 1-thread processes outrun one 2-thread process on these small
-#: models. Measured: <owner: images/s of --jobs 1 and --jobs 2 on the 2-core machine>.
+#: models. Measured (2-core Xeon VM, 2026-12-01, the default `caprobe compare --attn se cbam
+#: ca`, 12 trainings): --jobs 2 100 s for the whole command, --jobs 1 (2 threads) 171 s; one
+#: 2-thread training took about as long as one of two 1-thread ones side by side.
 #: (The --jobs help in caprobe/cli/compare.py names this value.)
 DEFAULT_JOBS = 2
 
@@ -258,7 +260,7 @@ def run_compare(options: CompareOptions | None = None, out: str | Path | None = 
             given = options.to_dict() if options is not None else {}
         options = merge_for_resume(saved, given)
         plan = Plan(options=validate(options), variants=list(saved["variants"]),
-                    seeds=list(saved["seeds"]))
+                    seeds=list(saved["seeds"]), train_threads=saved.get("train_threads"))
         layout = Layout(out)
     else:
         if options is None:
@@ -331,7 +333,11 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
     pieces = plan.pieces if options.train else []
     todo = [(v, s) for v, s in pieces if not piece_done(layout, v, s)]
     jobs = options.jobs or default_jobs(len(todo))
-    threads = options.threads or threads_per_job(jobs)
+    if plan.train_threads is None:  # the first session decides for the whole plan
+        plan.train_threads = options.threads or threads_per_job(
+            options.jobs or default_jobs(len(pieces)))
+        plan.save(layout)
+    threads = plan.train_threads
     prov["sessions"][-1].update(jobs=jobs, threads_per_job=threads)
     write_json(layout.provenance, prov)
     # the overall bar counts variant x seed trainings (variants with --no-train); counts,
@@ -599,8 +605,10 @@ def _do_maps(options, config, data: _DataInfo, layout: Layout, plan: Plan) -> No
     for variant in plan.variants:
         if variant == BASELINE:
             continue
-        seed = next((s for s in plan.seeds
-                     if piece_state(layout, variant, s)["status"] == "finished"), None)
+        states = {s: piece_state(layout, variant, s) for s in plan.seeds}
+        finished = [s for s in plan.seeds if states[s]["status"] == "finished"]
+        learned = [s for s in finished if states[s]["result"].get("learned") is not False]
+        seed = (learned or finished or [None])[0]  # a run that learned draws the maps
         if seed is None:
             record["variants"][variant] = {"error": "no finished training to draw maps from"}
             continue

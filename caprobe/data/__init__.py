@@ -3,9 +3,9 @@
 ``load_dataset(name, ...)`` returns a :class:`Dataset` (train/test :class:`Split` of uint8
 N×3×H×W images and int64 labels, classes, checksum, mean/std, augmentation policy, source).
 
-* ``positional`` — built in, offline: a seeded 32×32 set whose label is the grid cell that
-  holds a red mark among distractors (see :mod:`caprobe.data.positional`). Options:
-  ``difficulty``, ``grid``, ``n_train``, ``n_test``.
+* ``positional`` — built in, offline: a seeded 16×16 set whose label is the grid cell that
+  holds a red mark over a fixed position map (see :mod:`caprobe.data.positional`). Options:
+  ``difficulty``, ``grid``, ``n_train``, ``n_test``, ``shuffle_labels``.
 * ``cifar10`` / ``cifar100`` — python-pickle batches or an image-folder tree, from a folder or
   straight from a ``.tar`` (see :mod:`caprobe.data.cifar`). cifar100 option: ``label``.
 * ``imagenette`` — ``train|val/<wnid>/*.JPEG``, resized once to ``image_size`` (default 128).

@@ -1,52 +1,57 @@
-"""``positional``: a built-in synthetic 32×32 set whose label is *where* a red mark lies.
+"""``positional``: a built-in synthetic 16×16 set whose label is *where* a red mark lies.
 
-Generator v3 (deterministic from ``seed``; numpy PCG64 streams ``(seed, split, 3)``: split 0
-train, 1 test, so the two splits never share images).
+Generator v4 (deterministic from ``seed``; numpy PCG64 streams ``(seed, split, 4)``: split 0
+train, 1 test, so the two splits never share images; stream ``(seed, 2, 4)`` permutes the
+training labels of the ``shuffle_labels`` control).
 
-* **Label**: the cell of a ``grid`` × ``grid`` partition of the image (default 5 × 5, 25
+* **Label**: the cell of a ``grid`` × ``grid`` partition of the image (default 6 × 6, 36
   balanced classes, named ``r<row>c<col>``) that holds the centre of a red "plus" (3×3, colour
   (0.95, 0.25, 0.2))::
 
-      row = (y - 1) * grid // 30,  col = (x - 1) * grid // 30,  label = row * grid + col
+      row = (y - 1) * grid // 14,  col = (x - 1) * grid // 14,  label = row * grid + col
 
-  for the centre ``(y, x)`` in 1..30. Within its cell the centre is uniform.
+  for the centre ``(y, x)`` in 1..14. Within its cell the centre is uniform.
+* **The "where" cue**: the background is a grey level (0.3 ± 0.03 per image) plus a fixed
+  "map" that is the same in every image: the green channel rises from left to right and the
+  blue one from top to bottom, by ``ramp`` over the image, under i.i.d. Gaussian pixel noise of
+  std ``noise``. Where the mark is can be read from the background around it, like sky above
+  and ground below in a photograph; how precisely depends on how well a network averages the
+  noise away (pooling along rows and columns helps), and the image border (zero padding) is a
+  second, weaker cue.
 * **Near misses**: in a share ``near`` of the images one coordinate of the centre lies only
   0..``max_offset - 1`` px inside an interior cell boundary, so the class hinges on the mark's
   position to a pixel or two.
-* **Distractors**: a blue plus (colour (0.25, 0.45, 1.0)) and ``n_distractors`` pluses in other
-  colours (green, yellow, white), never touching each other or the red mark.
-* **Background**: a dark, nearly grey base (grey level U(0.15, 0.45) plus a per-channel tint
-  U(-0.04, 0.04)), a linear gradient in a random direction (amplitude U(0, 0.15)),
-  ``n_clutter`` grey 1-px line segments of length 1–5 (brightness ±0.08–0.25 from the base),
-  and i.i.d. Gaussian pixel noise of std ``noise`` over everything. Mark intensities are
-  scaled by U(1 - ``jitter``, 1).
+* **Harder levels** (d > 0.5): a blue plus (0.25, 0.45, 1.0) and ``n_distractors`` pluses in
+  other colours (green, yellow, white), never touching each other or the red mark;
+  ``n_clutter`` grey 1-px line segments of length 1–5 (±0.08–0.25 from the base); mark
+  intensities scaled by U(1 - ``jitter``, 1).
 
 ``difficulty`` (0..1, or ``easy``/``medium``/``hard``) sets the knobs at once:
-``n_distractors = round(1 + 2 d)``, ``noise = 0.03 + 0.04 d``, and above the default
-(d > 0.5) near misses, clutter and intensity jitter come in: ``near = d - 0.5``,
-``n_clutter = round(8 (d - 0.5))``, ``jitter = 0.4 (d - 0.5)`` (all 0 up to d = 0.5),
-``max_offset = 2`` (1 from d >= 0.75). ``grid`` is the other lever: more cells, finer position.
+``noise = 0.04 + 0.08 d``, ``ramp = 0.25 - 0.2 d``, ``near = 0.4 d``, ``max_offset = 2``
+(1 from d >= 0.75), and above the default ``blue``, ``n_distractors = round(4 (d - 0.5))``,
+``n_clutter = round(8 (d - 0.5))``, ``jitter = 0.4 (d - 0.5)``. ``grid`` is the other lever.
 
-Why this task and these defaults (calibration on this project's 2-core machine; MobileNetV2
-width 0.35, CIFAR profile, 2,000 images × 3 epochs, batch 64, SGD Nesterov lr 0.05, cosine,
-label smoothing 0.1; single runs, seed 0 unless said; the grid figures come from a prototype
-that cut cells at multiples of 32 / grid px instead of 30 / grid):
+Why this task and these defaults (this project's 2-core machine, 2026-12-01; MobileNetV2-0.35,
+CIFAR profile, batch 32, SGD Nesterov lr 0.05, 2 epochs; top-1 on 1,000 test images):
 
-* a 3 × 3 grid is saturated (none 99.8 %, SE 98.6 %); 4 × 4 nearly (none 91.6 %, CA 98.1 %);
-  8 × 8 is not learned at all in the budget (5.7 %). 5 × 5 gives none 78.4 % / 90.5 % (seeds
-  0 / 1), SE 91.4 %, CA 95.9 % / 83.7 %: graded, below the ceiling.
-* every setting shows a plateau at chance before learning starts, and its length varies with
-  the seed: a run that has not left it when the budget ends stays near chance. CBAM did not
-  leave it in any of nine short runs (3 × 3 to 5 × 5 grids; best 17.6 % on 3 × 3, chance 11 %).
-  Peak lr 0.1 made the first epoch unstable (train loss above chance level); 0.05 is the
-  positional recipe's default.
-* relative-position tasks did not fit the budget: "which quadrant around the red mark holds
-  the blue one" (v2) and "do two marks share a row / column" stayed at chance in most runs
-  even with 2,500–24,000 images seen.
+* v3 (32 px, no map: the label could only be inferred from the zero padding, among coloured
+  distractors) was bimodal: a run either left a plateau at chance or stayed there, by seed.
+* v4 prototypes at 32 px, 1,280 training images: without the map, 5 of 17 runs stayed at
+  chance on a 4 × 4 grid; a frame round the image did not help, a larger mark a little (1 of 4
+  baseline runs at chance); with the map every run started learning, but 80 steps left them
+  mid-way (6 × 6 grid, 6 seeds: none 10.7–92.0 %, cbam 13.9–91.0 %).
+* at 16 px a step costs 2.3× less (none 61 vs 141 ms, batch 32, one thread), so 2 × 2,560
+  images fit the 3-minute compare, and there every run converges (99.4–100 % for every
+  variant, the README's calibration table). Each setting that put the baseline inside
+  55–85 % was mid-way and spread widely: 2 × 1,280 images, 10 × 10 grid, 69.9 ± 14.1 %;
+  8 × 8, 91.2 ± 3.4 % (6 seeds each).
+* batch 64 (half the steps) left runs at chance; peak lr 0.02 never left it, 0.1 was
+  unstable. Attention gates start constant (``models.common.init_weights``): with
+  Kaiming-initialised gate layers CBAM stayed at chance in most short runs.
 
-So single runs are noisy: compare seeds (``--seeds``), not one run. The training augmentation
-policy is ``"none"``: flips and crops change the label. :func:`label_from_positions`
-recomputes the labels from the metadata of ``generate_positional(..., return_meta=True)``.
+The training augmentation policy is ``"none"``: flips and crops change the label.
+:func:`label_from_positions` recomputes the labels from the metadata of
+``generate_positional(..., return_meta=True)``.
 """
 
 from __future__ import annotations
@@ -58,19 +63,21 @@ import numpy as np
 
 from caprobe.errors import DataError
 
-GENERATOR_VERSION = 3
-SIZE = 32
+GENERATOR_VERSION = 4
+SIZE = 16
 LEVELS = {"easy": 0.2, "medium": 0.5, "hard": 0.8}
 DEFAULT_DIFFICULTY = 0.5
-DEFAULT_N_TRAIN = 2000
-DEFAULT_GRID = 5
+DEFAULT_N_TRAIN = 2560
+DEFAULT_GRID = 6
 MAX_GRID = 10
-SPAN = SIZE - 2  # centre coordinates 1..30: a 3×3 mark stays inside the image
+SPAN = SIZE - 2  # centre coordinates 1..14: a 3×3 mark stays inside the image
 DEFAULT_N_TEST = 1000
 RED = (0.95, 0.25, 0.2)
 BLUE = (0.25, 0.45, 1.0)
 OTHER_COLOURS = ((0.25, 0.85, 0.3), (0.95, 0.9, 0.2), (0.9, 0.9, 0.9))
 PLUS = ((-1, 0), (0, -1), (0, 0), (0, 1), (1, 0))
+BASE_GREY = 0.3
+BASE_JITTER = 0.03
 
 
 @dataclass(frozen=True)
@@ -78,11 +85,12 @@ class PositionalParams:
     difficulty: float
     near: float
     max_offset: int
+    blue: bool
     n_distractors: int
     n_clutter: int
     noise: float
     jitter: float
-    gradient: float = 0.15
+    ramp: float = 0.15
     grid: int = DEFAULT_GRID
 
 
@@ -128,14 +136,17 @@ def parse_difficulty(value: float | str | None) -> float:
 def params_for(difficulty: float | str | None = None,
                grid: int | str | None = None) -> PositionalParams:
     d = parse_difficulty(difficulty)
+    hard = max(0.0, d - 0.5)  # the knobs that slow the start of learning wait for d > 0.5
     return PositionalParams(
         difficulty=d,
-        near=round(max(0.0, d - 0.5), 6),
+        near=round(0.4 * d, 6),
         max_offset=2 if d < 0.75 else 1,
-        n_distractors=int(round(1 + 2 * d)),
-        n_clutter=int(round(8 * max(0.0, d - 0.5))),
-        noise=round(0.03 + 0.04 * d, 6),
-        jitter=round(0.4 * max(0.0, d - 0.5), 6),
+        blue=d > 0.5,
+        n_distractors=int(round(4 * hard)),
+        n_clutter=int(round(8 * hard)),
+        noise=round(0.04 + 0.08 * d, 6),
+        jitter=round(0.4 * hard, 6),
+        ramp=round(0.25 - 0.2 * d, 6),
         grid=parse_grid(grid),
     )
 
@@ -145,7 +156,7 @@ def describe(params: PositionalParams, n_train: int = DEFAULT_N_TRAIN,
     """One line naming the generator, its version and every parameter (stored as ``source``)."""
     knobs = ", ".join(f"{k}={v}" for k, v in asdict(params).items())
     return (f"built-in generator v{GENERATOR_VERSION} (positional: grid cell of a red plus "
-            f"among distractors; {knobs}; n_train={n_train}, n_test={n_test}, seed={seed})")
+            f"over a position map; {knobs}; n_train={n_train}, n_test={n_test}, seed={seed})")
 
 
 def _cell_bounds(grid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,6 +185,7 @@ def _red_positions(rng: np.random.Generator, labels: np.ndarray,
     axis = rng.integers(0, 2, size=n)
     inset = rng.integers(0, p.max_offset, size=n)
     k = cells[np.arange(n), axis]
+    inset = np.minimum(inset, (hi - lo)[k])  # a cell narrower than max_offset: stay inside
     # the side towards another cell: upper boundary unless the cell is the last one
     upper = np.where(k == 0, True, np.where(k == p.grid - 1, False, rng.random(n) < 0.5))
     hug = np.where(upper, hi[k] - inset, lo[k] + inset)
@@ -209,7 +221,7 @@ def _stamp(img: np.ndarray, yx: np.ndarray, shape_pixels, colour: np.ndarray,
 def generate_positional(n: int, seed: int = 0, difficulty: float | str | None = None, *,
                         grid: int | str | None = None, split: int = 0,
                         return_meta: bool = False, params: PositionalParams | None = None):
-    """``n`` images (uint8 N×3×32×32, numpy) and labels (int64 N) of the positional task.
+    """``n`` images (uint8 N×3×16×16, numpy) and labels (int64 N) of the positional task.
 
     ``split`` selects the random stream (0 train, 1 test). With ``return_meta`` a third value
     is returned: ``{"red": (N, 2) and "blue": (N, 2) centres (y, x), "distractors": (N, k, 2)
@@ -218,17 +230,18 @@ def generate_positional(n: int, seed: int = 0, difficulty: float | str | None = 
     if n < 0:
         raise DataError(f"positional set size {n} is negative; give n_train/n_test >= 0")
     p = params if params is not None else params_for(difficulty, grid)
+    if split not in (0, 1):  # stream 2 belongs to label_permutation
+        raise DataError(f"positional split {split!r} is not valid; use 0 (train) or 1 (test)")
     rng = np.random.default_rng([int(seed), int(split), GENERATOR_VERSION])
     labels = (np.arange(n, dtype=np.int64) % (p.grid * p.grid))[rng.permutation(n)]
     rows = np.arange(n)
 
-    base = rng.uniform(0.15, 0.45, size=(n, 1)) + rng.uniform(-0.04, 0.04, size=(n, 3))
-    angle = rng.uniform(0, 2 * np.pi, size=n)
-    amp = rng.uniform(0, p.gradient, size=n)
+    # grey base, then the fixed "map": green grows to the right, blue downwards (±ramp / 2)
+    base = BASE_GREY + rng.uniform(-BASE_JITTER, BASE_JITTER, size=(n, 1)) * np.ones((1, 3))
     coords = (np.arange(SIZE) - (SIZE - 1) / 2) / (SIZE - 1)
-    ramp = (np.cos(angle)[:, None, None] * coords[None, :, None]
-            + np.sin(angle)[:, None, None] * coords[None, None, :])
-    img = base[:, None, None, :] + (amp[:, None, None] * ramp)[..., None]      # N×H×W×3
+    img = np.broadcast_to(base[:, None, None, :], (n, SIZE, SIZE, 3)).copy()   # N×H×W×3
+    img[..., 1] += p.ramp * coords[None, None, :]
+    img[..., 2] += p.ramp * coords[None, :, None]
 
     for _ in range(p.n_clutter):                    # short low-contrast lines
         orient = rng.integers(0, 2, size=n)
@@ -243,14 +256,17 @@ def generate_positional(n: int, seed: int = 0, difficulty: float | str | None = 
             img[rows[on], y[on], x[on]] = colour[on]
 
     red = _red_positions(rng, labels, p)
-    blue = _place_distractors(rng, [red], 1)[:, 0]
-    distractors = _place_distractors(rng, [red, blue], p.n_distractors)
+    blue = _place_distractors(rng, [red], 1)[:, 0] if p.blue else None
+    distractors = _place_distractors(rng, [red] if blue is None else [red, blue],
+                                     p.n_distractors)
     palette = np.array(OTHER_COLOURS)
     for j in range(p.n_distractors):
         colour = palette[rng.integers(0, len(OTHER_COLOURS), size=n)]
         colour = colour * rng.uniform(1 - p.jitter, 1.0, size=(n, 1))
         _stamp(img, distractors[:, j], PLUS, colour, rows)
     for centre, colour in ((red, RED), (blue, BLUE)):
+        if centre is None:
+            continue
         scale = rng.uniform(1 - p.jitter, 1.0, size=(n, 1))
         _stamp(img, centre, PLUS, np.array(colour)[None, :] * scale, rows)
 
@@ -262,6 +278,11 @@ def generate_positional(n: int, seed: int = 0, difficulty: float | str | None = 
         meta = {"red": red, "blue": blue, "distractors": distractors, "params": asdict(p)}
         return images, labels, meta
     return images, labels
+
+
+def label_permutation(n: int, seed: int = 0) -> np.ndarray:
+    """The fixed permutation of the shuffled-label control (stream ``(seed, 2, version)``)."""
+    return np.random.default_rng([int(seed), 2, GENERATOR_VERSION]).permutation(n)
 
 
 def generated_digest(description: str, *arrays: np.ndarray) -> str:

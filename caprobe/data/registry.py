@@ -16,8 +16,8 @@ from caprobe.errors import DataError
 DATASETS: tuple[str, ...] = ("positional", "cifar10", "cifar100", "imagenette")
 OPTIONS: dict[str, dict[str, str]] = {
     "positional": {"difficulty": "0..1 or easy/medium/hard", "grid": "cells per side, 2..10",
-                   "n_train": "train images",
-                   "n_test": "test images"},
+                   "n_train": "train images", "n_test": "test images",
+                   "shuffle_labels": "1 = permuted training labels (control)"},
     "cifar10": {},
     "cifar100": {"label": "fine (100 classes) or coarse (20 superclasses)"},
     "imagenette": {},

@@ -53,6 +53,8 @@ def init_weights(model: nn.Module, seed: int) -> None:
     and an attention module draws from its own streams without shifting anyone else's:
     accuracy deltas between variants are paired, not confounded by initialisation.
     Convs: Kaiming normal (fan-out), zero bias; BN: 1, 0; linear: N(0, 0.01), zero bias.
+    Then the layers an attention module names in ``gate_layers`` get zero weights, so its
+    gates start constant (see :class:`caprobe.attention.base.AttentionModule`).
     """
     for name, module in model.named_modules():
         gen = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
@@ -67,6 +69,12 @@ def init_weights(model: nn.Module, seed: int) -> None:
             elif isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.01, generator=gen)
                 nn.init.zeros_(module.bias)
+    for module in model.modules():
+        for name in getattr(module, "gate_layers", ()):
+            if getattr(module, name.split(".")[0]) is None:  # an ablated branch (CA's conv_w
+                continue                                     # with branches=h); typos raise
+            with torch.no_grad():
+                module.get_submodule(name).weight.zero_()
 
 
 class Backbone(nn.Module):

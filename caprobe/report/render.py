@@ -248,13 +248,13 @@ def verdict(r: dict[str, Any]) -> dict[str, str]:
     tone = "bad"
     if not r["_run"].plan["options"].get("train", True):
         text, tone = f"{label}: costs {cost}; accuracy not measured (--no-train).", "neutral"
-    elif r.get("status") == DID_NOT_LEARN:
+    elif str(r.get("status") or "").startswith(DID_NOT_LEARN):
         text = f"{label}: {_none_learned(r)}; no accuracy verdict; costs {cost}."
     elif _ok(r.get("delta_top1_mean")):
         claim, tone = _delta_claim(r, cost)
         notes = _left_out(r) + _left_out(base, "baseline: ")
         text = f"{label}: {claim}" + (f" ({'; '.join(notes)})" if notes else "") + "."
-    elif base.get("status") == DID_NOT_LEARN:
+    elif str(base.get("status") or "").startswith(DID_NOT_LEARN):
         text = (f"{label}: no top-1 delta: the baseline {_none_learned(base)}, so there is "
                 f"nothing to pair with; costs {cost}.")
     else:

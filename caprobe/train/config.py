@@ -17,10 +17,12 @@ from caprobe.errors import CaprobeError
 #: cosine, label smoothing 0.1, weight decay 4e-5) scaled down to minutes on 2 CPU cores.
 #: ``train_subset`` None = the whole training split. Measured on 2 cores (see README).
 RECIPES: dict[str, dict[str, Any]] = {
-    # 3 × 3000 images: ~40 s CPU-time-equivalent for none, ~65 s for ca on 2 cores (CA's
-    # pooling runs at ~0.6x the baseline's images/s on CPU).
-    # lr 0.05: 0.1 made the first epoch unstable on the sparse positional images
-    "positional": {"width": 0.35, "epochs": 3, "batch_size": 64, "lr": 0.05,
+    # positional v4 (16 px): 2 epochs x 2,560 images in batches of 32 (160 steps, 10-20 s a
+    # run on one thread: the default 3-seed compare fits 3 minutes with 2 jobs). Measured on
+    # v4 prototypes (seeds 0-7): at 32 px, 80-128 steps left runs at chance or far behind
+    # (none 10.7-92.0 %, cbam 13.9-91.0 % over 6 seeds); at 16 px every run learned by epoch 1.
+    # Batch 64 (half the steps) left runs at chance; lr 0.02 never left it, 0.1 was unstable.
+    "positional": {"width": 0.35, "epochs": 2, "batch_size": 32, "lr": 0.05,
                    "weight_decay": 5e-4, "warmup_epochs": 0.5, "train_subset": None},
     # batch 64: 35% more images/s than 128 on CPU (cache-resident activations), fp32 (bf16
     # autocast measured slower at this size even with AMX), channels-last (1.5x over NCHW).
@@ -55,6 +57,7 @@ class TrainConfig:
     attn: str | None = None
     width: float | None = None
     profile: str | None = None  # None: "cifar" for images ≤ 64 px, else "imagenet"
+    coords: bool = False  # CoordConv input channels (the positional probe's control)
     # data
     data: str = "positional"
     data_dir: str | None = None
@@ -176,12 +179,15 @@ def resolve(config: TrainConfig, *, image_size: int, device: str) -> TrainConfig
 
 
 def differences(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
-    """``"name: saved → requested"`` for each compared field that differs."""
+    """``"name: saved → requested"`` for each compared field that differs. A field the saved
+    config lacks (written before the field existed) counts as its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING}
     out = []
     for name in sorted(set(saved) | set(requested)):
         if name in NOT_COMPARED_ON_RESUME:
             continue
-        a, b = saved.get(name), requested.get(name)
+        a, b = saved.get(name, defaults.get(name)), requested.get(name)
         if a != b:
             out.append(f"{name}: {a!r} → {b!r}")
     return out

@@ -236,7 +236,7 @@ def load_model(run_dir: str | Path):
     state = load_checkpoint(run_dir / CHECKPOINT)
     model = build_model(config.model, attn=config.attn, width=config.width,
                         num_classes=int(state["num_classes"]), profile=config.profile,
-                        seed=config.seed)
+                        seed=config.seed, coords=config.coords)
     model.load_state_dict(state["model"])
     return model.eval()
 
@@ -305,7 +305,8 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
     from caprobe.models import build_model
 
     model = build_model(cfg.model, attn=cfg.attn, width=cfg.width,
-                        num_classes=dataset.num_classes, profile=cfg.profile, seed=cfg.seed)
+                        num_classes=dataset.num_classes, profile=cfg.profile, seed=cfg.seed,
+                        coords=cfg.coords)
 
     state = None
     if run_dir is not None and saved_config is not None and (run_dir / CHECKPOINT).is_file():
