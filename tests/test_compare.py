@@ -75,7 +75,7 @@ def test_crash_resume_equals_uninterrupted(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     ref = run_compare(_options(cache), tmp_path / "ref", progress=False, report=False)
     assert [r["status"] for r in ref.results["runs"]] == ["finished", "finished"]
-    # 4 steps on 25 classes stay at chance: both are flagged, with no top-1 to report
+    # 4 steps on 36 classes stay at chance: both are flagged, with no top-1 to report
     assert [r["status"] for r in ref.results["aggregates"]] == ["did not learn"] * 2
     assert [r["learned"] for r in ref.results["runs"]] == [False, False]
     assert len(ref.results["runs"]) == 2

@@ -134,6 +134,7 @@ def test_coords_control_feeds_row_and_column_channels():
     model = build_model("mobilenetv2", width=0.35, num_classes=16, profile="cifar", seed=0,
                         coords=True)
     assert model.features.stem[0].in_channels == 5 and model.coords and not plain.coords
+    assert (model.name, plain.name) == ("mobilenetv2+coords", "mobilenetv2")
     extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
     assert extra == 2 * 9 * model.features.stem[0].out_channels      # two more 3x3 input planes
     assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 16)

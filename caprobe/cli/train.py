@@ -144,7 +144,7 @@ def train_command(
     }
     given = {k: v for k, v in given.items() if v is not None}
 
-    from caprobe.runtime import environmental_cause, is_environmental
+    from caprobe.runtime import environmental_cause, is_environmental, sigterm_as_interrupt
     from caprobe.train import TrainConfig, is_run_dir, train
 
     if resume is not None:
@@ -191,9 +191,10 @@ def train_command(
                    f"{_fmt(row['images_per_s'], 0)} img/s", err=True)
 
     try:
-        result = train(config, out=run_dir, resume=resume is not None,
-                       progress=None if interactive else False, on_epoch=on_epoch,
-                       on_start=on_start)
+        with sigterm_as_interrupt():  # a stopped job records "interrupted", like Ctrl-C
+            result = train(config, out=run_dir, resume=resume is not None,
+                           progress=None if interactive else False, on_epoch=on_epoch,
+                           on_start=on_start)
     except KeyboardInterrupt:
         typer.echo(f"caprobe: interrupted; the last finished epoch is saved in {run_dir}. "
                    f"Continue with: caprobe train --resume {run_dir}", err=True)

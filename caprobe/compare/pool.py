@@ -73,6 +73,7 @@ class QueueProgress:
 # --------------------------------------------------------------------------- worker side
 
 _busy = False  # whether this worker is inside a piece (SIGTERM then unwinds it)
+_stopping = False  # whether the parent asked this worker to stop
 
 
 def _ignore_sigint() -> None:
@@ -80,16 +81,18 @@ def _ignore_sigint() -> None:
 
 
 def _on_stop(signum, frame) -> None:  # noqa: ANN001 - the signal module's handler signature
+    global _stopping
+    _stopping = True
     if _busy:
         raise KeyboardInterrupt  # caught in _work once the training has recorded itself
     os._exit(STOPPED)
 
 
 def _init_worker(threads: int) -> None:
+    _ignore_sigint()  # before the slow torch import: a Ctrl-C then is the parent's alone
+    signal.signal(signal.SIGTERM, _on_stop)
     import torch
 
-    _ignore_sigint()
-    signal.signal(signal.SIGTERM, _on_stop)
     torch.set_num_threads(threads)
 
 
@@ -105,6 +108,8 @@ def _work(fn: Callable[[Any, Any], None], key: str, item: Any, events: Any,
         os._exit(STOPPED)
     finally:
         _busy = False
+        if _stopping:  # stopped, though another error replaced the interrupt while unwinding
+            os._exit(STOPPED)
 
 
 # --------------------------------------------------------------------------- parent side

@@ -73,7 +73,8 @@ def build_model(name: str, *, attn: str | None = None, width: float = 1.0,
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
     init_weights(model, seed)
-    model.name = f"{backbone}" if spec == "none" else f"{backbone}_{spec}"
+    model.name = (f"{backbone}" if spec == "none" else f"{backbone}_{spec}") + (
+        "+coords" if coords else "")
     model.backbone, model.attn_spec, model.width, model.profile = backbone, spec, width, profile
     model.coords = coords
     return model
