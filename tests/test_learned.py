@@ -157,6 +157,20 @@ def test_verdict_when_the_interval_excludes_zero(tmp_path):
     assert v["ca"]["text"] == f"ca: -2.5 ± 1.2 top-1 for {COST_3RD} (paired over 3 seeds, 95% CI)."
 
 
+def test_verdict_says_when_both_sit_at_the_ceiling(tmp_path):
+    """At the task's ceiling no interval can separate anything: the verdict says so."""
+    top1 = {("none", 0): 100.0, ("none", 1): 99.9, ("none", 2): 100.0,
+            ("se", 0): 100.0, ("se", 1): 100.0, ("se", 2): 99.6,
+            ("ca", 0): 99.6, ("ca", 1): 99.2, ("ca", 2): 99.5}
+    root = make_run(tmp_path / "r", variants=("none", "se", "ca"), top1=top1)
+    v = _verdicts(root)
+    assert v["se"]["tone"] == "neutral"
+    assert v["se"]["text"].startswith("se: no detectable difference in top-1 (Δ -0.1, 95% CI")
+    assert v["se"]["text"].endswith("(both at the task's ceiling (≥ 99.5 % top-1): this data "
+                                    "set cannot separate them).")
+    assert "ceiling" not in v["ca"]["text"]                   # ca's mean 99.43 % is below it
+
+
 def test_verdict_with_one_seed_and_a_left_out_baseline_run(tmp_path):
     root = make_run(tmp_path / "one", variants=("none", "se"), seeds=(0,))
     assert _verdicts(root)["se"]["text"] == (

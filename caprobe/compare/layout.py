@@ -8,7 +8,8 @@
       variants/<slug>/counts.json    parameters and multiply-adds of one variant
       variants/<slug>/latency.json   its latency (all variants are timed interleaved)
       variants/<slug>/seed-<s>/      the training run folder of (variant, seed)
-      variants/<slug>/seed-<s>/error.json   only when that piece failed outside training
+      variants/<slug>/seed-<s>/error.json   that piece failed outside training (final), or
+                                     the machine failed it ("retry": true)
       attention_maps.json            gates of a few fixed test images, for the report
       results.csv / results.json     one row per variant x seed, plus aggregates
       report.html                    rendered from the records above only

@@ -212,6 +212,20 @@ def _left_out(r: dict[str, Any], who: str = "") -> list[str]:
     return [f"{who}{k} of {n} runs did not learn and {'is' if k == 1 else 'are'} left out"]
 
 
+#: top-1 (%) from which a variant and its baseline both count as at the task's ceiling: the
+#: positional probe converges to 99.4-100 % for every variant (README's calibration table)
+CEILING_TOP1 = 99.5
+
+
+def _at_ceiling(r: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """["both at the ceiling ..."] when neither the variant nor the baseline has room above."""
+    tops = (r.get("top1_mean"), base.get("top1_mean"))
+    if all(_ok(t) and t >= CEILING_TOP1 for t in tops):
+        return [f"both at the task's ceiling (≥ {CEILING_TOP1:g} % top-1): this data set "
+                "cannot separate them"]
+    return []
+
+
 def _cost(r: dict[str, Any]) -> str:
     dev = _device_word(r.get("latency_device"))
     costs = []
@@ -252,7 +266,7 @@ def verdict(r: dict[str, Any]) -> dict[str, str]:
         text = f"{label}: {_none_learned(r)}; no accuracy verdict; costs {cost}."
     elif _ok(r.get("delta_top1_mean")):
         claim, tone = _delta_claim(r, cost)
-        notes = _left_out(r) + _left_out(base, "baseline: ")
+        notes = _left_out(r) + _left_out(base, "baseline: ") + _at_ceiling(r, base)
         text = f"{label}: {claim}" + (f" ({'; '.join(notes)})" if notes else "") + "."
     elif str(base.get("status") or "").startswith(DID_NOT_LEARN):
         text = (f"{label}: no top-1 delta: the baseline {_none_learned(base)}, so there is "
