@@ -89,3 +89,11 @@ def environmental_cause(exc: BaseException) -> tuple[str, str]:
     if _out_of_memory(exc):
         return "out of memory", "free memory or run fewer trainings at once"
     return " ".join(str(exc).split()) or type(exc).__name__, "check the machine"
+
+
+
+def failure_line(cause: str, fix: str, where: str, then: str) -> str:
+    """The one line for a failure of the machine: ``"<cause> while <where>; <fix>, then
+    <then>"``, e.g. ``no space left on device while training ca seed 0 (...); free space,
+    then continue with caprobe compare --resume runs/x``."""
+    return f"{cause} while {where}; {fix}, then {then}"

@@ -144,7 +144,12 @@ def train_command(
     }
     given = {k: v for k, v in given.items() if v is not None}
 
-    from caprobe.runtime import environmental_cause, is_environmental, sigterm_as_interrupt
+    from caprobe.runtime import (
+        environmental_cause,
+        failure_line,
+        is_environmental,
+        sigterm_as_interrupt,
+    )
     from caprobe.train import TrainConfig, is_run_dir, train
 
     if resume is not None:
@@ -202,10 +207,10 @@ def train_command(
     except Exception as exc:
         if not is_environmental(exc):
             raise
-        cause, fix = environmental_cause(exc)
         then = (f"continue with caprobe train --resume {run_dir}" if is_run_dir(run_dir)
                 else "run the command again")
-        raise CaprobeError(f"{cause} while training in {run_dir}; {fix}, then {then}") from exc
+        raise CaprobeError(failure_line(*environmental_cause(exc), f"training in {run_dir}",
+                                        then)) from exc
 
     from caprobe.train.loop import _finite
 

@@ -15,6 +15,7 @@ parent owns the display and every decision:
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
@@ -47,6 +48,13 @@ class WorkerDied(BrokenProcessPool):
         self.deaths = deaths
 
 
+def _send(events: Any, event: tuple) -> None:
+    """Put an event on the manager's queue; a manager that died (killed with the parent's
+    display) costs the display, never the training."""
+    with contextlib.suppress(EOFError, OSError):
+        events.put(event)
+
+
 class QueueProgress:
     """What :class:`caprobe.train.display.Bar` uses of ``rich.progress.Progress``, inside a
     worker: every call becomes an event for the parent's display."""
@@ -57,17 +65,17 @@ class QueueProgress:
         self.sent = 0.0
 
     def add_task(self, description: str, **fields: Any) -> str:
-        self.events.put((self.key, "add", {"description": description, **fields}))
+        _send(self.events, (self.key, "add", {"description": description, **fields}))
         return self.key
 
     def update(self, task: str, **fields: Any) -> None:
         now = time.monotonic()
         if now - self.sent >= UPDATE_EVERY_S:
             self.sent = now
-            self.events.put((self.key, "update", fields))
+            _send(self.events, (self.key, "update", fields))
 
     def remove_task(self, task: str) -> None:
-        self.events.put((self.key, "remove", {}))
+        _send(self.events, (self.key, "remove", {}))
 
 
 # --------------------------------------------------------------------------- worker side
@@ -101,9 +109,9 @@ def _work(fn: Callable[[Any, Any], None], key: str, item: Any, events: Any,
     global _busy
     try:
         _busy = True
-        events.put((key, "start", {"pid": os.getpid()}))
+        _send(events, (key, "start", {"pid": os.getpid()}))
         fn(item, QueueProgress(events, key) if show else False)
-        events.put((key, "end", {"pid": os.getpid()}))
+        _send(events, (key, "end", {"pid": os.getpid()}))
     except KeyboardInterrupt:  # stopped by the parent: leave now, take no further piece
         os._exit(STOPPED)
     finally:
@@ -182,7 +190,7 @@ class WorkerPool:
         while True:
             try:
                 key, kind, fields = self._events.get_nowait()
-            except queue.Empty:
+            except (queue.Empty, EOFError, OSError):  # none left, or the manager is gone
                 return
             if kind == "start":
                 self._pieces[fields["pid"]] = key

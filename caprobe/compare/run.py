@@ -50,6 +50,7 @@ from caprobe.errors import CaprobeError
 from caprobe.io import read_json, to_jsonable, write_json
 from caprobe.runtime import (
     environmental_cause,
+    failure_line,
     is_environmental,
     sigterm_as_interrupt,
     torch_threads,
@@ -284,7 +285,7 @@ def _stop_error(cause: str, fix: str, where: str, root: Path) -> CaprobeError:
     """One line for a failure of the machine: what happened where, the fix, how to go on."""
     then = (f"continue with caprobe compare --resume {root}" if Layout(root).plan.is_file()
             else "run the command again")
-    return CaprobeError(f"{cause} while {where}; {fix}, then {then}")
+    return CaprobeError(failure_line(cause, fix, where, then))
 
 
 @contextlib.contextmanager
@@ -296,8 +297,7 @@ def _machine_failures(layout: Layout) -> Iterator[None]:
     except Exception as exc:
         if not is_environmental(exc):
             raise
-        cause, fix = environmental_cause(exc)
-        raise _stop_error(cause, fix, f"running the comparison in {layout.root}",
+        raise _stop_error(*environmental_cause(exc), f"running the comparison in {layout.root}",
                           layout.root) from exc
 
 
@@ -535,9 +535,8 @@ def train_piece(piece: Piece, progress: Any) -> None:
         train(piece.config, out=piece.run_dir, resume=piece.resume, progress=progress)
     except Exception as exc:  # noqa: BLE001 - recorded; the other pieces go on
         if is_environmental(exc):
-            cause, fix = environmental_cause(exc)
-            raise _retry_later(piece, _stop_error(cause, fix, piece.where, piece.root),
-                               exc) from exc
+            error = _stop_error(*environmental_cause(exc), piece.where, piece.root)
+            raise _retry_later(piece, error, exc) from exc
         if not (piece.run_dir / "result.json").exists():
             write_json(error, {**_failure(piece.variant, exc), "seed": piece.seed})
 
