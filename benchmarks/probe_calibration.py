@@ -2,8 +2,8 @@
 
 One table: per variant (``none se cbam eca ca ca_h ca_w``), over seeds 0..9 of the default
 ``train`` recipe, the mean, sd, min and max top-1 and the runs that did not learn
-(:func:`caprobe.stats.did_learn`: final top-1 below 3 × chance, or a training loss that did not
-fall below 90 % of the first epoch's); then two controls at the same budget:
+(:func:`caprobe.stats.did_learn`: final top-1 below 3 × chance, or a last training loss not
+below 90 % of ln C, a uniform guess's); then two controls at the same budget:
 
 * **shuffled labels** (``shuffle_labels=1``): the training labels permuted, the test labels
   true; top-1 must stay within 2 points of chance, or the probe leaks something;
@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     env = collect_env("cpu")
     print(f"\npositional probe calibration, {dt.date.today()}, {env.get('cpu_model', '?')}, "
           f"torch {env.get('torch')}, {outcome.out}, {wall / 60:.1f} min")
-    print(f"chance {_fmt(chance)} %; a run did not learn: top-1 < 3 x chance or loss not "
-          "below 90 % of epoch 1's")
+    print(f"chance {_fmt(chance)} %; a run did not learn: top-1 < 3 x chance or its last "
+          "training loss not below 0.9 ln C")
     head = f"{'variant':<26}{'runs':>5}{'mean':>7}{'sd':>6}{'min':>7}{'max':>7}{'not learned':>13}"
     print(head)
     print("-" * len(head))

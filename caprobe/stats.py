@@ -288,8 +288,11 @@ def ratio_ci(baseline_samples: Sequence[float], variant_samples: Sequence[float]
 # quick ablation, guessing (or always predicting one class) stays well under 3 x chance, while
 # a model that picked up the task clears it after a few epochs.
 CHANCE_FACTOR = 3.0
-# A final training loss not below 90% of the first epoch's means the optimiser went nowhere
-# (dead learning rate, frozen weights, broken labels), whatever the test top-1 happens to be.
+# A final training loss not below 90% of ln(C), the cross-entropy of a uniform guess over C
+# classes (label smoothing leaves it unchanged), means the optimiser went nowhere (dead learning
+# rate, frozen weights, broken labels), whatever the test top-1 happens to be. Measured against
+# the guess, not the first epoch's loss, so a run that learned within its first epoch (a long
+# epoch, a fast task) is not flagged.
 LOSS_FACTOR = 0.9
 
 
@@ -313,13 +316,13 @@ def top1_floor(chance: float) -> float:
     return min(CHANCE_FACTOR * chance, (chance + 100.0) / 2.0)
 
 
-def loss_fell(train_losses: Iterable[object]) -> bool | None:
-    """Whether the last finite per-epoch loss is below ``LOSS_FACTOR`` x the first finite one;
-    None with fewer than two finite losses (no trend to read)."""
+def loss_fell(train_losses: Iterable[object], num_classes: int | None) -> bool | None:
+    """Whether the last finite per-epoch training loss is below ``LOSS_FACTOR`` x ln(C);
+    None without a finite loss or with fewer than 2 classes."""
     losses = [x for x in map(_finite_or_none, train_losses) if x is not None]
-    if len(losses) < 2:
+    if not losses or not num_classes or num_classes < 2:
         return None
-    return losses[-1] < LOSS_FACTOR * losses[0]
+    return losses[-1] < LOSS_FACTOR * math.log(num_classes)
 
 
 def did_learn(top1: float | None, num_classes: int | None,
@@ -327,11 +330,12 @@ def did_learn(top1: float | None, num_classes: int | None,
     """Whether a finished training learned.
 
     False when the final test ``top1`` (percent) is below :func:`top1_floor` of chance, or the
-    per-epoch ``train_losses`` (in order) did not fall below ``LOSS_FACTOR`` x the first;
-    with a single logged epoch only the top-1 criterion applies. None when ``top1`` or the
-    class count is unknown (e.g. a run that did not finish): never a guess.
+    last of the per-epoch ``train_losses`` is not below ``LOSS_FACTOR`` x ln(C), the loss of a
+    uniform guess (:func:`loss_fell`); without losses only the top-1 criterion applies. None
+    when ``top1`` or the class count is unknown (e.g. a run that did not finish): never a
+    guess.
     """
     top1, chance = _finite_or_none(top1), chance_top1(num_classes)
     if top1 is None or chance is None:
         return None
-    return top1 >= top1_floor(chance) and loss_fell(train_losses) is not False
+    return top1 >= top1_floor(chance) and loss_fell(train_losses, num_classes) is not False

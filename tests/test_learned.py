@@ -49,16 +49,21 @@ def test_thresholds():
     assert top1_floor(25.0) == 62.5 and top1_floor(50.0) == 75.0  # capped halfway to 100%
 
 
+GUESS_10 = math.log(10)  # 2.3026: the training loss of a uniform guess over 10 classes
+
+
 @pytest.mark.parametrize("top1, classes, losses, expected", [
     (30.0, 10, [2.0, 1.0], True),        # exactly 3 x chance learned
     (29.99, 10, [2.0, 1.0], False),      # just below
-    (90.0, 10, [2.0, 1.8], False),       # final loss exactly 90% of the first: not below
-    (90.0, 10, [2.0, 1.79], True),
-    (90.0, 10, [2.0, 2.5, 1.0], True),   # first and last epoch count, not the ones between
-    (30.0, 10, [2.0], True),             # one epoch: only the top-1 criterion
-    (29.0, 10, [2.0], False),
-    (40.0, 10, [], True),
-    (75.0, 2, [1.0, 0.5], True),         # 2 classes: floor 75%
+    (90.0, 10, [3.0, 0.9 * GUESS_10], False),          # final loss exactly 90% of ln 10
+    (90.0, 10, [3.0, 0.9 * GUESS_10 - 1e-9], True),
+    (90.0, 10, [0.7, 0.65], True),       # learned within epoch 1: no fall needed
+    (90.0, 10, [2.0, 0.5, 2.2], False),  # the last epoch counts, not the ones between
+    (30.0, 10, [2.0], True),             # one epoch: its loss is the last
+    (30.0, 10, [2.3], False),
+    (40.0, 10, [], True),                # no losses: only the top-1 criterion
+    (75.0, 2, [1.0, 0.5], True),         # 2 classes: floor 75%, 0.9 ln 2 = 0.62
+    (75.0, 2, [1.0, 0.65], False),
     (74.9, 2, [1.0, 0.5], False),
     (None, 10, [2.0, 1.0], None),        # not finished
     (float("nan"), 10, [2.0, 1.0], None),
@@ -69,10 +74,11 @@ def test_did_learn(top1, classes, losses, expected):
     assert did_learn(top1, classes, losses) is expected
 
 
-def test_loss_fell_skips_missing_epochs():
-    assert loss_fell([2.0, None, float("nan")]) is None
-    assert loss_fell([None, 2.0, float("inf"), 1.0]) is True
-    assert loss_fell([2.0, 1.9, None]) is False
+def test_loss_fell_reads_the_last_finite_epoch():
+    assert loss_fell([2.0, None, float("nan")], 10) is True       # 2.0 < 2.07
+    assert loss_fell([None, float("inf")], 10) is None
+    assert loss_fell([1.0, 2.2, None], 10) is False                # 2.2 >= 2.07
+    assert loss_fell([0.1], 1) is None                             # one class: no guess loss
 
 
 # --------------------------------------------------------------------------- aggregates
@@ -122,7 +128,7 @@ def test_a_variant_with_no_learned_run(tmp_path):
 
 
 def test_a_flat_training_loss_is_named_as_the_reason(tmp_path):
-    flat = {("se", s): [2.0, 1.95, 1.9] for s in (0, 1)}
+    flat = {("se", s): [3.6, 3.5, 3.4] for s in (0, 1)}  # 0.9 ln 10 = 2.07
     root = make_run(tmp_path / "r", variants=("none", "se"), seeds=(0, 1), losses=flat)
     assert _aggs(root)["se"]["status"] == DID_NOT_LEARN
     assert _verdicts(root)["se"]["text"].startswith(
