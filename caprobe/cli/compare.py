@@ -64,11 +64,13 @@ def compare(
     device: str = typer.Option("auto", "--device", help="Training device: auto, cpu, cuda."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads per job (per "
                                        "training at once), also used for latency. (default: "
-                                       "cores // jobs)", show_default=False),
+                                       "cores // jobs of the plan's first session)",
+                                       show_default=False),
     jobs: int | None = typer.Option(None, "--jobs", "-j", help="Trainings at once, each in "
                                     "its own process; --jobs 1 trains them one after the "
-                                    "other in this process. Results depend on --threads, not "
-                                    "on --jobs. (default: 2 on a machine with 2+ cores "
+                                    "other in this process. Results depend on the threads per "
+                                    "training, fixed when the plan is made, not on --jobs. "
+                                    "(default: 2 on a machine with 2+ cores "
                                     "when 2+ trainings are left, else 1)", show_default=False),
     latency_batch: int = typer.Option(1, "--latency-batch", help="Batch size for latency."),
     min_time: float = typer.Option(0.5, "--min-time", help="Timed seconds per variant for "
