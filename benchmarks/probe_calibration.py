@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{_fmt(r['min']):>7}{_fmt(r['max']):>7}{r['not_learned']:>13}")
     print()
     for name, value, target, ok in checks:
-        shown = _fmt(value, "+.2f" if "-" in name else ".2f") if value is not None else "–"
+        shown = _fmt(value, "+.2f" if name.endswith(("chance", "none")) else ".2f")
         print(f"{'PASS' if ok else 'MISS'}  {name}: {shown} (target {target})")
     if args.json:
         args.json.write_text(json.dumps({"date": str(dt.date.today()), "env": env,
