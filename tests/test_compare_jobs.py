@@ -124,13 +124,13 @@ def test_causes_name_the_fix():
 
 
 def test_default_jobs_and_threads(monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(run_mod, "usable_cpus", lambda: 2)  # affinity-aware, not cpu_count
     assert run_mod.default_jobs(4) == 2 and run_mod.default_jobs(1) == 1
     assert run_mod.default_jobs(0) == 1
     assert run_mod.threads_per_job(2) == 1 and run_mod.threads_per_job(1) == 2
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(run_mod, "usable_cpus", lambda: 1)
     assert run_mod.default_jobs(4) == 1 and run_mod.threads_per_job(2) == 1
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(run_mod, "usable_cpus", lambda: 16)
     assert run_mod.default_jobs(4) == run_mod.DEFAULT_JOBS
     assert run_mod.threads_per_job(2) == 8
 

@@ -48,6 +48,7 @@ from caprobe.compare.pool import WorkerDied, WorkerPool
 from caprobe.compare.results import piece_done, piece_state, write_results
 from caprobe.errors import CaprobeError
 from caprobe.io import read_json, to_jsonable, write_json
+from caprobe.measure.environment import usable_cpus
 from caprobe.runtime import (
     environmental_cause,
     failure_line,
@@ -96,12 +97,12 @@ def _error_text(exc: BaseException) -> str:
 
 def default_jobs(pieces: int) -> int:
     """``--jobs`` when not given, for ``pieces`` trainings left to run."""
-    return max(1, min(DEFAULT_JOBS, os.cpu_count() or 1, pieces))
+    return max(1, min(DEFAULT_JOBS, usable_cpus(), pieces))
 
 
 def threads_per_job(jobs: int) -> int:
     """``--threads`` when not given: the cores shared out among the jobs."""
-    return max(1, (os.cpu_count() or 1) // jobs)
+    return max(1, usable_cpus() // jobs)
 
 
 # --------------------------------------------------------------------------- adapters
