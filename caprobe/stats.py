@@ -35,6 +35,7 @@ __all__ = [
     "LOSS_FACTOR",
     "PairedDelta",
     "Summary",
+    "at_chance",
     "chance_top1",
     "did_learn",
     "loss_fell",
@@ -314,6 +315,12 @@ def top1_floor(chance: float) -> float:
     floor is capped halfway between chance and 100%.
     """
     return min(CHANCE_FACTOR * chance, (chance + 100.0) / 2.0)
+
+
+def at_chance(top1: float | None, chance: float | None) -> bool:
+    """Whether a final ``top1`` (percent) lies below :func:`top1_floor` of ``chance``."""
+    top1, chance = _finite_or_none(top1), _finite_or_none(chance)
+    return top1 is not None and chance is not None and top1 < top1_floor(chance)
 
 
 def loss_fell(train_losses: Iterable[object], num_classes: int | None) -> bool | None:

@@ -34,7 +34,7 @@ def summary_line(result, label: str) -> str:
     """``<label>: finished, top-1 81.2% (top-5 -), test loss 0.61, 4 epochs / 188 steps in
     41.0 s, 312 img/s, data wait 0.8% → runs/x``; a run that did not learn says so after its
     test loss (``warning: did not learn (top-1 at chance: 25.0% by guessing)``)."""
-    from caprobe.stats import top1_floor
+    from caprobe.stats import at_chance
 
     parts = [f"{label}: {result.status}"]
     if result.status == "finished":
@@ -44,9 +44,9 @@ def summary_line(result, label: str) -> str:
         parts.append(top)
         parts.append(f"test loss {_fmt(result.test_loss, 3)}")
         if result.learned is False:
-            at_chance = result.top1 < top1_floor(result.chance_top1)
-            why = f"top-1 at chance: {result.chance_top1:.1f}% by guessing" if at_chance \
-                else "training loss did not fall"
+            why = (f"top-1 at chance: {result.chance_top1:.1f}% by guessing"
+                   if at_chance(result.top1, result.chance_top1)
+                   else "training loss did not fall")
             parts.append(f"warning: did not learn ({why})")
     parts.append(f"{result.epochs_done} epochs / {result.steps_done} steps in "
                  f"{result.wall_time_s:.1f} s")

@@ -9,7 +9,8 @@ Order of work (so that a crash keeps the most useful part):
    counts and latency run alone on the machine, before any training starts;
 4. training, seed-major (every variant of seed 0, then of seed 1, ...): ``jobs`` trainings at
    once in worker processes (:mod:`caprobe.compare.pool`), or in this process for one job;
-5. attention maps from the first finished checkpoint of each variant;
+5. attention maps from the first finished checkpoint of each variant (one that learned when
+   there is one);
 6. ``results.csv`` / ``results.json`` and ``report.html``.
 
 ``resume=True`` skips every finished piece (a failed or diverged piece is finished: it is
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
 
 #: Trainings at once when --jobs is not given, on a machine with at least 2 cores and more
 #: than one training left: two 1-thread processes outrun one 2-thread process on these small
-#: models. Measured (2-core Xeon VM, 2026-12-01, the default `caprobe compare --attn se cbam
+#: models. Measured (2-core AMD EPYC VM, 2026-12-01, the default `caprobe compare --attn se cbam
 #: ca`, 12 trainings): --jobs 2 100 s for the whole command, --jobs 1 (2 threads) 171 s; one
 #: 2-thread training took about as long as one of two 1-thread ones side by side.
 #: (The --jobs help in caprobe/cli/compare.py names this value.)
@@ -147,9 +148,7 @@ def _load_data(options: CompareOptions, config) -> _DataInfo:
     """The data set exactly as training loads it: size, classes, checksum, map images."""
     from caprobe.data import load_dataset
 
-    ds = load_dataset(config.data, data_dir=config.data_dir, cache_dir=config.cache_dir,
-                      download=False,
-                      **{"image_size": config.image_size, **(config.data_options or {})})
+    ds = load_dataset(config.data, **config.dataset_kwargs())
     test = ds.test
     images = test.images
     labels = getattr(test, "labels", None)
@@ -503,7 +502,8 @@ class Piece:
 def _piece(options: CompareOptions, layout: Layout, variant: str, seed: int,
            threads: int) -> Piece:
     """A training continued from its folder keeps the thread count it began with (its result
-    may depend on it); a new one gets this session's ``threads``."""
+    may depend on it; plans older than ``train_threads`` could differ); a new one gets the
+    plan's ``threads``."""
     from caprobe.train.loop import CONFIG_FILE, is_run_dir
 
     run_dir = layout.run_dir(variant, seed)

@@ -18,7 +18,7 @@ from caprobe.compare.results import DID_NOT_LEARN
 from caprobe.io import atomic_write_text
 from caprobe.report import plots
 from caprobe.report.records import RunRecords, load_runs
-from caprobe.stats import top1_floor
+from caprobe.stats import at_chance
 
 ACC_KEYS = ("test_top1", "top1", "val_top1", "test_acc", "accuracy", "acc")
 LOSS_KEYS = ("train_loss", "loss", "test_loss")
@@ -188,11 +188,10 @@ def _baseline_of(r: dict[str, Any]) -> dict[str, Any]:
 
 def _why_not_learned(r: dict[str, Any]) -> str:
     """Why the variant's flagged runs did not learn: top-1 at chance, a flat loss, or both."""
-    at_chance = [_ok(x.get("top1")) and _ok(x.get("chance_top1"))
-                 and x["top1"] < top1_floor(x["chance_top1"])
-                 for x in _variant_runs(r) if x.get("learned") is False]
-    reasons = (["final top-1 at chance"] if any(at_chance) else []) \
-        + (["training loss did not fall"] if not all(at_chance) else [])
+    flags = [at_chance(x.get("top1"), x.get("chance_top1"))
+             for x in _variant_runs(r) if x.get("learned") is False]
+    reasons = (["final top-1 at chance"] if any(flags) else []) \
+        + (["training loss did not fall"] if not all(flags) else [])
     return " or ".join(reasons)
 
 

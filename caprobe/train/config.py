@@ -83,6 +83,11 @@ class TrainConfig:
     channels_last: bool | None = None  # None: on (much faster for depthwise convs on CPU)
     eval_batch_size: int | None = None  # None: 2 × batch_size
 
+    def dataset_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``caprobe.data.load_dataset(self.data, ...)`` for this run."""
+        return {"data_dir": self.data_dir, "cache_dir": self.cache_dir, "download": False,
+                "image_size": self.image_size, **(self.data_options or {})}
+
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 

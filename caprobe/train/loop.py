@@ -288,9 +288,7 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
 
     device = resolve_device(config.device, config.amp)
     data_api = _data_api()
-    dataset = data_api.load_dataset(config.data, data_dir=config.data_dir,
-                                    cache_dir=config.cache_dir, download=False,
-                                    **{"image_size": config.image_size, **config.data_options})
+    dataset = data_api.load_dataset(config.data, **config.dataset_kwargs())
     cfg = resolve(config, image_size=int(dataset.image_size), device=device)
     if saved_config is not None:
         diffs = differences(saved_config, cfg.to_dict())
