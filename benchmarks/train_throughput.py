@@ -1,7 +1,25 @@
-"""caprobe's training step rate against a bare PyTorch loop, side by side in one process.
+"""Training step cost, side by side in one process: attention against the plain network, and
+caprobe's training loop against a bare PyTorch loop.
 
-Both train the same model (same build, seed, memory format, AMP, optimiser) on the same
-in-memory data for the same number of steps; rounds alternate (bare, caprobe, bare, ...)
+    python benchmarks/train_throughput.py                  # attention: the issue-11 targets
+    python benchmarks/train_throughput.py attention --width 1.0
+    python benchmarks/train_throughput.py attention --profile imagenet --batch-size 32
+    python benchmarks/train_throughput.py loop             # caprobe.train vs a bare loop
+
+``attention`` (default): MobileNetV2 (width 0.5, CIFAR profile, batch 64, fp32, channels-last,
+2 threads, SGD with momentum) trains one step at a time on a fixed random batch, for ``none``
+and every variant in two forms: *after*, the modules as caprobe builds them (the fast
+training forms of :mod:`caprobe.attention.functional`), and *before*, the same weights run by
+the papers' equations in plain autograd (:func:`caprobe.attention.reference.reference_form`).
+Rounds interleave every (variant, form) in a rotating order, so load hits all alike; each
+ratio is the median over rounds of the round's step time over ``none``'s in the same round,
+with a 95 % order-statistics interval. Peak memory of one training step (forward, backward,
+optimiser step) is read from the profiler's allocator events, for each (variant, form).
+Targets: step time relative to ``none`` of ca <= 1.20x, se <= 1.15x, cbam <= 1.30x; peak
+memory of a CA step <= 1.15x of ``none``'s.
+
+``loop``: both train the same model (same build, seed, memory format, AMP, optimiser) on the
+same in-memory data for the same number of steps; rounds alternate (bare, caprobe, bare, ...)
 so machine load hits both alike; the median rounds (and the best rounds, less sensitive to
 load spikes on a shared machine) are compared.
 
@@ -11,11 +29,7 @@ load spikes on a shared machine) are compared.
   timed from its own ``train_time_s`` (evaluation excluded), which includes indexing,
   batch augmentation, bookkeeping and the NaN guard. Its ``data_wait_share`` is the share of
   step time spent preparing the batch (indexing + augmentation + copies).
-
-    python benchmarks/train_throughput.py                      # positional, 32 px
-    python benchmarks/train_throughput.py --data cifar10 --data-dir ../shared/data/cifar10-jpg.tar
-
-Target: caprobe / bare ≥ 0.95.
+  Target: caprobe / bare >= 0.95.
 """
 
 from __future__ import annotations
@@ -29,8 +43,10 @@ import time
 import types
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def loop_main(argv: list[str]) -> int:
+    """``loop``: caprobe's training loop against a bare PyTorch loop (see the module doc)."""
+    p = argparse.ArgumentParser(prog="train_throughput.py loop",
+                                description="caprobe.train against a bare loop")
     p.add_argument("--model", default="mobilenetv2")
     p.add_argument("--attn", default="ca")
     p.add_argument("--width", type=float, default=0.5)
@@ -149,6 +165,152 @@ def main(argv: list[str] | None = None) -> int:
               "best rounds  (target >= 0.95)")
         print(f"  data wait share   : {100 * out['data_wait_share']:.2f}% of step time")
     return 0
+
+
+
+#: Step-time targets relative to ``none`` (issue 11) and the CA memory target.
+TIME_TARGETS = {"se": 1.15, "cbam": 1.30, "ca": 1.20}
+CA_MEMORY_TARGET = 1.15
+
+
+def peak_step_bytes(step) -> int:
+    """Peak bytes allocated above the starting level during one call of ``step``, from the
+    profiler's allocator events (CPU has no allocator statistics of its own)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    level = peak = 0
+    for event in events:
+        level += event.nbytes()
+        peak = max(peak, level)
+    return peak
+
+
+def attention_main(argv: list[str]) -> int:
+    """``attention``: every variant's training step against ``none``'s, before and after."""
+    p = argparse.ArgumentParser(prog="train_throughput.py attention",
+                                description="attention training step cost against none")
+    p.add_argument("--variants", nargs="+", default=["se", "cbam", "eca", "ca", "ca_h", "ca_w"])
+    p.add_argument("--model", default="mobilenetv2")
+    p.add_argument("--width", type=float, default=0.5)
+    p.add_argument("--profile", default="cifar", choices=["cifar", "imagenet"])
+    p.add_argument("--image-size", type=int, default=None, help="default: 32 cifar, 224 imagenet")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per entry and round")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--no-before", action="store_true", help="time only the fast forms")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from caprobe.attention.reference import reference_form
+    from caprobe.measure.environment import collect_env, contention_warnings, other_runnable
+    from caprobe.models import build_model
+    from caprobe.stats import median_ci_indices
+
+    torch.set_num_threads(args.threads)
+    size = args.image_size or (32 if args.profile == "cifar" else 224)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, 3, size, size, generator=gen).contiguous(
+        memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch_size,), generator=gen)
+
+    entries: dict[tuple[str, str], object] = {}
+
+    def trainer(model):
+        model = model.to(memory_format=torch.channels_last).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step() -> None:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    for variant in ["none", *args.variants]:
+        model = build_model(args.model, attn=variant, width=args.width, num_classes=10,
+                            profile=args.profile, seed=0)
+        entries[variant, "after"] = trainer(model)
+        if variant != "none" and not args.no_before:
+            entries[variant, "before"] = trainer(reference_form(model))
+    keys = list(entries)
+    others = other_runnable()
+    for step in entries.values():  # warm-up: allocator, kernels, first touch
+        step()
+        step()
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
+    for r in range(args.rounds):
+        order = keys[r % len(keys):] + keys[:r % len(keys)]
+        for key in order:
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                entries[key]()
+            times[key].append((time.perf_counter() - t) / args.steps)
+    peaks = {k: peak_step_bytes(entries[k]) for k in keys}
+
+    base = times["none", "after"]
+    rows = []
+    for key in keys:
+        ratios = sorted(t / b for t, b in zip(times[key], base, strict=True))
+        ci = median_ci_indices(len(ratios))
+        rows.append({
+            "variant": key[0], "form": key[1],
+            "step_ms": round(1e3 * statistics.median(times[key]), 2),
+            "images_per_s": round(args.batch_size / statistics.median(times[key]), 1),
+            "ratio": round(statistics.median(ratios), 4),
+            "ratio_ci": None if ci is None else [round(ratios[ci[0]], 4), round(ratios[ci[1]], 4)],
+            "peak_mb": round(peaks[key] / 2**20, 1),
+            "peak_ratio": round(peaks[key] / peaks["none", "after"], 4),
+        })
+    env = collect_env("cpu", threads=args.threads)
+    checks = []
+    for row in rows:
+        if row["form"] == "after" and row["variant"] in TIME_TARGETS:
+            target = TIME_TARGETS[row["variant"]]
+            checks.append({"what": f"{row['variant']} step time / none", "value": row["ratio"],
+                           "target": target, "met": row["ratio"] <= target})
+        if row["form"] == "after" and row["variant"] == "ca":
+            checks.append({"what": "ca peak step memory / none", "value": row["peak_ratio"],
+                           "target": CA_MEMORY_TARGET,
+                           "met": row["peak_ratio"] <= CA_MEMORY_TARGET})
+    out = {"model": args.model, "width": args.width, "profile": args.profile,
+           "image_size": size, "batch_size": args.batch_size, "threads": args.threads,
+           "steps": args.steps, "rounds": args.rounds, "cpu": env["cpu_model"],
+           "torch": env["torch"], "git_commit": env["git_commit"], "rows": rows,
+           "checks": checks}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{args.model} w{args.width} {args.profile} {size}px, batch {args.batch_size}, fp32, "
+          f"channels-last, {args.threads} threads, {args.rounds} rounds x {args.steps} steps; "
+          f"{env['cpu_model']}, torch {env['torch']}, caprobe {env['git_commit'] or 'no git'}")
+    for warning in contention_warnings("cpu", args.threads, others):
+        print(f"warning: {warning}")
+    print(f"{'variant':8s} {'form':6s} {'ms/step':>8s} {'img/s':>7s} {'x none':>7s} "
+          f"{'95% CI':>17s} {'peak MB':>8s} {'x none':>7s}")
+    for row in rows:
+        lo_hi = row["ratio_ci"]
+        ci = "" if lo_hi is None else f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]"
+        print(f"{row['variant']:8s} {row['form']:6s} {row['step_ms']:8.1f} "
+              f"{row['images_per_s']:7.1f} {row['ratio']:7.3f} {ci:>17s} "
+              f"{row['peak_mb']:8.1f} {row['peak_ratio']:7.3f}")
+    for check in checks:
+        print(f"{'PASS' if check['met'] else 'MISS'}  {check['what']}: {check['value']:.3f} "
+              f"(target <= {check['target']:.2f})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "loop":
+        return loop_main(argv[1:])
+    return attention_main(argv[1:] if argv and argv[0] == "attention" else argv)
 
 
 if __name__ == "__main__":

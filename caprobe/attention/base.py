@@ -144,6 +144,11 @@ def batch_norm(bn: nn.BatchNorm2d, y: torch.Tensor) -> torch.Tensor:
     return bn(y)
 
 
+def linear(conv: nn.Conv2d, z: torch.Tensor) -> torch.Tensor:
+    """A 1×1 ``conv`` applied to channel-innermost vectors (…×C): one GEMM, no im2col."""
+    return F.linear(z, conv.weight.flatten(1), conv.bias)
+
+
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights and bias of one conv equal to ``bn(conv(x))`` with BN's running statistics."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)

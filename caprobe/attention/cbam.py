@@ -1,7 +1,8 @@
 """CBAM (Woo et al., ECCV 2018): a channel gate, then a spatial gate on the gated map.
 
 Channel: average- and max-pooled vectors through one shared MLP (C→C//r→C, biased as in the
-official code; hidden width floored at ``min_hidden``), summed, σ. Spatial: [max, mean] over
+official code; hidden width floored at ``min_hidden``), summed, σ; the max's gradient goes to
+the arg-max element, as with the official code's ``max_pool2d``. Spatial: [max, mean] over
 channels → k×k conv without bias → BN → σ.
 """
 
@@ -18,8 +19,16 @@ from caprobe.attention.base import (
     batch_norm,
     fold_bn,
     inference_fast_path,
+    linear,
     make_act,
     make_gate,
+)
+from caprobe.attention.functional import (
+    channel_max,
+    channel_mean,
+    gate_product,
+    nhwc,
+    spatial_max_mean,
 )
 
 
@@ -41,12 +50,14 @@ class CBAM(AttentionModule):
         self._weights = WeightCache()
 
     def _channel_gate(self, x: torch.Tensor) -> torch.Tensor:
-        avg = x.mean(dim=(2, 3), keepdim=True)
-        peak = x.amax(dim=(2, 3), keepdim=True)
-        return self.gate(self.mlp(avg) + self.mlp(peak))
+        """N×C: the shared MLP (1×1 convs as GEMMs) on the mean- and max-pooled vectors."""
+        def mlp(z: torch.Tensor) -> torch.Tensor:
+            return linear(self.mlp[2], self.mlp[1](linear(self.mlp[0], z)))
+        return self.gate(mlp(channel_mean(x)) + mlp(channel_max(x)))
 
     def _spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+        """N×1×H×W from the channel-gated map."""
+        pooled = spatial_max_mean(x)
         if inference_fast_path(self):
             weight, bias = self._weights.get(self, lambda: fold_bn(self.spatial, self.spatial_bn))
             return self.gate(F.conv2d(pooled, weight, bias, padding=self.spatial.padding))
@@ -55,10 +66,13 @@ class CBAM(AttentionModule):
     def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"channel": N×C×1×1, "spatial": N×1×H×W}``; the spatial gate sees the
         channel-gated map, as in the forward pass."""
-        channel = self._channel_gate(x)
+        channel = self._channel_gate(x)[:, :, None, None]
         return {"channel": channel, "spatial": self._spatial_gate(x * channel)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gated = apply_gates(self, x, [self._channel_gate(x)])
-        spatial = self._spatial_gate(gated)
-        return gated.mul_(spatial) if inference_fast_path(self) else gated * spatial
+        channel = self._channel_gate(x)
+        if inference_fast_path(self):
+            gated = apply_gates(self, x, [channel[:, :, None, None]])
+            return gated.mul_(self._spatial_gate(gated))
+        gated = gate_product(x, channel[:, None, None])
+        return gate_product(gated, nhwc(self._spatial_gate(gated)))

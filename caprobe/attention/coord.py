@@ -1,19 +1,21 @@
 """Coordinate Attention (Hou, Zhou, Feng, CVPR 2021) and its one-direction ablations.
 
-Paper form (training, or whenever autograd is on)::
+The paper's form (:mod:`caprobe.attention.reference` writes it out in plain operators)::
 
     z^h = mean over W  (N×C×H×1)        z^w = mean over H  (N×C×1×W)
     f   = δ(BN(F1([z^h, z^w])))          shared 1×1 conv C→mip over the concatenated strips
     g^h = σ(F_h(f^h))   g^w = σ(F_w(f^w))  1×1 convs mip→C
     y   = x · g^h · g^w
 
-Means replace the official code's ``AdaptiveAvgPool2d((None, 1))`` (identical values; exports
-to ONNX). In eval mode with autograd off, outside graph building, an inference path gives the
-same output with less work: BN folded into F1 once, both strips pooled by one small matrix
-product on small maps (sums elsewhere), the 1×1 convs as two batched GEMMs on the strips, both
-gates read as views of one buffer, on small maps the two gates multiplied together first (one
-map-sized product, then one pass over the map), no copy of the feature map. Tracing,
-export and ``torch.compile`` see the paper form, which they can fuse themselves.
+Means replace the official code's ``AdaptiveAvgPool2d((None, 1))`` (identical values). Trained
+(and traced) as that math through :mod:`caprobe.attention.functional`: the strips pooled on the
+map's NHWC view, the 1×1 convs as GEMMs on the strips, one product with both gates and a hand-
+written backward (no map-sized intermediate saved). In eval mode with autograd off, outside
+graph building, an inference path gives the same output with less work: BN folded into F1 once,
+both strips pooled by one small matrix product on small maps (sums elsewhere), the 1×1 convs as
+two batched GEMMs on the strips, both gates read as views of one buffer, on small maps the two
+gates multiplied together first (one map-sized product, then one pass over the map), no copy of
+the feature map. Tracing, export and ``torch.compile`` see the training form.
 
 Inside a network every kernel launch and Python step of this path costs several times its
 stand-alone time (cold caches after the big convolutions), so the path is kept short: measured
@@ -30,15 +32,16 @@ from torch import nn
 from caprobe.attention.base import (
     AttentionModule,
     WeightCache,
-    apply_gates,
     batch_norm,
     fold_bn,
     inference_fast_path,
     inplace_form,
+    linear,
     make_act,
     make_gate,
     multiply_gates,
 )
+from caprobe.attention.functional import gate_product, nchw, strip_means
 
 #: Up to this H + W, pooling both strips as one (C, H·W) × (H·W, H+W) product beats sums (a
 #: reduction over a short axis is slow on CPU): inside MobileNetV2 at 224, 2 threads, 40 vs
@@ -97,29 +100,29 @@ class CoordAttention(AttentionModule):
         """``{"h": N×C×H×1, "w": N×C×1×W}`` (only the branches this module has)."""
         if inference_fast_path(self):
             return dict(zip(self.branches, self._inference_gates(x), strict=True))
-        return self._paper_gates(x)
+        return {name: nchw(g) for name, g in zip(self.branches, self._gates_nhwc(x),
+                                                  strict=True)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if inference_fast_path(self):  # the lean route: no dict, no second check
             return multiply_gates(x, self._inference_gates(x), inference=True,
                                   overwrite=self.inplace)
-        return apply_gates(self, x, self._paper_gates(x).values())
+        return gate_product(x, *self._gates_nhwc(x))
 
-    def _paper_gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _gates_nhwc(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The gates in NHWC broadcast shapes (N×H×1×C, N×1×W×C), ``branches`` order: the
+        strips pooled as one N×L×C tensor, F1 and the gate convs as GEMMs on it (1×1 convs on
+        strips, channel-innermost like the map), BN over the mip channels."""
         height = x.shape[2]
-        strips = []
+        z = strip_means(x, self.conv_h is not None, self.conv_w is not None)  # N×L×C
+        f = linear(self.conv1, z).transpose(1, 2).unsqueeze(3)  # N×mip×L×1 for BN
+        f = self.act(batch_norm(self.bn1, f)).squeeze(3).transpose(1, 2)  # N×L×mip
+        out = []
         if self.conv_h is not None:
-            strips.append(x.mean(dim=3, keepdim=True))  # N×C×H×1
+            out.append(self.gate(linear(self.conv_h, f[:, :height])).unsqueeze(2))
+            f = f[:, height:]
         if self.conv_w is not None:
-            strips.append(x.mean(dim=2, keepdim=True).transpose(2, 3))  # N×C×W×1
-        y = torch.cat(strips, dim=2) if len(strips) > 1 else strips[0]
-        y = self.act(batch_norm(self.bn1, self.conv1(y)))
-        out = {}
-        if self.conv_h is not None:
-            out["h"] = self.gate(self.conv_h(y[:, :, :height]))
-            y = y[:, :, height:]
-        if self.conv_w is not None:
-            out["w"] = self.gate(self.conv_w(y.transpose(2, 3)))
+            out.append(self.gate(linear(self.conv_w, f)).unsqueeze(1))
         return out
 
     def _strip_sums(self, x: torch.Tensor, w_factor: float) -> torch.Tensor:

@@ -11,7 +11,8 @@ import math
 import torch
 from torch import nn
 
-from caprobe.attention.base import AttentionModule, make_gate
+from caprobe.attention.base import AttentionModule, apply_gates, inference_fast_path, make_gate
+from caprobe.attention.functional import channel_mean, gate_product
 
 
 def eca_kernel_size(channels: int, gamma: int = 2, beta: int = 1) -> int:
@@ -28,8 +29,15 @@ class ECA(AttentionModule):
         self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
         self.gate = make_gate(gate)
 
+    def _gate(self, x: torch.Tensor) -> torch.Tensor:
+        """N×C."""
+        return self.gate(self.conv(channel_mean(x).unsqueeze(1))).squeeze(1)
+
     def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"channel": N×C×1×1}``."""
-        z = x.mean(dim=(2, 3))  # N×C
-        y = self.conv(z.unsqueeze(1))
-        return {"channel": self.gate(y).squeeze(1)[:, :, None, None]}
+        return {"channel": self._gate(x)[:, :, None, None]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if inference_fast_path(self):
+            return apply_gates(self, x, [self._gate(x)[:, :, None, None]])
+        return gate_product(x, self._gate(x)[:, None, None])

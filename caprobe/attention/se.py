@@ -11,7 +11,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from caprobe.attention.base import AttentionModule, make_act, make_gate
+from caprobe.attention.base import (
+    AttentionModule,
+    apply_gates,
+    inference_fast_path,
+    linear,
+    make_act,
+    make_gate,
+)
+from caprobe.attention.functional import channel_mean, gate_product
 
 
 class SqueezeExcite(AttentionModule):
@@ -26,7 +34,15 @@ class SqueezeExcite(AttentionModule):
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=True)
         self.gate = make_gate(gate)
 
+    def _gate(self, x: torch.Tensor) -> torch.Tensor:
+        """N×C: the FCs as GEMMs on the pooled vectors."""
+        return self.gate(linear(self.fc2, self.act(linear(self.fc1, channel_mean(x)))))
+
     def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"channel": N×C×1×1}``."""
-        z = x.mean(dim=(2, 3), keepdim=True)
-        return {"channel": self.gate(self.fc2(self.act(self.fc1(z))))}
+        return {"channel": self._gate(x)[:, :, None, None]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if inference_fast_path(self):
+            return apply_gates(self, x, [self._gate(x)[:, :, None, None]])
+        return gate_product(x, self._gate(x)[:, None, None])

@@ -65,6 +65,27 @@ def _free(inputs, outputs) -> int:
     return 0
 
 
+#: caprobe's autograd functions (:mod:`caprobe.attention.functional`), which a trace records as
+#: one ``prim::PythonOp`` each; their cost is that of the operators in the recorded subgraph.
+_PYTHON_OPS = ("_GateProduct", "_StripMeans", "_ChannelMean", "_ChannelMax", "_SpatialMaxMean")
+
+
+def _python_op(inputs, outputs) -> int:
+    """Cost of a traced autograd function: the sum over its subgraph by the tables above
+    (``prim::`` nodes and sizes are bookkeeping)."""
+    handles = {**dict.fromkeys(_PER_OUTPUT_OPS, _per_output),
+               **dict.fromkeys(_PER_INPUT_OPS, _per_input), **dict.fromkeys(_FREE_OPS, _free)}
+    total = 0
+    for node in outputs[0].node().g("Subgraph").nodes():
+        kind = node.kind()
+        if kind.startswith("prim::") or kind == "aten::size":
+            continue
+        if kind not in handles:
+            raise CaprobeError(f"no cost rule for {kind} inside an attention function")
+        total += handles[kind](list(node.inputs()), list(node.outputs()))
+    return total
+
+
 @dataclass
 class StageCount:
     stage: str
@@ -139,6 +160,8 @@ def count(model: nn.Module, input_size: int | tuple[int, int] = 224) -> Counts:
                 analysis.set_op_handle(op, _per_input)
             for op in _FREE_OPS:
                 analysis.set_op_handle(op, _free)
+            for name in _PYTHON_OPS:
+                analysis.set_op_handle(f"prim::PythonOp.{name}", _python_op)
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             by_op = analysis.by_module_and_operator()
             uncounted = dict(analysis.unsupported_ops())
