@@ -112,7 +112,8 @@ def test_training_curve_equals_the_paper_form(spec):
     assert curves[0] == pytest.approx(curves[1], rel=1e-7)
     assert curves[0][-1] != curves[0][0]  # it did train
     for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
-        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_gate_product_gradients_for_every_gate_shape():

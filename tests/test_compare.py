@@ -164,3 +164,46 @@ def test_no_train_and_a_failing_variant(tmp_path, monkeypatch):
     assert agg["ca"]["params_delta_pct"] > 0 and agg["ca"]["top1_mean"] is None
     html = (out / "report.html").read_text()
     assert "out of memory (simulated)" in html and "--no-train" in html
+
+
+def test_reference_gives_paired_deltas_against_the_chosen_variant(tmp_path, monkeypatch):
+    """``--reference se``: se is added to the variants, every other variant gets paired deltas
+    against it (ref_delta_*), computed from the per-seed top-1 exactly as the deltas against
+    none; the CLI table, results and report say "vs se". (Four steps learn nothing: every
+    finished run is let into the statistics here, the arithmetic is what is tested.)"""
+    import caprobe.compare.results as results_module
+
+    monkeypatch.setattr(results_module, "_learned", results_module._finished)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["compare", "--attn", "ca", "--reference", "se", *[
+        "2" if a == "1" and CLI_ARGS[i - 1] == "--seeds" else a
+        for i, a in enumerate(CLI_ARGS)], "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Δ vs se" in result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["reference"] == "se" and results["variants"] == ["none", "ca", "se"]
+    top = {(r["variant"], r["seed"]): r["top1"] for r in results["runs"]}
+    aggs = {r["variant"]: r for r in results["aggregates"]}
+    for variant, against, prefix in (("ca", "se", "ref_delta_top1"), ("none", "se",
+                                     "ref_delta_top1"), ("ca", "none", "delta_top1")):
+        diffs = [top[variant, s] - top[against, s] for s in (0, 1)]
+        row = aggs[variant]
+        assert row[f"{prefix}_mean"] == pytest.approx(sum(diffs) / 2)
+        assert row[f"{prefix.removesuffix('_top1')}_n"] == 2
+        assert row[f"{prefix}_ci_low"] <= row[f"{prefix}_mean"] <= row[f"{prefix}_ci_high"]
+    assert "ca vs se: " in html_verdicts(out)
+    assert aggs["se"]["ref_delta_top1_mean"] is None  # not against itself
+    html = (out / "report.html").read_text()
+    assert "paired Δ top-1 vs se" in html
+
+
+def html_verdicts(out: Path) -> str:
+    return (out / "report.html").read_text().split('id="summary"')[0]
+
+
+def test_reference_must_be_a_known_variant(tmp_path):
+    result = runner.invoke(app, ["compare", "--attn", "ca", "--reference", "sse", *CLI_ARGS,
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "unknown attention 'sse'" in result.output
+    assert not (tmp_path / "run").exists()

@@ -15,7 +15,8 @@ from caprobe.cli.options import multi_value_command, parse_key_values
 from caprobe.errors import CaprobeError
 
 _OPTION_NAMES = {  # CLI parameter -> CompareOptions field
-    "model": "model", "attn": "attn", "width": "width", "profile": "profile", "data": "data",
+    "model": "model", "attn": "attn", "reference": "reference", "width": "width",
+    "profile": "profile", "data": "data",
     "data_dir": "data_dir", "data_option": "data_options", "train_subset": "train_subset",
     "epochs": "epochs", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
     "seeds": "seeds", "seed": "seed", "no_train": "train", "device": "device",
@@ -40,6 +41,9 @@ def compare(
     attn: list[str] | None = typer.Option(
         None, "--attn", "-a", help="Attention specs to compare with the baseline 'none' "
         "(always included), e.g. --attn se cbam ca \"ca:act=relu\"."),
+    reference: str = typer.Option("none", "--reference", help="Also give paired top-1 deltas "
+                                  "against this variant, e.g. --reference se for 'does CA beat "
+                                  "SE?' (added to --attn when missing)."),
     model: str = typer.Option("mobilenetv2", "--model", "-m", help="Backbone: mobilenetv2 or "
                               "mobilenext."),
     data: str = typer.Option("positional", "--data", help="Data set (positional is synthetic "
@@ -91,7 +95,8 @@ def compare(
     from caprobe.compare import CompareOptions, run_compare
 
     values = {
-        "model": model, "attn": list(attn or []), "width": width, "profile": profile,
+        "model": model, "attn": list(attn or []), "reference": reference, "width": width,
+        "profile": profile,
         "data": data, "data_dir": str(data_dir) if data_dir is not None else None,
         "data_option": parse_key_values(data_option, "--data-option", "n_train=512"),
         "train_subset": train_subset,
@@ -153,6 +158,17 @@ def _pct(v: Any) -> str:
     return _f(v, "+.1f") + "%" if isinstance(v, (int, float)) and math.isfinite(v) else ""
 
 
+def _delta_cell(r: dict[str, Any], prefix: str) -> str:
+    """A paired top-1 delta and, below, its 95% interval."""
+    mean = r.get(f"{prefix}_mean")
+    text = _f(mean, "+.2f")
+    if r.get(f"{prefix}_ci_low") is not None:
+        text += f"\n[{r[f'{prefix}_ci_low']:+.1f}, {r[f'{prefix}_ci_high']:+.1f}]"
+    elif mean is not None:
+        text += "\nno CI: 1 seed"
+    return text
+
+
 def _print_summary(outcome) -> None:  # noqa: ANN001
     """A table that fits 80 columns: each cell holds a value and, below, its delta/spread."""
     from rich import box
@@ -164,8 +180,12 @@ def _print_summary(outcome) -> None:  # noqa: ANN001
     console = Console()
     table = Table(title=f"caprobe compare: {outcome.out}", box=box.SIMPLE_HEAD,
                   title_justify="left", pad_edge=False)
+    reference = outcome.results.get("reference") or "none"
     table.add_column("variant", overflow="fold", max_width=18)
-    for name in ("params", "MAdds", "latency", "top-1 %", "Δ top-1"):
+    names = ["params", "MAdds", "latency", "top-1 %", "Δ top-1"]
+    if reference != "none":
+        names.append(f"Δ vs {reference}")
+    for name in names:
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("status", overflow="fold", max_width=13)
     errors = []
@@ -177,11 +197,9 @@ def _print_summary(outcome) -> None:  # noqa: ANN001
         top = _f(r.get("top1_mean"), ".2f")
         if r.get("top1_ci_low") is not None:
             top += f"\n± {(r['top1_ci_high'] - r['top1_ci_low']) / 2:.2f}"
-        delta = _f(r.get("delta_top1_mean"), "+.2f")
-        if r.get("delta_top1_ci_low") is not None:
-            delta += f"\n[{r['delta_top1_ci_low']:+.1f}, {r['delta_top1_ci_high']:+.1f}]"
-        elif r.get("delta_top1_mean") is not None:
-            delta += "\nno CI: 1 seed"
+        deltas = [_delta_cell(r, "delta_top1")]
+        if reference != "none":
+            deltas.append(_delta_cell(r, "ref_delta_top1"))
         if r.get("error"):
             errors.append(f"{r['variant']}: {r['error']}")
         status = str(r.get("status"))
@@ -191,7 +209,7 @@ def _print_summary(outcome) -> None:  # noqa: ANN001
             r["variant"],
             f"{_short_count(r.get('params'))}\n{_pct(r.get('params_delta_pct'))}".rstrip(),
             f"{_short_count(r.get('madds'))}\n{_pct(r.get('madds_delta_pct'))}".rstrip(),
-            lat, top, delta, status)
+            lat, top, *deltas, status)
     console.print(table)
     console.print("Δ against none; latency: median and overhead; top-1 ± 95% CI half-width; "
                   "Δ top-1 paired by seed [95% CI].", style="dim", highlight=False)

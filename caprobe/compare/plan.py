@@ -30,6 +30,9 @@ class CompareOptions:
     """
 
     attn: list[str] = field(default_factory=list)  # the baseline "none" is always added
+    #: paired top-1 deltas are also given against this variant (added when missing); the
+    #: baseline's deltas are always there
+    reference: str = BASELINE
     model: str = "mobilenetv2"
     width: float | None = None
     profile: str | None = None
@@ -105,7 +108,13 @@ def validate(options: CompareOptions) -> CompareOptions:
         raise CaprobeError(f"latency min_time must be positive, got {options.latency_min_time}")
     if options.map_images < 0:
         raise CaprobeError(f"map_images must be >= 0, got {options.map_images}")
-    variants = canonical_variants(options.attn)
+    if not isinstance(options.reference, str) or not options.reference.strip():
+        raise CaprobeError("--reference needs a variant name such as se or ca")
+    from caprobe.attention import canonical
+
+    options.reference = canonical(options.reference)
+    extra = [options.reference] if options.reference != BASELINE else []
+    variants = canonical_variants([*options.attn, *extra] if options.attn else options.attn)
     options.attn = variants[1:]
     if options.data_dir is not None:
         options.data_dir = str(Path(options.data_dir).expanduser())

@@ -12,6 +12,8 @@ resumed run get the same numbers as the run that wrote them. Statistics come fro
   runs (no interval with one seed);
 * deltas against the baseline are paired by seed (``paired_delta(baseline, variant)`` over the
   seeds where both finished and learned), with a paired 95% interval (none with one pair);
+  the same against the plan's ``reference`` variant (``ref_delta_*``) when it is not the
+  baseline (``compare --reference se``: "does CA beat SE?");
 * cost deltas: ``100 * (variant / baseline - 1)`` percent of params and MAdds; latency overhead
   is the interleaved ratio measured by the bench library.
 """
@@ -204,7 +206,17 @@ def aggregate_rows(root: str | Path, plan: dict[str, Any] | None = None,
     base_counts = counts.get(BASELINE) or {}
     learned = {v: {r["seed"]: r for r in runs if r["variant"] == v and _learned(r)}
                for v in plan["variants"]}
-    base_learned = learned.get(BASELINE, {})
+    reference = plan["options"].get("reference") or BASELINE
+
+    def paired(against: str, variant: str, prefix: str) -> dict[str, Any]:
+        seeds = sorted(set(learned.get(against, {})) & set(learned[variant]))
+        if variant == against or not seeds:
+            return {}
+        d = paired_delta([learned[against][s]["top1"] for s in seeds],
+                         [learned[variant][s]["top1"] for s in seeds])
+        return {f"{prefix}_mean": d.mean, f"{prefix}_std": _num(d.std),
+                f"{prefix}_ci_low": d.ci_low, f"{prefix}_ci_high": d.ci_high,
+                f"{prefix.removesuffix('_top1')}_n": d.n}
     out = []
     for variant in plan["variants"]:
         c = counts[variant] or {}
@@ -235,6 +247,8 @@ def aggregate_rows(root: str | Path, plan: dict[str, Any] | None = None,
             "top1_mean": None, "top1_std": None, "top1_ci_low": None, "top1_ci_high": None,
             "delta_top1_mean": None, "delta_top1_std": None,
             "delta_top1_ci_low": None, "delta_top1_ci_high": None, "delta_n": 0,
+            "reference": reference, "ref_delta_top1_mean": None, "ref_delta_top1_std": None,
+            "ref_delta_top1_ci_low": None, "ref_delta_top1_ci_high": None, "ref_delta_n": 0,
             "top5_mean": None, "test_loss_mean": None, "train_wall_time_s": None,
         }
         ci = lat.get("overhead_ci")
@@ -254,15 +268,10 @@ def aggregate_rows(root: str | Path, plan: dict[str, Any] | None = None,
         walls = [r["wall_time_s"] for r in vrows if r["wall_time_s"] is not None]
         if n_finished and walls:
             row["train_wall_time_s"] = float(sum(walls))
-        if variant != BASELINE:
-            seeds = sorted(set(base_learned) & set(learned[variant]))
-            if seeds:
-                d = paired_delta([base_learned[s]["top1"] for s in seeds],
-                                 [learned[variant][s]["top1"] for s in seeds])
-                row.update(delta_top1_mean=d.mean, delta_n=d.n,
-                           delta_top1_std=_num(d.std),
-                           delta_top1_ci_low=d.ci_low, delta_top1_ci_high=d.ci_high)
-        else:
+        row.update(paired(BASELINE, variant, "delta_top1"))
+        if reference != BASELINE:
+            row.update(paired(reference, variant, "ref_delta_top1"))
+        if variant == BASELINE:
             row.update(params_delta_pct=None, madds_delta_pct=None)
         out.append({k: (_num(v) if isinstance(v, float) else v) for k, v in row.items()})
     return out
@@ -281,6 +290,7 @@ def build_results(root: str | Path) -> dict[str, Any]:
         "model": plan["options"].get("model"), "data": plan["options"].get("data"),
         "data_checksum": prov.get("data_checksum") or (checksums[0] if checksums else None),
         "variants": plan["variants"], "seeds": plan["seeds"],
+        "reference": plan["options"].get("reference") or BASELINE,
         "train": plan["options"].get("train", True),
         "runs": runs, "aggregates": aggs,
     }

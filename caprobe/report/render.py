@@ -133,8 +133,21 @@ def _value_attr(value: Any) -> str:
     return str(value)
 
 
+def reference_of(rows: list[dict[str, Any]]) -> str | None:
+    """The variant the ``ref_delta_*`` columns compare with (``compare --reference``): its
+    name when every run that has one agrees, "reference" when they differ, None without."""
+    refs = {r.get("reference") for r in rows} - {None, BASELINE}
+    return refs.pop() if len(refs) == 1 else ("reference" if refs else None)
+
+
+def _delta_extra(r: dict[str, Any], prefix: str) -> str:
+    d_ci = _interval(r.get(f"{prefix}_ci_low"), r.get(f"{prefix}_ci_high"), fmt_delta)
+    return d_ci or ("no CI: 1 pair" if _ok(r.get(f"{prefix}_mean")) else "")
+
+
 def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The summary table: display text plus the raw number from results.json per cell."""
+    reference = reference_of(rows)
     out = []
     for r in rows:
         train = r["_run"].plan["options"].get("train", True)
@@ -149,9 +162,6 @@ def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         top_ci = _interval(r.get("top1_ci_low"), r.get("top1_ci_high"), fmt_acc)
         if _ok(r.get("top1_mean")) and not top_ci:
             top_ci = "no CI: 1 seed" if r.get("n_learned") == 1 else ""
-        d_ci = _interval(r.get("delta_top1_ci_low"), r.get("delta_top1_ci_high"), fmt_delta)
-        if _ok(r.get("delta_top1_mean")) and not d_ci:
-            d_ci = "no CI: 1 pair"
         cells = [
             _cell("params", fmt_count(r.get("params")), r.get("params")),
             _cell("params_delta_pct", fmt_pct(r.get("params_delta_pct")),
@@ -163,7 +173,10 @@ def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             _cell("latency_overhead", over, r.get("latency_overhead"), over_ci),
             _cell("top1_mean", fmt_acc(r.get("top1_mean")), r.get("top1_mean"), top_ci),
             _cell("delta_top1_mean", fmt_delta(r.get("delta_top1_mean")),
-                  r.get("delta_top1_mean"), d_ci),
+                  r.get("delta_top1_mean"), _delta_extra(r, "delta_top1")),
+            *([_cell("ref_delta_top1_mean", fmt_delta(r.get("ref_delta_top1_mean")),
+                     r.get("ref_delta_top1_mean"), _delta_extra(r, "ref_delta_top1"))]
+              if reference else []),
             _cell("seeds", seeds, r.get("n_finished") if train else None, learned),
         ]
         out.append({"label": r["_label"], "variant": r["variant"], "color": r["_color"],
@@ -250,6 +263,18 @@ def _delta_claim(r: dict[str, Any], cost: str) -> tuple[str, str]:
             "good" if lo > 0 else "bad")
 
 
+def _ref_claim(r: dict[str, Any]) -> str:
+    """The paired top-1 delta against the chosen reference, in the words of :func:`_delta_claim`."""
+    d, n = r["ref_delta_top1_mean"], r.get("ref_delta_n")
+    lo, hi = r.get("ref_delta_top1_ci_low"), r.get("ref_delta_top1_ci_high")
+    if not (_ok(lo) and _ok(hi)):
+        return f"Δ {d:+.1f} top-1 (one seed: no interval can be given)"
+    if lo <= 0 <= hi:
+        return (f"no detectable difference (Δ {d:+.1f}, 95% CI [{lo:+.1f}, {hi:+.1f}], paired "
+                f"over {n} seeds)")
+    return f"Δ {d:+.1f} ± {(hi - lo) / 2:.1f} top-1 (paired over {n} seeds, 95% CI)"
+
+
 def verdict(r: dict[str, Any]) -> dict[str, str]:
     """One sentence: what a module buys and what it costs against the baseline.
 
@@ -267,6 +292,8 @@ def verdict(r: dict[str, Any]) -> dict[str, str]:
         claim, tone = _delta_claim(r, cost)
         notes = _left_out(r) + _left_out(base, "baseline: ") + _at_ceiling(r, base)
         text = f"{label}: {claim}" + (f" ({'; '.join(notes)})" if notes else "") + "."
+        if _ok(r.get("ref_delta_top1_mean")):
+            text += f" {label} vs {r['reference']}: {_ref_claim(r)}."
     elif str(base.get("status") or "").startswith(DID_NOT_LEARN):
         text = (f"{label}: no top-1 delta: the baseline {_none_learned(base)}, so there is "
                 f"nothing to pair with; costs {cost}.")
@@ -509,6 +536,7 @@ def build_context(runs: list[RunRecords]) -> dict[str, Any]:
         "one_seed": any_train and one_seed,
         "any_train": any_train,
         "table": table_rows(rows),
+        "reference": reference_of(rows),
         "seed_rows": seed_rows(rows),
         "figures": fig,
         "stages": stages,
