@@ -62,7 +62,8 @@ def test_flops_defaults_to_the_profile_input_size():
     (["flops", "--attn", "foo"], "unknown attention 'foo'; valid names"),
     (["flops", "--attn", "ca:act=tanh"], "choose one of relu, relu6, hswish, silu"),
     (["flops", "--attn", "ca:reduction"], "malformed attention spec"),
-    (["flops", "--width", "0"], "width must be > 0"),
+    (["flops", "--width", "0"], "width must be a finite number > 0"),
+    (["flops", "--width", "inf"], "width must be a finite number > 0, got inf"),
     (["flops", "--input-size", "0"], "input size '0' is not valid"),
     (["flops", "--input-size", "abc"], "input size 'abc' is not valid"),
     (["flops", "--profile", "mnist"], "valid profiles: imagenet, cifar"),
@@ -73,3 +74,17 @@ def test_bad_input_is_one_line_and_exit_code_2(args, fragment):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("caprobe: error: ") and fragment in lines[0]
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", [
+    ["compare", "--attn", "se", "--steps", "1", "--seeds", "1"],
+    ["train", "--steps", "1"],
+])
+def test_out_that_names_a_file_is_one_line_and_exit_code_2(tmp_path, command):
+    target = tmp_path / "taken.txt"
+    target.write_text("keep me")
+    result = runner.invoke(app, [*command, "--out", str(target)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "is a file, not a folder" in lines[0]
+    assert target.read_text() == "keep me"

@@ -107,8 +107,10 @@ def test_names_shorthands_and_overrides():
 @pytest.mark.parametrize("kwargs,fragment", [
     ({"name": "resnet50"}, "unknown model 'resnet50'; valid: mobilenetv2, mobilenext"),
     ({"name": "mobilenetv2_xx"}, "unknown model"),
-    ({"name": "mobilenetv2", "width": 0}, "width must be > 0"),
-    ({"name": "mobilenetv2", "width": -1.0}, "width must be > 0"),
+    ({"name": "mobilenetv2", "width": 0}, "width must be a finite number > 0"),
+    ({"name": "mobilenetv2", "width": float("inf")}, "width must be a finite number > 0"),
+    ({"name": "mobilenetv2", "width": float("nan")}, "width must be a finite number > 0"),
+    ({"name": "mobilenetv2", "width": -1.0}, "width must be a finite number > 0"),
     ({"name": "mobilenetv2", "num_classes": 0}, "num_classes"),
     ({"name": "mobilenetv2", "profile": "mnist"}, "valid profiles: imagenet, cifar"),
     ({"name": "mobilenetv2", "attn": "ca:bad"}, "malformed attention spec"),

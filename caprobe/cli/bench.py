@@ -14,7 +14,7 @@ import typer
 
 from caprobe.cli.app import app
 from caprobe.cli.options import multi_value_command, parse_input_size
-from caprobe.errors import CaprobeError
+from caprobe.errors import CaprobeError, require_positive
 
 # Options that take several space-separated values: ``--attn none se ca --batch 1 32``.
 _MultiValueCommand = multi_value_command("--model", "-m", "--attn", "-a", "--batch", "-b")
@@ -108,10 +108,8 @@ def bench(
                            "--batch 1 32")
     if threads is not None and threads < 1:
         raise CaprobeError(f"--threads {threads} is invalid; use an integer >= 1")
-    if not (math.isfinite(min_time) and min_time > 0):
-        raise CaprobeError(f"--min-time {min_time} is invalid; use a positive number of seconds")
-    if width <= 0:
-        raise CaprobeError(f"--width {width} is invalid; use a positive multiplier such as 1.0")
+    require_positive(min_time, "--min-time")
+    require_positive(width, "--width")
     hw = parse_input_size(input_size, profile)
     classes = num_classes if num_classes is not None else (10 if profile == "cifar" else 1000)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from caprobe.compare.layout import Layout
-from caprobe.errors import CaprobeError
+from caprobe.errors import CaprobeError, require_positive
 from caprobe.io import read_json, to_jsonable, write_json
 
 BASELINE = "none"
@@ -102,10 +102,11 @@ def validate(options: CompareOptions) -> CompareOptions:
         value = getattr(options, name)
         if value is not None and value < 1:
             raise CaprobeError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if options.width is not None and options.width <= 0:
-        raise CaprobeError(f"--width must be positive, got {options.width}")
-    if options.latency_min_time <= 0:
-        raise CaprobeError(f"latency min_time must be positive, got {options.latency_min_time}")
+    if options.width is not None:
+        require_positive(options.width, "--width")
+    if options.lr is not None:
+        require_positive(options.lr, "--lr")
+    require_positive(options.latency_min_time, "--min-time")
     if options.map_images < 0:
         raise CaprobeError(f"map_images must be >= 0, got {options.map_images}")
     if not isinstance(options.reference, str) or not options.reference.strip():

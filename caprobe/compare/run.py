@@ -268,6 +268,8 @@ def run_compare(options: CompareOptions | None = None, out: str | Path | None = 
             raise CaprobeError("no options given; pass CompareOptions(attn=[...])")
         plan = Plan.from_options(options)
         out = Path(out) if out is not None else default_out()
+        if out.exists() and not out.is_dir():
+            raise CaprobeError(f"--out {out} is a file, not a folder; pass a new folder path")
         layout = Layout(out)
         if layout.plan.exists():
             raise CaprobeError(f"{out} already holds a comparison; continue it with --resume "

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from caprobe.attention import canonical, kinds
-from caprobe.errors import CaprobeError
+from caprobe.errors import CaprobeError, require_positive
 from caprobe.models.common import PROFILES, init_weights
 from caprobe.models.mobilenetv2 import mobilenetv2
 from caprobe.models.mobilenext import mobilenext
@@ -61,8 +61,7 @@ def build_model(name: str, *, attn: str | None = None, width: float = 1.0,
     holding each pixel's row and column (:class:`AddCoords`).
     """
     backbone, spec = resolve_name(name, attn)
-    if not width > 0:
-        raise CaprobeError(f"width must be > 0, got {width}")
+    require_positive(width, "width")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise CaprobeError(f"num_classes must be a positive integer, got {num_classes!r}")
     if profile not in PROFILES:

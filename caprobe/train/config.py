@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from caprobe.errors import CaprobeError
+from caprobe.errors import CaprobeError, require_positive
 
 #: Fields a recipe may fill in, per data set. The paper's ImageNet recipe (SGD Nesterov,
 #: cosine, label smoothing 0.1, weight decay 4e-5) scaled down to minutes on 2 CPU cores.
@@ -132,9 +132,8 @@ def validate(config: TrainConfig) -> TrainConfig:
             raise CaprobeError(f"--{name.replace('_', '-')} must be a positive integer, "
                                f"got {value!r}")
     for name in ("width", "lr"):
-        value = getattr(c, name)
-        if value is not None and not (isinstance(value, (int, float)) and value > 0):
-            raise CaprobeError(f"--{name.replace('_', '-')} must be positive, got {value!r}")
+        if getattr(c, name) is not None:
+            require_positive(getattr(c, name), f"--{name}")
     for name in ("weight_decay", "warmup_epochs", "momentum"):
         value = getattr(c, name)
         if value is not None and not (isinstance(value, (int, float)) and value >= 0):
