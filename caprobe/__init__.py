@@ -17,6 +17,7 @@ _LAZY = {
     "count": "caprobe.measure.counting",
     "Counts": "caprobe.measure.counting",
     "attention": "caprobe.attention",
+    "deploy": "caprobe.deployment",
     "train": "caprobe.train",  # the module is callable: caprobe.train(config)
     "TrainConfig": "caprobe.train",
     "compare": "caprobe.compare",  # callable: caprobe.compare(CompareOptions(...), out=...)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from caprobe.attention.base import AttentionModule
+from caprobe.attention.base import AttentionModule, DeployedAttention
 from caprobe.attention.cbam import CBAM
 from caprobe.attention.coord import CoordAttention
 from caprobe.attention.eca import ECA
@@ -29,7 +29,8 @@ register(AttnKind("ca_w", CoordAttention,
 def build(spec: str | AttnSpec | None, channels: int, *, inplace: bool = False) -> nn.Module:
     """Build the attention module named by ``spec`` for ``channels`` input channels.
 
-    ``inplace=True`` lets the inference path overwrite its input (for a temporary input).
+    ``inplace=True`` says the input is a temporary: the deployed form (:meth:`fuse`,
+    :func:`caprobe.deploy`) may then write its output into it.
 
     Raises :class:`~caprobe.errors.CaprobeError` (a ValueError) for an unknown name or option,
     a reduction or floor below 1 (the floors ``min_mip`` / ``min_hidden`` keep at least one
@@ -40,13 +41,12 @@ def build(spec: str | AttnSpec | None, channels: int, *, inplace: bool = False) 
         raise CaprobeError(f"attention needs channels >= 1, got {channels!r}")
     if parsed.kind.cls is None:
         return nn.Identity()
-    module = parsed.kind.cls(channels, **parsed.kwargs())
+    module = parsed.kind.cls(channels, **parsed.kwargs(), inplace=inplace)
     module.spec = str(parsed)
-    module.inplace = inplace
     return module
 
 
 __all__ = [
-    "CBAM", "ECA", "AttentionModule", "AttnKind", "AttnSpec", "CoordAttention", "SqueezeExcite",
-    "build", "canonical", "kinds", "parse_spec", "register",
+    "CBAM", "ECA", "AttentionModule", "AttnKind", "AttnSpec", "CoordAttention",
+    "DeployedAttention", "SqueezeExcite", "build", "canonical", "kinds", "parse_spec", "register",
 ]

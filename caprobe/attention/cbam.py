@@ -14,11 +14,10 @@ from torch import nn
 
 from caprobe.attention.base import (
     AttentionModule,
-    WeightCache,
-    apply_gates,
+    DeployedAttention,
     batch_norm,
     fold_bn,
-    inference_fast_path,
+    inplace_form,
     linear,
     make_act,
     make_gate,
@@ -36,8 +35,8 @@ class CBAM(AttentionModule):
     gate_layers = ("mlp.2", "spatial_bn")
 
     def __init__(self, channels: int, reduction: int = 24, min_hidden: int = 1, kernel: int = 7,
-                 act: str = "relu", gate: str = "sigmoid") -> None:
-        super().__init__()
+                 act: str = "relu", gate: str = "sigmoid", inplace: bool = False) -> None:
+        super().__init__(inplace)
         hidden = max(min_hidden, channels // reduction)
         self.mlp = nn.Sequential(
             nn.Conv2d(channels, hidden, 1, bias=True),
@@ -47,7 +46,6 @@ class CBAM(AttentionModule):
         self.spatial = nn.Conv2d(2, 1, kernel, padding=kernel // 2, bias=False)
         self.spatial_bn = nn.BatchNorm2d(1)
         self.gate = make_gate(gate)
-        self._weights = WeightCache()
 
     def _channel_gate(self, x: torch.Tensor) -> torch.Tensor:
         """N×C: the shared MLP (1×1 convs as GEMMs) on the mean- and max-pooled vectors."""
@@ -57,11 +55,7 @@ class CBAM(AttentionModule):
 
     def _spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
         """N×1×H×W from the channel-gated map."""
-        pooled = spatial_max_mean(x)
-        if inference_fast_path(self):
-            weight, bias = self._weights.get(self, lambda: fold_bn(self.spatial, self.spatial_bn))
-            return self.gate(F.conv2d(pooled, weight, bias, padding=self.spatial.padding))
-        return self.gate(batch_norm(self.spatial_bn, self.spatial(pooled)))
+        return self.gate(batch_norm(self.spatial_bn, self.spatial(spatial_max_mean(x))))
 
     def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"channel": N×C×1×1, "spatial": N×1×H×W}``; the spatial gate sees the
@@ -70,9 +64,38 @@ class CBAM(AttentionModule):
         return {"channel": channel, "spatial": self._spatial_gate(x * channel)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channel = self._channel_gate(x)
-        if inference_fast_path(self):
-            gated = apply_gates(self, x, [channel[:, :, None, None]])
-            return gated.mul_(self._spatial_gate(gated))
-        gated = gate_product(x, channel[:, None, None])
+        gated = gate_product(x, self._channel_gate(x)[:, None, None])
         return gate_product(gated, nhwc(self._spatial_gate(gated)))
+
+    def fuse(self) -> DeployedCBAM:
+        """The MLP's weights; the spatial conv with its BN folded in."""
+        with torch.no_grad():
+            spatial_weight, spatial_bias = fold_bn(self.spatial, self.spatial_bn)
+        first, act, second = self.mlp
+        return DeployedCBAM(first.weight.flatten(1), first.bias, second.weight.flatten(1),
+                            second.bias, spatial_weight, spatial_bias, act=inplace_form(act),
+                            gate=inplace_form(self.gate), spec=self.spec,
+                            overwrite=self.inplace)
+
+
+class DeployedCBAM(DeployedAttention):
+    """CBAM's deployed form: the MLP (``w1``/``b1``, ``w2``/``b2``), the spatial k×k conv with
+    BN folded (``ws``/``bs``, zero padding k // 2), in-place ``act`` and ``gate``."""
+
+    def __init__(self, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                 ws: torch.Tensor, bs: torch.Tensor, *, act, gate, spec: str = "cbam",
+                 overwrite: bool = False) -> None:
+        super().__init__(spec, overwrite)
+        for name, value in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2), ("ws", ws),
+                            ("bs", bs)):
+            self.register_buffer(name, value.detach().clone())
+        self.act, self.gate_fn = act, gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def mlp(z: torch.Tensor) -> torch.Tensor:
+            return F.linear(self.act(F.linear(z, self.w1, self.b1)), self.w2, self.b2)
+        channel = self.gate_fn(mlp(channel_mean(x)) + mlp(channel_max(x)))[:, :, None, None]
+        gated = x.mul_(channel) if self.overwrite else x * channel
+        spatial = F.conv2d(spatial_max_mean(gated), self.ws, self.bs,
+                           padding=self.ws.shape[-1] // 2)
+        return gated.mul_(self.gate_fn(spatial))

@@ -7,19 +7,20 @@ The paper's form (:mod:`caprobe.attention.reference` writes it out in plain oper
     g^h = σ(F_h(f^h))   g^w = σ(F_w(f^w))  1×1 convs mip→C
     y   = x · g^h · g^w
 
-Means replace the official code's ``AdaptiveAvgPool2d((None, 1))`` (identical values). Trained
-(and traced) as that math through :mod:`caprobe.attention.functional`: the strips pooled on the
-map's NHWC view, the 1×1 convs as GEMMs on the strips, one product with both gates and a hand-
-written backward (no map-sized intermediate saved). In eval mode with autograd off, outside
-graph building, an inference path gives the same output with less work: BN folded into F1 once,
-both strips pooled by one small matrix product on small maps (sums elsewhere), the 1×1 convs as
-two batched GEMMs on the strips, both gates read as views of one buffer, on small maps the two
-gates multiplied together first (one map-sized product, then one pass over the map), no copy of
-the feature map. Tracing, export and ``torch.compile`` see the training form.
+Means replace the official code's ``AdaptiveAvgPool2d((None, 1))`` (identical values).
+:class:`CoordAttention` computes that math in every mode through
+:mod:`caprobe.attention.functional`: the strips pooled on the map's NHWC view, the 1×1 convs
+as GEMMs on the strips, one product with both gates and a hand-written backward (no map-sized
+intermediate saved). Its deployed form (:meth:`CoordAttention.fuse`,
+:class:`DeployedCoordAttention`) gives the same output in eval mode with less work: BN folded
+into F1 once, both strips pooled by one small matrix product on small maps (sums elsewhere),
+the 1×1 convs as two batched GEMMs on the strips, both gates read as views of one buffer, on
+small maps the two gates multiplied together first (one map-sized product, then one pass over
+the map), no copy of the feature map.
 
-Inside a network every kernel launch and Python step of this path costs several times its
-stand-alone time (cold caches after the big convolutions), so the path is kept short: measured
-in ``benchmarks/attention_latency.py``.
+Inside a network every kernel launch and Python step of the deployed path costs several
+times its stand-alone time (cold caches after the big convolutions), so the path is kept
+short: measured in ``benchmarks/attention_latency.py``.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ import torch
 from torch import nn
 
 from caprobe.attention.base import (
+    COMBINE_GATES_MAX,
     AttentionModule,
-    WeightCache,
+    DeployedAttention,
     batch_norm,
     fold_bn,
-    inference_fast_path,
     inplace_form,
     linear,
     make_act,
@@ -84,8 +85,9 @@ class CoordAttention(AttentionModule):
     gate_layers = ("conv_h", "conv_w")
 
     def __init__(self, channels: int, reduction: int = 32, min_mip: int = 8,
-                 act: str = "hswish", gate: str = "sigmoid", branches: str = "hw") -> None:
-        super().__init__()
+                 act: str = "hswish", gate: str = "sigmoid", branches: str = "hw",
+                 inplace: bool = False) -> None:
+        super().__init__(inplace)
         self.branches = branches
         mip = max(min_mip, channels // reduction)
         self.conv1 = nn.Conv2d(channels, mip, 1, bias=True)
@@ -94,19 +96,13 @@ class CoordAttention(AttentionModule):
         self.conv_h = nn.Conv2d(mip, channels, 1, bias=True) if "h" in branches else None
         self.conv_w = nn.Conv2d(mip, channels, 1, bias=True) if "w" in branches else None
         self.gate = make_gate(gate)
-        self._weights = WeightCache()
 
     def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"h": N×C×H×1, "w": N×C×1×W}`` (only the branches this module has)."""
-        if inference_fast_path(self):
-            return dict(zip(self.branches, self._inference_gates(x), strict=True))
         return {name: nchw(g) for name, g in zip(self.branches, self._gates_nhwc(x),
                                                   strict=True)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if inference_fast_path(self):  # the lean route: no dict, no second check
-            return multiply_gates(x, self._inference_gates(x), inference=True,
-                                  overwrite=self.inplace)
         return gate_product(x, *self._gates_nhwc(x))
 
     def _gates_nhwc(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -125,6 +121,45 @@ class CoordAttention(AttentionModule):
             out.append(self.gate(linear(self.conv_w, f)).unsqueeze(1))
         return out
 
+    def fuse(self) -> DeployedCoordAttention:
+        """F1 with BN folded in as (mip×C, mip×1); the gate convs stacked as (kC×mip, kC×1);
+        the activation and the gate as in-place functions."""
+        with torch.no_grad():
+            weight, bias = fold_bn(self.conv1, self.bn1)
+            convs = [conv for conv in (self.conv_h, self.conv_w) if conv is not None]
+            gate_weight = torch.cat([conv.weight.flatten(1) for conv in convs])
+            gate_bias = torch.cat([conv.bias for conv in convs])
+        return DeployedCoordAttention(
+            weight.flatten(1), bias[:, None], gate_weight, gate_bias[:, None],
+            act=inplace_form(self.act), gate=inplace_form(self.gate), branches=self.branches,
+            spec=self.spec, overwrite=self.inplace)
+
+
+class DeployedCoordAttention(DeployedAttention):
+    """CA's deployed form (eval mode only; made by :meth:`CoordAttention.fuse`).
+
+    ``w1``/``b1``: F1 with BN folded (mip×C, mip×1); ``wg``/``bg``: the gate convs stacked
+    (kC×mip, kC×1), k = number of branches; ``act``/``gate``: in-place functions.
+    ``matmul_pool_max``: up to this H + W the strips are pooled as one matrix product
+    (:data:`MATMUL_POOL_MAX`); ``combine_gates_max``: up to this H + W the two gates are
+    multiplied together before the map (:data:`caprobe.attention.base.COMBINE_GATES_MAX`).
+    ``overwrite``: write the output into the input (a temporary).
+    """
+
+    def __init__(self, w1: torch.Tensor, b1: torch.Tensor, wg: torch.Tensor, bg: torch.Tensor,
+                 *, act, gate, branches: str = "hw", spec: str = "ca", overwrite: bool = False,
+                 matmul_pool_max: int = MATMUL_POOL_MAX,
+                 combine_gates_max: int = COMBINE_GATES_MAX) -> None:
+        super().__init__(spec, overwrite)
+        for name, value in (("w1", w1), ("b1", b1), ("wg", wg), ("bg", bg)):
+            self.register_buffer(name, value.detach().clone())
+        self.act, self.gate_fn, self.branches = act, gate, branches
+        self.matmul_pool_max, self.combine_gates_max = matmul_pool_max, combine_gates_max
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return multiply_gates(x, self._gates(x), overwrite=self.overwrite,
+                              combine_max=self.combine_gates_max)
+
     def _strip_sums(self, x: torch.Tensor, w_factor: float) -> torch.Tensor:
         """[z^h, z^w] as N×C×(H+W) (or the one strip this module uses) from sums, up to
         :func:`_strip_factors`."""
@@ -137,38 +172,25 @@ class CoordAttention(AttentionModule):
             z[:, :, x.shape[2]:] *= w_factor
         return z
 
-    def _inference_weights(self) -> tuple:
-        """F1 with BN folded in as (mip×C, mip×1); the gate convs stacked as (kC×mip, kC×1);
-        the activation and the gate as in-place functions."""
-        weight, bias = fold_bn(self.conv1, self.bn1)
-        convs = [conv for conv in (self.conv_h, self.conv_w) if conv is not None]
-        gate_weight = torch.cat([conv.weight.flatten(1) for conv in convs])
-        gate_bias = torch.cat([conv.bias for conv in convs])
-        return (weight.flatten(1), bias[:, None], gate_weight, gate_bias[:, None],
-                inplace_form(self.act), inplace_form(self.gate))
-
-    def _inference_gates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The gates in ``branches`` order (eager mode only). F1 (BN folded) and both gate
-        convs run as two batched GEMMs on the strips; the gate GEMM covers all H+W positions
-        for both convs and each gate reads its own block (the unused blocks cost less than a
-        second GEMM call). GEMMs, not conv1d: a 1×1 conv1d on strips takes a slow im2col path
-        on CPU."""
+    def _gates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The gates in ``branches`` order. F1 (BN folded) and both gate convs run as two
+        batched GEMMs on the strips; the gate GEMM covers all H+W positions for both convs and
+        each gate reads its own block (the unused blocks cost less than a second GEMM call).
+        GEMMs, not conv1d: a 1×1 conv1d on strips takes a slow im2col path on CPU."""
         n, channels, height, width = x.shape
-        w1, b1, wg, bg, act, gate = self._weights.get(self, self._inference_weights)
         w_factor, scale = _strip_factors(height, width, self.branches)
-        if height + width <= MATMUL_POOL_MAX and x.is_contiguous():
+        if height + width <= self.matmul_pool_max and x.is_contiguous():
             pool = _pooling_matrix(height, width, self.branches, x.dtype, x.device)
             z = torch.mm(x.view(n * channels, height * width), pool)
             z = z.view(n, channels, pool.shape[1])
         else:
             z = self._strip_sums(x, w_factor)
-        f = act(torch.baddbmm(b1, w1.expand(n, -1, -1), z, alpha=scale))
-        g = gate(torch.baddbmm(bg, wg.expand(n, -1, -1), f))  # N×kC×L
+        f = self.act(torch.baddbmm(self.b1, self.w1.expand(n, -1, -1), z, alpha=scale))
+        g = self.gate_fn(torch.baddbmm(self.bg, self.wg.expand(n, -1, -1), f))  # N×kC×L
         if self.branches == "h":
             return [g.view(n, channels, height, 1)]
         if self.branches == "w":
             return [g.view(n, channels, 1, width)]
-        s0, s1, s2 = g.stride()  # the blocks [:C, :H] and [C:, H:] as N×C×H×1 and N×C×1×W
-        return [g.as_strided((n, channels, height, 1), (s0, s1, s2, 1), g.storage_offset()),
-                g.as_strided((n, channels, 1, width), (s0, s1, 1, s2),
-                             g.storage_offset() + channels * s1 + height * s2)]
+        # the blocks [:C, :H] and [C:, H:] as N×C×H×1 and N×C×1×W views (slices export to
+        # ONNX; as_strided would not)
+        return [g[:, :channels, :height, None], g[:, channels:, None, height:]]

@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from caprobe.attention.base import AttentionModule, apply_gates, inference_fast_path, make_gate
+from caprobe.attention.base import AttentionModule, DeployedAttention, inplace_form, make_gate
 from caprobe.attention.functional import channel_mean, gate_product
 
 
@@ -23,8 +24,9 @@ def eca_kernel_size(channels: int, gamma: int = 2, beta: int = 1) -> int:
 class ECA(AttentionModule):
     gate_layers = ("conv",)
 
-    def __init__(self, channels: int, kernel: int | None = None, gate: str = "sigmoid") -> None:
-        super().__init__()
+    def __init__(self, channels: int, kernel: int | None = None, gate: str = "sigmoid",
+                 inplace: bool = False) -> None:
+        super().__init__(inplace)
         k = kernel or eca_kernel_size(channels)
         self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
         self.gate = make_gate(gate)
@@ -38,6 +40,23 @@ class ECA(AttentionModule):
         return {"channel": self._gate(x)[:, :, None, None]}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if inference_fast_path(self):
-            return apply_gates(self, x, [self._gate(x)[:, :, None, None]])
         return gate_product(x, self._gate(x)[:, None, None])
+
+    def fuse(self) -> DeployedECA:
+        return DeployedECA(self.conv.weight, gate=inplace_form(self.gate), spec=self.spec,
+                           overwrite=self.inplace)
+
+
+class DeployedECA(DeployedAttention):
+    """ECA's deployed form: the 1×1×k ``weight`` (zero padding k // 2), in-place ``gate``."""
+
+    def __init__(self, weight: torch.Tensor, *, gate, spec: str = "eca",
+                 overwrite: bool = False) -> None:
+        super().__init__(spec, overwrite)
+        self.register_buffer("weight", weight.detach().clone())
+        self.gate_fn = gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = F.conv1d(x.mean((2, 3)).unsqueeze(1), self.weight, padding=self.weight.shape[-1] // 2)
+        g = self.gate_fn(z).squeeze(1)[:, :, None, None]
+        return x.mul_(g) if self.overwrite else x * g

@@ -142,13 +142,18 @@ def channel_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 class _ChannelMax(Function):
-    """Global max pool, N×C; the gradient goes to the arg-max element."""
+    """Global max pool, N×C; the gradient goes to the arg-max element. An NCHW-contiguous map
+    is reduced over its rows of H·W, any other over its NHWC view (no copy either way for
+    those two layouts)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        values, index = nhwc(x).reshape(n, h * w, c).max(1)
-        ctx.shape = x.shape
+        ctx.shape, ctx.nchw = x.shape, x.is_contiguous()
+        if ctx.nchw:
+            values, index = x.reshape(n, c, h * w).max(2)
+        else:
+            values, index = nhwc(x).reshape(n, h * w, c).max(1)
         ctx.save_for_backward(index)
         return values
 
@@ -157,6 +162,9 @@ class _ChannelMax(Function):
     def backward(ctx, grad: torch.Tensor):
         n, c, h, w = ctx.shape
         (index,) = ctx.saved_tensors
+        if ctx.nchw:
+            dx = grad.new_zeros(n, c, h * w).scatter_(2, index[..., None], grad[..., None])
+            return dx.view(n, c, h, w)
         dx = grad.new_zeros(n, h * w, c).scatter_(1, index[:, None], grad[:, None])
         return nchw(dx.view(n, h, w, c))
 

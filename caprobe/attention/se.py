@@ -9,12 +9,13 @@ MobileNetV3/timm's form is ``se:reduction=4,act=relu,gate=hsigmoid``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from caprobe.attention.base import (
     AttentionModule,
-    apply_gates,
-    inference_fast_path,
+    DeployedAttention,
+    inplace_form,
     linear,
     make_act,
     make_gate,
@@ -26,8 +27,8 @@ class SqueezeExcite(AttentionModule):
     gate_layers = ("fc2",)
 
     def __init__(self, channels: int, reduction: int = 24, min_hidden: int = 1,
-                 act: str = "relu6", gate: str = "sigmoid") -> None:
-        super().__init__()
+                 act: str = "relu6", gate: str = "sigmoid", inplace: bool = False) -> None:
+        super().__init__(inplace)
         hidden = max(min_hidden, channels // reduction)
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=True)
         self.act = make_act(act)
@@ -43,6 +44,27 @@ class SqueezeExcite(AttentionModule):
         return {"channel": self._gate(x)[:, :, None, None]}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if inference_fast_path(self):
-            return apply_gates(self, x, [self._gate(x)[:, :, None, None]])
         return gate_product(x, self._gate(x)[:, None, None])
+
+    def fuse(self) -> DeployedSqueezeExcite:
+        return DeployedSqueezeExcite(
+            self.fc1.weight.flatten(1), self.fc1.bias, self.fc2.weight.flatten(1),
+            self.fc2.bias, act=inplace_form(self.act), gate=inplace_form(self.gate),
+            spec=self.spec, overwrite=self.inplace)
+
+
+class DeployedSqueezeExcite(DeployedAttention):
+    """SE's deployed form: ``w1``/``b1`` (hidden×C, hidden), ``w2``/``b2`` (C×hidden, C),
+    in-place ``act`` and ``gate``; ``overwrite`` writes the output into the input."""
+
+    def __init__(self, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                 *, act, gate, spec: str = "se", overwrite: bool = False) -> None:
+        super().__init__(spec, overwrite)
+        for name, value in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
+            self.register_buffer(name, value.detach().clone())
+        self.act, self.gate_fn = act, gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.act(F.linear(x.mean((2, 3)), self.w1, self.b1))
+        g = self.gate_fn(F.linear(z, self.w2, self.b2))[:, :, None, None]
+        return x.mul_(g) if self.overwrite else x * g

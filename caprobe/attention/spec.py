@@ -25,11 +25,13 @@ class AttnKind:
     preset: dict[str, Any] = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
-        """Constructor defaults with the preset applied, without ``channels``."""
+        """Constructor defaults with the preset applied, without ``channels`` and ``inplace``
+        (the backbone's business, not the spec's)."""
         if self.cls is None:
             return {}
         params = inspect.signature(self.cls.__init__).parameters
-        found = {k: p.default for k, p in params.items() if k not in ("self", "channels")}
+        found = {k: p.default for k, p in params.items()
+                 if k not in ("self", "channels", "inplace")}
         return {**found, **self.preset}
 
     def options(self) -> list[str]:

@@ -98,21 +98,16 @@ def compute_maps(model, images, mean, std, *, max_blocks: int = MAX_BLOCKS) -> l
     import torch
 
     from caprobe.attention import AttentionModule
+    from caprobe.data import to_input
 
-    try:
-        from caprobe.data import to_input
-        x = to_input(images, mean, std)
-    except ImportError:  # pragma: no cover - the data package is part of caprobe
-        t = torch.as_tensor(images).float() / 255.0
-        x = (t - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
-    x = x.float()
+    x = to_input(images, mean, std).float()
     modules = [(name, m) for name, m in model.named_modules() if isinstance(m, AttentionModule)]
     chosen = [modules[i] for i in pick_blocks(len(modules), max_blocks)]
     captured: dict[str, torch.Tensor] = {}
     hooks = []
     for name, m in chosen:
         def hook(mod, args, _name=name):
-            captured[_name] = args[0].detach().clone()  # backbones' attention works in place
+            captured[_name] = args[0].detach()
         hooks.append(m.register_forward_pre_hook(hook))
     was_training = model.training
     model.eval()

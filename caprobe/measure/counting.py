@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from caprobe.errors import CaprobeError
+from caprobe.errors import CaprobeError, input_hw
 
 _MADD_OPS = ("aten::_convolution", "aten::addmm", "aten::linear", "aten::matmul", "aten::mm",
              "aten::bmm", "aten::einsum")
@@ -122,6 +122,9 @@ class Counts:
     by_stage: list[StageCount] = field(default_factory=list)
     by_module: list[ModuleCount] = field(default_factory=list)
     uncounted_ops: dict[str, int] = field(default_factory=dict)
+    #: the form counted: the trainable one (the papers' math, what the paper tables count);
+    #: caprobe.deploy folds BN and pools small maps by a matrix product, a different tally
+    form: str = "paper"
 
     @property
     def attention_share(self) -> float:
@@ -129,19 +132,12 @@ class Counts:
         return self.attention_madds / self.madds if self.madds else 0.0
 
 
-def input_hw(input_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """``224`` or ``(160, 224)`` → ``(H, W)``, checked to be positive."""
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size):
-        raise CaprobeError(f"input size must be a positive integer or H,W pair, got {input_size!r}")
-    return size  # type: ignore[return-value]
-
-
 def count(model: nn.Module, input_size: int | tuple[int, int] = 224) -> Counts:
     """Count parameters and multiply-adds of ``model`` for one image of ``input_size``.
 
-    The model is traced in eval mode with autograd on, so attention modules run in the
-    paper's form (an inference-only fast path would count the same multiply-adds anyway).
+    The model is traced in eval mode as built: its attention modules in their trainable form,
+    the papers' math (``form="paper"`` in the record); pass a trainable model, not a deployed
+    one.
     """
     from fvcore.nn import FlopCountAnalysis
 
