@@ -93,7 +93,7 @@ def loop_main(argv: list[str]) -> int:
     cfg = TrainConfig(model=args.model, attn=args.attn, width=args.width, data=args.data,
                       batch_size=args.batch_size, epochs=1, lr=0.05, device=args.device,
                       amp=args.amp, channels_last=channels_last, threads=threads)
-    device = loop.resolve_device(args.device, args.amp)
+    device = loop.training_device(args.device, args.amp)
     profile = "cifar" if ds.image_size <= 64 else "imagenet"
 
     # the bare loop's data: normalised float batches, in memory (and on the device)

@@ -23,3 +23,12 @@ def require_positive(value: object, what: str) -> float:
             or not (math.isfinite(value) and value > 0):
         raise CaprobeError(f"{what} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+def input_hw(input_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """``224`` or ``(160, 224)`` → ``(H, W)``, checked to be positive integers: the one rule
+    for input sizes (counts, latency, the CLI's ``--input-size`` once parsed)."""
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size):
+        raise CaprobeError(f"input size must be a positive integer or H,W pair, got {input_size!r}")
+    return size  # type: ignore[return-value]

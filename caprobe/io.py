@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -53,7 +54,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, paths and tuples to plain JSON types."""
+    """Dataclasses, paths and tuples to plain JSON types; NaN and infinities to None, so every
+    record caprobe writes is strict JSON. The one converter for every record."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):

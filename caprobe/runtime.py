@@ -1,6 +1,7 @@
-"""The process and the machine around a command: torch settings that commands change for a
-while and then put back, a stop request (SIGTERM) handled like Ctrl-C, and which failures are
-the machine's (a full disk, no memory, a killed process) rather than results of an experiment.
+"""The process and the machine around a command: which device runs it, torch settings that
+commands change for a while and then put back, a stop request (SIGTERM) handled like Ctrl-C,
+and which failures are the machine's (a full disk, no memory, a killed process) rather than
+results of an experiment.
 """
 
 from __future__ import annotations
@@ -11,6 +12,33 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import BrokenExecutor
 from contextlib import contextmanager
+
+from caprobe.errors import CaprobeError
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; check that CUDA is really there (the
+    one rule for training, timing and every command's ``--device``)."""
+    import torch
+
+    name = str(device).strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if name == "cuda" or name.startswith("cuda:"):
+        index_text = name.partition(":")[2]
+        if index_text and not index_text.isdigit():
+            raise CaprobeError(f"device {device!r} is malformed; use cuda, cuda:0, cpu or auto")
+        if not torch.cuda.is_available():
+            raise CaprobeError(f"device {device!r} was asked for but no CUDA GPU is available "
+                               "to torch; use --device cpu (or auto)")
+        if index_text and int(index_text) >= torch.cuda.device_count():
+            raise CaprobeError(f"device {device!r} does not exist (this machine has "
+                               f"{torch.cuda.device_count()} CUDA device(s)); use cuda:0")
+        return name
+    raise CaprobeError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto")
+
 
 #: the message of torch's CPU allocator when a tensor cannot be allocated (a RuntimeError)
 _CPU_ALLOCATOR_FAILED = "DefaultCPUAllocator: can't allocate memory"

@@ -277,7 +277,8 @@ def test_real_clock_bf16_channels_last_smoke():
 
 
 class VersionCached(nn.Module):
-    """Reads ``weight._version`` like caprobe's BN-folding cache does."""
+    """Reads ``weight._version``, which inference tensors lack: the caller's model must stay
+    usable outside inference mode (say, for more training) after it was timed."""
 
     def __init__(self):
         super().__init__()
@@ -456,3 +457,31 @@ def test_other_runnable_reads_proc_loadavg():
 
     value = environment.other_runnable(samples=2, interval_s=0.0)
     assert value is None or value >= 0
+
+
+def test_the_deployed_form_is_timed_by_default_and_every_record_says_which():
+    import caprobe
+    from caprobe.attention import AttentionModule
+
+    seen = []
+
+    def spy(module, args, out):
+        seen.append(any(isinstance(m, AttentionModule) for m in module.modules()))
+
+    models = {f: caprobe.build_model("mobilenetv2", attn="ca", width=0.25, num_classes=3,
+                                     profile="cifar", seed=0) for f in ("deployed", "paper")}
+    for form, model in models.items():
+        hook = model.register_forward_hook(spy)
+        seen.clear()
+        (result,) = time_variants({"ca": model}, batch=1, input_size=8, device="cpu",
+                                  min_time=0.01, min_rounds=2, form=form)
+        hook.remove()
+        assert result.form == form
+        assert to_jsonable(result)["form"] == form
+        # what ran: the model as built, or a deployed copy without attention modules (the
+        # copy carries the hook along)
+        assert seen and all(seen) if form == "paper" else seen and not any(seen)
+        assert any(isinstance(m, AttentionModule) for m in model.modules())  # untouched
+    with pytest.raises(CaprobeError, match="unknown form 'fast'"):
+        time_variants({"ca": models["paper"]}, batch=1, input_size=8, device="cpu",
+                      min_time=0.01, form="fast")

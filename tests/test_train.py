@@ -327,3 +327,33 @@ def test_a_config_saved_before_a_field_existed_still_resumes():
     old = {k: v for k, v in now.items() if k not in ("coords", "image_size")}
     assert differences(old, now) == []
     assert differences(old, {**now, "coords": True}) == ["coords: False → True"]
+
+
+def test_curve_subset_evaluates_a_fixed_slice_until_the_last_epoch(fake_data, tmp_path):
+    """Epochs before the last see a fixed slice of the test set (the same for every seed);
+    the last epoch, and so the result, sees all of it: equal to a run without the option."""
+    calls = []
+    real = fake_data.balanced_subset
+
+    def spy(labels, n, seed):
+        calls.append((len(labels), n, seed))
+        return real(labels, n, seed)
+
+    fake_data.balanced_subset = spy
+    runs = {}
+    for name, kw in (("sliced", {"curve_subset": 8}), ("sliced-s1", {"curve_subset": 8,
+                                                                      "seed": 1}),
+                     ("full", {})):
+        res = train(_cfg(epochs=3, **kw), out=tmp_path / name, progress=False)
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+        runs[name] = (res, rows)
+    (sliced, rows), (full, full_rows) = runs["sliced"], runs["full"]
+    assert [r["eval_images"] for r in rows] == [8, 8, 24]
+    assert [r["eval_images"] for r in full_rows] == [24, 24, 24]
+    assert sliced.top1 == full.top1 and rows[-1]["test_top1"] == full_rows[-1]["test_top1"]
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in full_rows]
+    # one slice of the 24 test images, drawn the same way for seed 0 and seed 1
+    curve_calls = [c for c in calls if c[:2] == (24, 8)]
+    assert len(curve_calls) == 2 and curve_calls[0] == curve_calls[1]
+    with pytest.raises(CaprobeError, match="--curve-subset must be a positive integer"):
+        train(_cfg(curve_subset=0), progress=False)

@@ -15,6 +15,7 @@ import typer
 from caprobe.cli.app import app
 from caprobe.cli.options import multi_value_command, parse_input_size
 from caprobe.errors import CaprobeError, require_positive
+from caprobe.formatting import fmt_ms
 
 # Options that take several space-separated values: ``--attn none se ca --batch 1 32``.
 _MultiValueCommand = multi_value_command("--model", "-m", "--attn", "-a", "--batch", "-b")
@@ -42,10 +43,8 @@ def _variants(model: str, attns: list[str] | None) -> list[tuple[str, str, str]]
     return list(variants.values())
 
 
-def _fmt_ms(v: float) -> str:
-    if not math.isfinite(v):
-        return "-"
-    return f"{v:.3f}" if v < 10 else f"{v:.2f}" if v < 100 else f"{v:.1f}"
+def _ms(v: float) -> str:
+    return fmt_ms(v, missing="-")
 
 
 def _table(results, title: str):
@@ -65,7 +64,7 @@ def _table(results, title: str):
             over = f"{r.overhead:.3f}x"
             ci = (f"{r.overhead_ci[0]:.3f}-{r.overhead_ci[1]:.3f}" if r.overhead_ci
                   else "too few runs")
-        table.add_row(r.label, _fmt_ms(r.median_ms), _fmt_ms(r.iqr_ms), _fmt_ms(r.p90_ms),
+        table.add_row(r.label, _ms(r.median_ms), _ms(r.iqr_ms), _ms(r.p90_ms),
                       "-" if not math.isfinite(r.cv) else f"{100 * r.cv:.1f}%",
                       f"{r.images_per_s:,.1f}", over, ci, str(r.n))
     return table
@@ -95,6 +94,9 @@ def bench(
                                    help="Timed seconds per variant (warm-up comes on top)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile each model first; "
                                  "compile time is reported apart."),
+    paper_form: bool = typer.Option(False, "--paper-form", help="Time the models as built (the "
+                                    "trainable form, the papers' math) instead of their "
+                                    "deployed form, caprobe.deploy(model)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of results only."),
     out: Path | None = typer.Option(None, "--out", help="Also save the JSON results here "
                                     "(written atomically)."),
@@ -143,7 +145,7 @@ def bench(
             results = time_variants(built, batch=b, input_size=hw, device=dev, dtype=dkey,
                                     channels_last=channels_last, threads=threads,
                                     min_time=min_time, compile=compile, baseline="none",
-                                    meta=meta)
+                                    form="paper" if paper_form else "deployed", meta=meta)
             all_results.extend(results)
             if out is not None:  # saved after each group: an interrupt keeps finished work
                 write_json(out, all_results)
@@ -152,7 +154,8 @@ def bench(
                 title = (f"{model_name} · batch {b} · {hw[0]}x{hw[1]} · {r0.device} "
                          f"({r0.env.get('device_name')}) · {r0.dtype}"
                          f"{' · channels_last' if channels_last else ''} · "
-                         f"threads {r0.threads} · torch {r0.env.get('torch')}")
+                         f"threads {r0.threads} · torch {r0.env.get('torch')} · "
+                         f"{r0.form} form")
                 console.print(_table(results, title))
                 for warning in r0.env.get("warnings", []):
                     err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,15 +12,19 @@ import typer
 from caprobe.cli.app import app
 from caprobe.cli.options import multi_value_command, parse_key_values
 from caprobe.errors import CaprobeError
+from caprobe.formatting import fmt_count, fmt_number, fmt_pct
 
 _OPTION_NAMES = {  # CLI parameter -> CompareOptions field
     "model": "model", "attn": "attn", "reference": "reference", "width": "width",
     "profile": "profile", "data": "data",
     "data_dir": "data_dir", "data_option": "data_options", "train_subset": "train_subset",
+    "curve_subset": "curve_subset",
     "epochs": "epochs", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
     "seeds": "seeds", "seed": "seed", "no_train": "train", "device": "device",
     "threads": "threads", "jobs": "jobs", "latency_batch": "latency_batch",
-    "min_time": "latency_min_time", "input_size": "input_size", "image_size": "image_size",
+    "min_time": "latency_min_time", "paper_form": "latency_form",
+    "latency_device": "latency_device", "input_size": "input_size",
+    "image_size": "image_size",
 }
 
 
@@ -59,13 +62,19 @@ def compare(
                                      "many steps."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Training batch size."),
     lr: float | None = typer.Option(None, "--lr", help="Learning rate."),
+    curve_subset: int | None = typer.Option(None, "--curve-subset", help="Evaluate the epochs "
+                                            "before the last on a fixed slice of N test "
+                                            "images (curves); the last on all of them."),
     train_subset: int | None = typer.Option(None, "--train-subset",
                                             help="Train on this many images (same per seed)."),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per variant, paired across variants "
                                "(3 give a paired 95% interval; 1 gives none)."),
     seed: int = typer.Option(0, "--seed", help="First seed."),
     no_train: bool = typer.Option(False, "--no-train", help="Cost only: counts and latency."),
-    device: str = typer.Option("auto", "--device", help="Training device: auto, cpu, cuda."),
+    device: str = typer.Option("auto", "--device", help="Device for training and latency: "
+                               "auto, cpu, cuda."),
+    latency_device: str | None = typer.Option(None, "--latency-device", help="Time latency "
+                                              "on this device instead (default: --device)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads per job (per "
                                        "training at once), also used for latency. (default: "
                                        "cores // jobs of the plan's first session)",
@@ -79,6 +88,8 @@ def compare(
     latency_batch: int = typer.Option(1, "--latency-batch", help="Batch size for latency."),
     min_time: float = typer.Option(0.5, "--min-time", help="Timed seconds per variant for "
                                    "latency."),
+    paper_form: bool = typer.Option(False, "--paper-form", help="Time the models as built (the "
+                                    "trainable form) instead of caprobe.deploy(model)."),
     input_size: int | None = typer.Option(None, "--input-size", help="Input side for counts "
                                           "and latency (default: the data's image size)."),
     image_size: int | None = typer.Option(None, "--image-size", help="Image size of the data "
@@ -99,10 +110,11 @@ def compare(
         "profile": profile,
         "data": data, "data_dir": str(data_dir) if data_dir is not None else None,
         "data_option": parse_key_values(data_option, "--data-option", "n_train=512"),
-        "train_subset": train_subset,
+        "train_subset": train_subset, "curve_subset": curve_subset,
         "epochs": epochs, "steps": steps, "batch_size": batch_size, "lr": lr, "seeds": seeds,
         "seed": seed, "no_train": not no_train, "device": device, "threads": threads,
         "jobs": jobs, "latency_batch": latency_batch, "min_time": min_time,
+        "paper_form": "paper" if paper_form else "deployed", "latency_device": latency_device,
         "input_size": input_size, "image_size": image_size,
     }
     fields = {_OPTION_NAMES[k]: v for k, v in values.items()}
@@ -139,29 +151,15 @@ def _argv() -> list[str]:
     return argv
 
 
-def _f(v: Any, fmt: str) -> str:
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-        return "–"
-    return format(v, fmt)
-
-
-def _short_count(v: Any) -> str:
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-        return "–"
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= div:
-            return f"{v / div:.3g}{unit}"
-    return f"{v:.0f}"
-
-
-def _pct(v: Any) -> str:
-    return _f(v, "+.1f") + "%" if isinstance(v, (int, float)) and math.isfinite(v) else ""
+def _count(v: Any) -> str:
+    """Counts in the 80-column table: three significant digits, no space (``1.23M``)."""
+    return fmt_count(v, ".3g", sep="")
 
 
 def _delta_cell(r: dict[str, Any], prefix: str) -> str:
     """A paired top-1 delta and, below, its 95% interval."""
     mean = r.get(f"{prefix}_mean")
-    text = _f(mean, "+.2f")
+    text = fmt_number(mean, "+.2f")
     if r.get(f"{prefix}_ci_low") is not None:
         text += f"\n[{r[f'{prefix}_ci_low']:+.1f}, {r[f'{prefix}_ci_high']:+.1f}]"
     elif mean is not None:
@@ -191,10 +189,10 @@ def _print_summary(outcome) -> None:  # noqa: ANN001
     errors = []
     for r in outcome.results["aggregates"]:
         over = r.get("latency_overhead")
-        lat = _f(r.get("latency_median_ms"), ".2f") + " ms"
+        lat = fmt_number(r.get("latency_median_ms"), ".2f") + " ms"
         if isinstance(over, (int, float)):
-            lat += f"\n{_pct(100 * (over - 1))}"
-        top = _f(r.get("top1_mean"), ".2f")
+            lat += f"\n{fmt_pct(100 * (over - 1), missing='')}"
+        top = fmt_number(r.get("top1_mean"), ".2f")
         if r.get("top1_ci_low") is not None:
             top += f"\n± {(r['top1_ci_high'] - r['top1_ci_low']) / 2:.2f}"
         deltas = [_delta_cell(r, "delta_top1")]
@@ -207,8 +205,10 @@ def _print_summary(outcome) -> None:  # noqa: ANN001
             status += f"\n{r['n_learned']}/{r['n_finished']} learned"
         table.add_row(
             r["variant"],
-            f"{_short_count(r.get('params'))}\n{_pct(r.get('params_delta_pct'))}".rstrip(),
-            f"{_short_count(r.get('madds'))}\n{_pct(r.get('madds_delta_pct'))}".rstrip(),
+            f"{_count(r.get('params'))}\n{fmt_pct(r.get('params_delta_pct'), missing='')}"
+            .rstrip(),
+            f"{_count(r.get('madds'))}\n{fmt_pct(r.get('madds_delta_pct'), missing='')}"
+            .rstrip(),
             lat, top, *deltas, status)
     console.print(table)
     console.print("Δ against none; latency: median and overhead; top-1 ± 95% CI half-width; "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from caprobe.errors import CaprobeError
+from caprobe.errors import CaprobeError, input_hw
 
 
 def parse_input_size(text: str | None, profile: str) -> tuple[int, int]:
@@ -27,7 +27,7 @@ def parse_input_size(text: str | None, profile: str) -> tuple[int, int]:
     if len(size) != 2 or min(size) < 1:
         raise CaprobeError(f"input size {text!r} is not valid; give a positive integer like 224 "
                            "or HxW like 160x224")
-    return size  # type: ignore[return-value]
+    return input_hw(size)
 
 
 def _is_number(token: str) -> bool:

@@ -15,6 +15,7 @@ import typer
 from caprobe.cli.app import app
 from caprobe.cli.options import parse_key_values
 from caprobe.errors import CaprobeError
+from caprobe.formatting import fmt_number
 
 _PANEL_DATA = "Data"
 _PANEL_RECIPE = "Recipe"
@@ -27,7 +28,7 @@ def _default_out(model: str, attn: str | None) -> Path:
 
 
 def _fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
-    return "-" if value is None else f"{value:.{digits}f}{unit}"
+    return fmt_number(value, f".{digits}f", missing="-", unit=unit)
 
 
 def summary_line(result, label: str) -> str:
@@ -88,6 +89,9 @@ def train_command(
                           rich_help_panel=_PANEL_DATA)] = None,
     train_subset: Annotated[int | None, typer.Option(help="Class-balanced, seeded subset of "
                             "N training images.", rich_help_panel=_PANEL_DATA)] = None,
+    curve_subset: Annotated[int | None, typer.Option(help="Evaluate the epochs before the "
+                            "last on a fixed slice of N test images (curves); the last epoch "
+                            "always on the whole test set.", rich_help_panel=_PANEL_DATA)] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs. (default: per data set)",
                       show_default=False, rich_help_panel=_PANEL_RECIPE)] = None,
     steps: Annotated[int | None, typer.Option(help="Total optimiser steps (overrides "
@@ -137,7 +141,8 @@ def train_command(
         "data_dir": data_dir, "cache_dir": cache_dir,
         "data_options": (parse_key_values(data_option, "--data-option", "difficulty=0.7")
                          if data_option else None),
-        "image_size": image_size, "train_subset": train_subset, "epochs": epochs, "steps": steps,
+        "image_size": image_size, "train_subset": train_subset, "curve_subset": curve_subset,
+        "epochs": epochs, "steps": steps,
         "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
         "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "seed": seed,
         "device": device, "threads": threads, "amp": amp, "channels_last": channels_last,
@@ -212,11 +217,9 @@ def train_command(
         raise CaprobeError(failure_line(*environmental_cause(exc), f"training in {run_dir}",
                                         then)) from exc
 
-    from caprobe.train.loop import _finite
-
     label = resolved.get("label", config.model)
     if as_json:
-        typer.echo(json.dumps(_finite(result.to_dict()), indent=2))
+        typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
         typer.echo(summary_line(result, f"{label} seed {config.seed}"))
     sys.stdout.flush()

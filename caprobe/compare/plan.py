@@ -40,6 +40,7 @@ class CompareOptions:
     data_dir: str | None = None
     data_options: dict[str, Any] = field(default_factory=dict)
     train_subset: int | None = None
+    curve_subset: int | None = None  # TrainConfig.curve_subset
     epochs: int | None = None
     steps: int | None = None
     batch_size: int | None = None
@@ -53,7 +54,8 @@ class CompareOptions:
     train_options: dict[str, Any] = field(default_factory=dict)
     latency_batch: int = 1
     latency_min_time: float = 0.5
-    latency_device: str = "auto"
+    latency_device: str | None = None  # None: the training device (--device)
+    latency_form: str = "deployed"  # "deployed": caprobe.deploy(model); "paper": as built
     input_size: int | None = None  # counts and latency; None: the data's image size
     image_size: int | None = None  # the data set's image size; None: its own default
     map_images: int = 4  # fixed test images drawn in the attention-map section
@@ -97,7 +99,8 @@ def validate(options: CompareOptions) -> CompareOptions:
     """Check user-fixable mistakes early and canonicalize the variant list (in place)."""
     if not isinstance(options.seeds, int) or options.seeds < 1:
         raise CaprobeError(f"--seeds must be at least 1, got {options.seeds}")
-    for name in ("epochs", "steps", "batch_size", "train_subset", "threads", "jobs",
+    for name in ("epochs", "steps", "batch_size", "train_subset", "curve_subset", "threads",
+                 "jobs",
                  "input_size", "image_size"):
         value = getattr(options, name)
         if value is not None and value < 1:
@@ -107,6 +110,11 @@ def validate(options: CompareOptions) -> CompareOptions:
     if options.lr is not None:
         require_positive(options.lr, "--lr")
     require_positive(options.latency_min_time, "--min-time")
+    from caprobe.measure.latency import FORMS
+
+    if options.latency_form not in FORMS:
+        raise CaprobeError(f"latency form {options.latency_form!r} is unknown; choose one of "
+                           f"{', '.join(FORMS)}")
     if options.map_images < 0:
         raise CaprobeError(f"map_images must be >= 0, got {options.map_images}")
     if not isinstance(options.reference, str) or not options.reference.strip():
@@ -125,10 +133,8 @@ def validate(options: CompareOptions) -> CompareOptions:
 
 
 def _check_model(model: str) -> None:
-    try:
-        from caprobe.models import resolve_name
-    except ImportError:  # models not installed yet: building will fail per variant instead
-        return
+    from caprobe.models import resolve_name
+
     resolve_name(model, None)
 
 

@@ -118,7 +118,8 @@ def train_config(options: CompareOptions, variant: str, seed: int):
         "model": options.model, "attn": variant, "width": options.width,
         "profile": options.profile, "data": options.data, "data_dir": options.data_dir,
         "data_options": dict(options.data_options) or None, "image_size": options.image_size,
-        "train_subset": options.train_subset, "epochs": options.epochs, "steps": options.steps,
+        "train_subset": options.train_subset, "curve_subset": options.curve_subset,
+        "epochs": options.epochs, "steps": options.steps,
         "batch_size": options.batch_size, "lr": options.lr, "seed": seed,
         "device": options.device, "threads": options.threads,
     }
@@ -165,11 +166,11 @@ def _load_data(options: CompareOptions, config) -> _DataInfo:
 def _resolved(options: CompareOptions, data: _DataInfo, variant: str, seed: int):
     """The piece's TrainConfig with recipe defaults filled in (width, profile, ...)."""
     from caprobe.train.config import resolve
-    from caprobe.train.loop import resolve_device
+    from caprobe.train.loop import training_device
 
     config = train_config(options, variant, seed)
     return resolve(config, image_size=data.image_size,
-                   device=resolve_device(config.device, config.amp))
+                   device=training_device(config.device, config.amp))
 
 
 def _build(options: CompareOptions, config, variant: str, num_classes: int):
@@ -382,7 +383,7 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
             if layout.maps.exists():
                 skipped.append("maps")
             else:
-                _do_maps(options, config0, data, layout, plan)
+                _do_maps(data, layout, plan)
                 ran.append("maps")
         bar.say("done")
 
@@ -413,9 +414,10 @@ def _read_sessions(layout: Layout) -> list:
 def _collect_env(options: CompareOptions) -> dict[str, Any]:
     try:
         from caprobe.measure.environment import collect_env
-        from caprobe.measure.latency import resolve_device
+        from caprobe.runtime import resolve_device
 
-        return collect_env(resolve_device(options.latency_device), threads=options.threads)
+        return collect_env(resolve_device(options.latency_device or options.device),
+                           threads=options.threads)
     except CaprobeError:
         raise
     except Exception as exc:  # noqa: BLE001 - provenance must never stop a run
@@ -460,9 +462,10 @@ def _do_latency(options, config, data: _DataInfo, layout: Layout, variants: list
         if models:
             meta = {v: {"model": options.model, "attn": v} for v in models}
             results = time_variants(models, batch=options.latency_batch,
-                                    input_size=data.input_size, device=options.latency_device,
+                                    input_size=data.input_size,
+                                    device=options.latency_device or options.device,
                                     threads=options.threads, min_time=options.latency_min_time,
-                                    baseline=BASELINE, meta=meta)
+                                    form=options.latency_form, baseline=BASELINE, meta=meta)
         else:
             results = []
     except Exception as exc:  # noqa: BLE001
@@ -598,7 +601,7 @@ def _load_trained(layout: Layout, variant: str, seed: int):
     return load_model(layout.run_dir(variant, seed))
 
 
-def _do_maps(options, config, data: _DataInfo, layout: Layout, plan: Plan) -> None:
+def _do_maps(data: _DataInfo, layout: Layout, plan: Plan) -> None:
     record: dict[str, Any] = {
         "schema": 1, "data": data.name,
         "images": _maps.images_record(data.images, data.indices, data.labels, data.classes),

@@ -2,8 +2,10 @@
 
 Method
 ------
-1. Every model is put in eval mode, moved to the device / dtype / memory format once, and
-   (optionally) compiled; the first compiled call is timed apart as ``compile_time_s``.
+1. Every model is put in eval mode, moved to the device / dtype / memory format once, made
+   into its deployed form (:func:`caprobe.deploy`, ``form="deployed"``, the default) or kept
+   as built (``form="paper"``: the trainable form, the papers' math), and (optionally)
+   compiled; the first compiled call is timed apart as ``compile_time_s``.
    One input tensor is made once (fixed seed) and reused. Everything runs under
    ``torch.inference_mode()``.
 2. Calibration: a few single calls per variant give a rough per-iteration time, from which
@@ -31,6 +33,7 @@ never mistaken for speed.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import time
@@ -40,14 +43,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from caprobe import stats
-from caprobe.errors import CaprobeError
-from caprobe.runtime import torch_threads
+from caprobe.errors import CaprobeError, input_hw, require_positive
+from caprobe.runtime import resolve_device, torch_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
     "DTYPES",
+    "FORMS",
     "LatencyResult",
     "block_iters",
     "resolve_device",
@@ -56,6 +60,8 @@ __all__ = [
 ]
 
 DTYPES = ("fp32", "bf16", "fp16")
+#: What is timed: the deployed form (:func:`caprobe.deploy`) or the model as built.
+FORMS = ("deployed", "paper")
 _DTYPE_ALIASES = {
     "fp32": "fp32", "float32": "fp32", "float": "fp32",
     "bf16": "bf16", "bfloat16": "bf16",
@@ -98,32 +104,10 @@ class LatencyResult:
     samples_ms: list[float] = field(repr=False)
     compile_time_s: float | None
     env: dict = field(repr=False)
+    form: str = "deployed"  # "deployed" (caprobe.deploy(model)) or "paper" (trainable form)
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu``; check that CUDA is really there."""
-    import torch
-
-    name = str(device).strip().lower()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return "cpu"
-    if name == "cuda" or name.startswith("cuda:"):
-        index_text = name.partition(":")[2]
-        if index_text and not index_text.isdigit():
-            raise CaprobeError(f"device {device!r} is malformed; use cuda, cuda:0, cpu or auto")
-        if not torch.cuda.is_available():
-            raise CaprobeError(f"device {device!r} was asked for but no CUDA GPU is available "
-                               "to torch; use --device cpu (or auto)")
-        if index_text and int(index_text) >= torch.cuda.device_count():
-            raise CaprobeError(f"device {device!r} does not exist (this machine has "
-                               f"{torch.cuda.device_count()} CUDA device(s)); use cuda:0")
-        return name
-    raise CaprobeError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto")
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
@@ -145,23 +129,6 @@ def _torch_dtype(key: str):
     import torch
 
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[key]
-
-
-def _input_hw(input_size: tuple[int, int] | int | list) -> tuple[int, int]:
-    if isinstance(input_size, int):
-        hw = (input_size, input_size)
-    else:
-        try:
-            hw = tuple(int(v) for v in input_size)
-        except (TypeError, ValueError) as exc:
-            raise CaprobeError(f"input size {input_size!r} is not a number or (H, W) pair; "
-                               "pass e.g. 224 or (224, 224)") from exc
-        if len(hw) == 1:
-            hw = (hw[0], hw[0])
-    if len(hw) != 2 or min(hw) < 1:
-        raise CaprobeError(f"input size {input_size!r} is invalid; pass a positive size like "
-                           "224 or (H, W)")
-    return hw  # type: ignore[return-value]
 
 
 def block_iters(seconds_per_iter: float, target_block_s: float = TARGET_BLOCK_MS / 1000,
@@ -275,6 +242,44 @@ def _compile(label: str, model, x, timer: Timer) -> tuple[Any, float]:
                            "toolchain") from exc
 
 
+@dataclass(frozen=True)
+class TimingOptions:
+    """How :func:`time_variants` times, checked once by :meth:`validated` (device and dtype
+    resolved, the input size as (H, W))."""
+
+    batch: int
+    input_size: tuple[int, int] | int
+    device: str = "auto"
+    dtype: str = "fp32"
+    channels_last: bool = False
+    threads: int | None = None
+    min_time: float = 1.0
+    compile: bool = False
+    form: str = "deployed"
+    baseline: str | None = "none"
+    in_channels: int = 3
+    min_rounds: int = MIN_ROUNDS
+    target_block_ms: float = TARGET_BLOCK_MS
+    seed: int = 0
+
+    def validated(self) -> TimingOptions:
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise CaprobeError(f"batch size {self.batch!r} is invalid; use an integer >= 1")
+        hw = input_hw(self.input_size)
+        require_positive(self.min_time, "min time (seconds)")
+        threads = self.threads
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise CaprobeError(f"thread count {threads!r} is invalid; use an integer >= 1")
+        if self.form not in FORMS:
+            raise CaprobeError(f"unknown form {self.form!r}; choose one of {', '.join(FORMS)}")
+        if self.in_channels < 1 or self.min_rounds < 1 or self.target_block_ms <= 0:
+            raise CaprobeError("in_channels, min_rounds and target_block_ms must be positive")
+        device = resolve_device(self.device)
+        return dataclasses.replace(self, input_size=hw, device=device,
+                                   dtype=resolve_dtype(self.dtype, device))
+
+
 def time_variants(
     models: Mapping[str, torch.nn.Module],
     *,
@@ -286,6 +291,7 @@ def time_variants(
     threads: int | None = None,
     min_time: float = 1.0,
     compile: bool = False,
+    form: str = "deployed",
     baseline: str | None = "none",
     progress: Progress | None = None,
     meta: Mapping[str, Mapping[str, Any]] | None = None,
@@ -304,9 +310,13 @@ def time_variants(
     label); other keys are stored under ``env["meta"]``. ``progress(stage, fraction)`` is
     called with stage ``"compile"``, ``"warmup"`` or ``"measure"``. ``in_channels`` sets the
     input's channels (3 for images; e.g. 144 to time a single block). ``timer`` replaces the
-    clock (tests); it runs ``fn`` ``iters`` times and returns seconds.
+    clock (tests); it runs ``fn`` ``iters`` times and returns seconds. ``form``: time
+    ``caprobe.deploy(model)`` ("deployed") or the model as given ("paper"); every record says
+    which form it timed (a model deployed beforehand counts as deployed).
 
-    The modules are changed in place (eval mode, device, dtype, memory format).
+    The phases, each its own function: prepare (device, dtype, memory format, deploy,
+    compile), calibrate, warm up, measure rounds, build records. The modules are changed in
+    place (eval mode, device, dtype, memory format); the deployed forms are copies.
     """
     import torch
 
@@ -316,133 +326,181 @@ def time_variants(
         if not isinstance(m, torch.nn.Module):
             raise CaprobeError(f"variant {label!r} is a {type(m).__name__}, not a "
                                "torch.nn.Module; pass built models")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise CaprobeError(f"batch size {batch!r} is invalid; use an integer >= 1")
-    hw = _input_hw(input_size)
-    if not (isinstance(min_time, (int, float)) and math.isfinite(min_time) and min_time > 0):
-        raise CaprobeError(f"min time {min_time!r} is invalid; use a positive number of seconds "
-                           "such as 1.0")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or threads < 1):
-        raise CaprobeError(f"thread count {threads!r} is invalid; use an integer >= 1")
-    if in_channels < 1 or min_rounds < 1 or target_block_ms <= 0:
-        raise CaprobeError("in_channels, min_rounds and target_block_ms must be positive")
-    dev = resolve_device(device)
-    dkey = resolve_dtype(dtype, dev)
-    tdtype = _torch_dtype(dkey)
-    meta = meta or {}
-    timer = timer or _default_timer(dev)
-    target_s = target_block_ms / 1000.0
-    labels = list(models)
+    opts = TimingOptions(batch=batch, input_size=input_size, device=device, dtype=dtype,
+                         channels_last=channels_last, threads=threads, min_time=min_time,
+                         compile=compile, form=form, baseline=baseline,
+                         in_channels=in_channels, min_rounds=min_rounds,
+                         target_block_ms=target_block_ms, seed=seed).validated()
+    timer = timer or _default_timer(opts.device)
     say = progress or (lambda stage, fraction: None)
 
-    from caprobe.measure.environment import (
-        collect_env,
-        contention_warnings,
-        load_average,
-        other_runnable,
-    )
+    from caprobe.measure.environment import collect_env, load_average, other_runnable
 
     load_start = load_average()
-    others_start = other_runnable() if dev == "cpu" else None
-    # Move / cast the models before inference mode: parameters made inside it would be
-    # inference tensors, which modules caching on ``tensor._version`` cannot use.
+    others_start = other_runnable() if opts.device == "cpu" else None
+    timed = _prepare_all(models, opts)
+    with torch_threads(opts.threads), _gc_paused(), torch.inference_mode():
+        fns, compile_s = _calls(timed, opts, timer, say)
+        per_iter = _calibrate(fns, timer)
+        iters, warm = _warm_up(fns, per_iter, opts, timer, say)
+        samples, rounds = _measure(fns, iters, opts, timer, say)
+        threads_used = torch.get_num_threads() if opts.device == "cpu" else opts.threads
+        env = collect_env(opts.device, threads=threads_used)
+    env.update(_session_env(opts, timer, list(models), rounds, warm, load_start, others_start,
+                            env))
+    return _records(models, timed, opts, samples, iters, per_iter, compile_s, env,
+                    threads_used, meta or {})
+
+
+def _prepare_all(models: Mapping[str, Any], opts: TimingOptions) -> dict[str, Any]:
+    """Every model on the device, dtype and memory format, in eval mode; then the form to
+    time: ``caprobe.deploy(model)`` (a copy) or the model itself. Outside inference mode, so
+    the caller's parameters never become inference tensors."""
+    import torch
+
+    from caprobe.attention import AttentionModule
+    from caprobe.deployment import deploy
+
     with torch.no_grad():
-        for label in labels:
-            _prepare(models[label], dev, tdtype, channels_last)
+        for m in models.values():
+            _prepare(m, opts.device, _torch_dtype(opts.dtype), opts.channels_last)
+        # a model without attention modules is its own deployed form: timed as it is
+        return {label: deploy(m) if opts.form == "deployed" and any(
+            isinstance(sub, AttentionModule) for sub in m.modules()) else m
+            for label, m in models.items()}
 
-    with torch_threads(threads), _gc_paused(), torch.inference_mode():
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(batch, in_channels, *hw, generator=gen).to(device=dev, dtype=tdtype)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
 
-        fns: dict[str, Callable[[], Any]] = {}
-        compile_s: dict[str, float | None] = {}
-        for i, label in enumerate(labels):
-            m = models[label]
-            if compile:
-                say("compile", i / len(labels))
-                m, compile_s[label] = _compile(label, m, x, timer)
-            else:
-                compile_s[label] = None
-            fns[label] = (lambda mod: lambda: mod(x))(m)
+def _calls(timed: Mapping[str, Any], opts: TimingOptions, timer: Timer,
+           say: Progress) -> tuple[dict[str, Callable[[], Any]], dict[str, float | None]]:
+    """One input (fixed seed) and a call per variant (compiled first with ``compile``, its
+    first call timed apart)."""
+    import torch
 
-        # calibration: untimed first calls, then single timed calls
-        per_iter: dict[str, float] = {}
-        for label in labels:
-            fns[label]()
-            fns[label]()
-            per_iter[label] = min(timer(fns[label], 1) for _ in range(3))
-        iters = _balanced_iters(per_iter, target_s)
+    gen = torch.Generator().manual_seed(opts.seed)
+    x = torch.randn(opts.batch, opts.in_channels, *opts.input_size, generator=gen).to(
+        device=opts.device, dtype=_torch_dtype(opts.dtype))
+    if opts.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    fns: dict[str, Callable[[], Any]] = {}
+    compile_s: dict[str, float | None] = {}
+    for i, (label, m) in enumerate(timed.items()):
+        compile_s[label] = None
+        if opts.compile:
+            say("compile", i / len(timed))
+            m, compile_s[label] = _compile(label, m, x, timer)
+        fns[label] = (lambda mod: lambda: mod(x))(m)
+    return fns, compile_s
 
-        # warm-up, interleaved, until the block timings settle
-        warm_hist: dict[str, list[float]] = {k: [] for k in labels}
-        warm_spent = dict.fromkeys(labels, 0.0)
-        warm_budget = 0.5 * min_time
-        warm_rounds = 0
-        settled = False
-        while True:
-            for label in labels:
-                s = timer(fns[label], iters[label])
-                warm_spent[label] += s
-                warm_hist[label].append(s / iters[label])
-            warm_rounds += 1
-            settled = all(_settled(h) for h in warm_hist.values())
-            spent = min(warm_spent.values())
-            say("warmup", min(1.0, spent / warm_budget))
-            if settled or spent >= warm_budget or warm_rounds >= MAX_ROUNDS:
-                break
-        settled_per_iter = {}
-        for label in labels:
-            tail = sorted(warm_hist[label][-SETTLE_WINDOW:])
-            settled_per_iter[label] = tail[len(tail) // 2]
-        iters = _balanced_iters(settled_per_iter, target_s)
 
-        # measurement, interleaved: one block per variant per round
-        samples: dict[str, list[float]] = {k: [] for k in labels}
-        spent_s = dict.fromkeys(labels, 0.0)
-        rounds = 0
-        while True:
-            for label in labels:
-                s = timer(fns[label], iters[label])
-                spent_s[label] += s
-                samples[label].append(1000.0 * s / iters[label])
-            rounds += 1
-            spent = min(spent_s.values())
-            say("measure", min(1.0, spent / min_time, rounds / min_rounds))
-            if (spent >= min_time * (1 - 1e-9) and rounds >= min_rounds) or rounds >= MAX_ROUNDS:
-                break
+def _calibrate(fns: Mapping[str, Callable[[], Any]], timer: Timer) -> dict[str, float]:
+    """Seconds per call of each variant: two untimed calls, then the best of three single
+    timed calls."""
+    per_iter: dict[str, float] = {}
+    for label, fn in fns.items():
+        fn()
+        fn()
+        per_iter[label] = min(timer(fn, 1) for _ in range(3))
+    return per_iter
 
-        env = collect_env(dev, threads=torch.get_num_threads() if dev == "cpu" else threads)
-        recorded_threads = torch.get_num_threads() if dev == "cpu" else threads
 
-    env.update(
-        dtype=dkey,
-        memory_format="channels_last" if channels_last else "contiguous",
+@dataclass
+class _WarmUp:
+    rounds: int
+    settled: bool
+
+
+def _warm_up(fns: Mapping[str, Callable[[], Any]], per_iter: Mapping[str, float],
+             opts: TimingOptions, timer: Timer, say: Progress) -> tuple[dict[str, int], _WarmUp]:
+    """Interleaved rounds until every variant's block timings settle (or half of
+    ``min_time`` per variant is spent); returns the block sizes re-derived from the settled
+    timings."""
+    target_s = opts.target_block_ms / 1000.0
+    iters = _balanced_iters(per_iter, target_s)
+    history: dict[str, list[float]] = {k: [] for k in fns}
+    spent_s = dict.fromkeys(fns, 0.0)
+    budget = 0.5 * opts.min_time
+    rounds, settled = 0, False
+    while True:
+        for label, fn in fns.items():
+            s = timer(fn, iters[label])
+            spent_s[label] += s
+            history[label].append(s / iters[label])
+        rounds += 1
+        settled = all(_settled(h) for h in history.values())
+        spent = min(spent_s.values())
+        say("warmup", min(1.0, spent / budget))
+        if settled or spent >= budget or rounds >= MAX_ROUNDS:
+            break
+    settled_per_iter = {}
+    for label, h in history.items():
+        tail = sorted(h[-SETTLE_WINDOW:])
+        settled_per_iter[label] = tail[len(tail) // 2]
+    return _balanced_iters(settled_per_iter, target_s), _WarmUp(rounds, settled)
+
+
+def _measure(fns: Mapping[str, Callable[[], Any]], iters: Mapping[str, int],
+             opts: TimingOptions, timer: Timer,
+             say: Progress) -> tuple[dict[str, list[float]], int]:
+    """Interleaved rounds, one block per variant each, until every variant has ``min_time``
+    seconds of timed blocks and ``min_rounds`` rounds are done; samples in ms per call."""
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    spent_s = dict.fromkeys(fns, 0.0)
+    rounds = 0
+    while True:
+        for label, fn in fns.items():
+            s = timer(fn, iters[label])
+            spent_s[label] += s
+            samples[label].append(1000.0 * s / iters[label])
+        rounds += 1
+        spent = min(spent_s.values())
+        say("measure", min(1.0, spent / opts.min_time, rounds / opts.min_rounds))
+        if (spent >= opts.min_time * (1 - 1e-9) and rounds >= opts.min_rounds) \
+                or rounds >= MAX_ROUNDS:
+            break
+    for label, values in samples.items():
+        if min(values) <= 0:
+            raise CaprobeError(f"the clock reported no time passing for {label!r}; it is too "
+                               "coarse for these blocks, so raise target_block_ms")
+    return samples, rounds
+
+
+def _session_env(opts: TimingOptions, timer: Timer, labels: list[str], rounds: int,
+                 warm: _WarmUp, load_start: float | None, others_start: float | None,
+                 env: dict[str, Any]) -> dict[str, Any]:
+    """How this timing session ran, for every record's ``env``."""
+    from caprobe.measure.environment import contention_warnings
+
+    return dict(
+        dtype=opts.dtype,
+        memory_format="channels_last" if opts.channels_last else "contiguous",
         timer=getattr(timer, "kind", "custom"),
         order=labels,
         rounds=rounds,
-        warmup_rounds=warm_rounds,
-        warmup_settled=settled,
-        target_block_ms=target_block_ms,
-        min_time_s=float(min_time),
+        warmup_rounds=warm.rounds,
+        warmup_settled=warm.settled,
+        target_block_ms=opts.target_block_ms,
+        min_time_s=float(opts.min_time),
         load_avg_1m_start=load_start,
         load_avg_1m_end=env.get("load_avg_1m"),
         other_runnable_start=others_start,
-        warnings=contention_warnings(dev, env["threads"], others_start),
+        warnings=contention_warnings(opts.device, env["threads"], others_start),
     )
-    for label in labels:
-        if min(samples[label]) <= 0:
-            raise CaprobeError(f"the clock reported no time passing for {label!r}; it is too "
-                               "coarse for these blocks, so raise target_block_ms")
-    has_base = baseline is not None and baseline in samples
+
+
+def _records(models: Mapping[str, Any], timed: Mapping[str, Any], opts: TimingOptions,
+             samples: Mapping[str, list[float]], iters: Mapping[str, int],
+             per_iter: Mapping[str, float], compile_s: Mapping[str, float | None],
+             env: dict[str, Any], threads: int | None,
+             meta: Mapping[str, Mapping[str, Any]]) -> list[LatencyResult]:
+    """One :class:`LatencyResult` per label: summary statistics, the paired overhead against
+    the baseline with its interval, and the environment."""
+    has_base = opts.baseline is not None and opts.baseline in samples
     results = []
-    for label in labels:
+    for label in models:
         summ = stats.summarize(samples[label])
         overhead = overhead_ci = None
-        if has_base and label != baseline:
-            point, lo, hi = stats.ratio_ci(samples[baseline], samples[label])
+        if has_base and label != opts.baseline:
+            point, lo, hi = stats.ratio_ci(samples[opts.baseline], samples[label])
             overhead = point
             overhead_ci = None if math.isnan(lo) else (lo, hi)
         info = dict(meta.get(label, {}))
@@ -451,26 +509,28 @@ def time_variants(
         extra = {k: v for k, v in info.items() if k not in ("model", "attn")}
         if extra:
             rec_env["meta"] = extra
+        deployed = opts.form == "deployed" or getattr(timed[label], "deployed", False)
         results.append(LatencyResult(
             label=label,
             model=str(info.get("model", type(models[label]).__name__)),
             attn=str(info.get("attn", label)),
-            batch=batch,
-            input_size=hw,
-            device=dev,
-            dtype=dkey,
-            channels_last=bool(channels_last),
-            threads=recorded_threads,
+            batch=opts.batch,
+            input_size=opts.input_size,
+            device=opts.device,
+            dtype=opts.dtype,
+            channels_last=bool(opts.channels_last),
+            threads=threads,
             median_ms=summ.median,
             iqr_ms=summ.iqr,
             p90_ms=summ.p90,
             cv=summ.cv,
             n=summ.n,
-            images_per_s=batch / (summ.median / 1000.0),
+            images_per_s=opts.batch / (summ.median / 1000.0),
             overhead=overhead,
             overhead_ci=overhead_ci,
             samples_ms=[float(v) for v in samples[label]],
             compile_time_s=compile_s[label],
             env=rec_env,
+            form="deployed" if deployed else "paper",
         ))
     return results

@@ -15,6 +15,15 @@ from typing import Any
 
 from caprobe.compare.plan import BASELINE
 from caprobe.compare.results import DID_NOT_LEARN
+from caprobe.formatting import (
+    finite,
+    fmt_acc,
+    fmt_count,
+    fmt_delta,
+    fmt_ms,
+    fmt_pct,
+    fmt_ratio_pct,
+)
 from caprobe.io import atomic_write_text
 from caprobe.report import plots
 from caprobe.report.records import RunRecords, load_runs
@@ -53,45 +62,10 @@ def environment():
 # --------------------------------------------------------------------------- formatting
 
 
-def _ok(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def fmt_count(v: Any) -> str:
-    if not _ok(v):
-        return "–"
-    v = float(v)
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= div:
-            return f"{v / div:.2f} {unit}"
-    return f"{v:.0f}"
-
-
-def fmt_pct(v: Any, digits: int = 1) -> str:
-    return f"{v:+.{digits}f}%" if _ok(v) else "–"
-
-
-def fmt_ratio_pct(r: Any) -> str:
-    """An overhead ratio (1.27) as a percent change (+27.0%)."""
-    return fmt_pct(100.0 * (r - 1.0)) if _ok(r) else "–"
-
-
-def fmt_acc(v: Any) -> str:
-    return f"{v:.2f}" if _ok(v) else "–"
-
-
-def fmt_delta(v: Any) -> str:
-    return f"{v:+.2f}" if _ok(v) else "–"
-
-
-def fmt_ms(v: Any) -> str:
-    if not _ok(v):
-        return "–"
-    return f"{v:.3f}" if v < 10 else f"{v:.2f}" if v < 100 else f"{v:.1f}"
 
 
 def _interval(lo: Any, hi: Any, fmt) -> str:
-    return f"[{fmt(lo)}, {fmt(hi)}]" if _ok(lo) and _ok(hi) else ""
+    return f"[{fmt(lo)}, {fmt(hi)}]" if finite(lo) and finite(hi) else ""
 
 
 def _device_word(device: Any) -> str:
@@ -142,7 +116,7 @@ def reference_of(rows: list[dict[str, Any]]) -> str | None:
 
 def _delta_extra(r: dict[str, Any], prefix: str) -> str:
     d_ci = _interval(r.get(f"{prefix}_ci_low"), r.get(f"{prefix}_ci_high"), fmt_delta)
-    return d_ci or ("no CI: 1 pair" if _ok(r.get(f"{prefix}_mean")) else "")
+    return d_ci or ("no CI: 1 pair" if finite(r.get(f"{prefix}_mean")) else "")
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -154,13 +128,13 @@ def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         seeds = f"{r.get('n_finished', 0)}/{r.get('n_seeds', 0)}" if train else "–"
         learned = f"{r['n_learned']}/{r['n_finished']} learned" if r.get("n_not_learned") else ""
         lat = fmt_ms(r.get("latency_median_ms"))
-        if _ok(r.get("latency_iqr_ms")):
+        if finite(r.get("latency_iqr_ms")):
             lat += f" ± {fmt_ms(r['latency_iqr_ms'])}"
         over = fmt_ratio_pct(r.get("latency_overhead"))
         over_ci = _interval(r.get("latency_overhead_ci_low"), r.get("latency_overhead_ci_high"),
                             fmt_ratio_pct)
         top_ci = _interval(r.get("top1_ci_low"), r.get("top1_ci_high"), fmt_acc)
-        if _ok(r.get("top1_mean")) and not top_ci:
+        if finite(r.get("top1_mean")) and not top_ci:
             top_ci = "no CI: 1 seed" if r.get("n_learned") == 1 else ""
         cells = [
             _cell("params", fmt_count(r.get("params")), r.get("params")),
@@ -232,7 +206,7 @@ CEILING_TOP1 = 99.5
 def _at_ceiling(r: dict[str, Any], base: dict[str, Any]) -> list[str]:
     """["both at the ceiling ..."] when neither the variant nor the baseline has room above."""
     tops = (r.get("top1_mean"), base.get("top1_mean"))
-    if all(_ok(t) and t >= CEILING_TOP1 for t in tops):
+    if all(finite(t) and t >= CEILING_TOP1 for t in tops):
         return [f"both at the task's ceiling (≥ {CEILING_TOP1:g} % top-1): this data set "
                 "cannot separate them"]
     return []
@@ -241,11 +215,11 @@ def _at_ceiling(r: dict[str, Any], base: dict[str, Any]) -> list[str]:
 def _cost(r: dict[str, Any]) -> str:
     dev = _device_word(r.get("latency_device"))
     costs = []
-    if _ok(r.get("params_delta_pct")):
+    if finite(r.get("params_delta_pct")):
         costs.append(f"{fmt_pct(r['params_delta_pct'])} params")
-    if _ok(r.get("madds_delta_pct")):
+    if finite(r.get("madds_delta_pct")):
         costs.append(f"{fmt_pct(r['madds_delta_pct'])} MAdds")
-    if _ok(r.get("latency_overhead")):
+    if finite(r.get("latency_overhead")):
         costs.append(f"{fmt_ratio_pct(r['latency_overhead'])} {dev} latency".replace("  ", " "))
     return ", ".join(costs) if costs else "unknown cost"
 
@@ -254,7 +228,7 @@ def _delta_claim(r: dict[str, Any], cost: str) -> tuple[str, str]:
     """The paired top-1 claim (no final full stop) and its tone."""
     d, n = r["delta_top1_mean"], r.get("delta_n")
     lo, hi = r.get("delta_top1_ci_low"), r.get("delta_top1_ci_high")
-    if not (_ok(lo) and _ok(hi)):
+    if not (finite(lo) and finite(hi)):
         return f"{d:+.1f} top-1 for {cost} (one seed: no interval can be given)", "neutral"
     if lo <= 0 <= hi:
         return (f"no detectable difference in top-1 (Δ {d:+.1f}, 95% CI [{lo:+.1f}, {hi:+.1f}], "
@@ -267,7 +241,7 @@ def _ref_claim(r: dict[str, Any]) -> str:
     """The paired top-1 delta against the chosen reference, in the words of :func:`_delta_claim`."""
     d, n = r["ref_delta_top1_mean"], r.get("ref_delta_n")
     lo, hi = r.get("ref_delta_top1_ci_low"), r.get("ref_delta_top1_ci_high")
-    if not (_ok(lo) and _ok(hi)):
+    if not (finite(lo) and finite(hi)):
         return f"Δ {d:+.1f} top-1 (one seed: no interval can be given)"
     if lo <= 0 <= hi:
         return (f"no detectable difference (Δ {d:+.1f}, 95% CI [{lo:+.1f}, {hi:+.1f}], paired "
@@ -288,11 +262,11 @@ def verdict(r: dict[str, Any]) -> dict[str, str]:
         text, tone = f"{label}: costs {cost}; accuracy not measured (--no-train).", "neutral"
     elif str(r.get("status") or "").startswith(DID_NOT_LEARN):
         text = f"{label}: {_none_learned(r)}; no accuracy verdict; costs {cost}."
-    elif _ok(r.get("delta_top1_mean")):
+    elif finite(r.get("delta_top1_mean")):
         claim, tone = _delta_claim(r, cost)
         notes = _left_out(r) + _left_out(base, "baseline: ") + _at_ceiling(r, base)
         text = f"{label}: {claim}" + (f" ({'; '.join(notes)})" if notes else "") + "."
-        if _ok(r.get("ref_delta_top1_mean")):
+        if finite(r.get("ref_delta_top1_mean")):
             text += f" {label} vs {r['reference']}: {_ref_claim(r)}."
     elif str(base.get("status") or "").startswith(DID_NOT_LEARN):
         text = (f"{label}: no top-1 delta: the baseline {_none_learned(base)}, so there is "
@@ -330,7 +304,7 @@ def _metric_key(rows: list[dict], prefs: tuple[str, ...], needle: tuple[str, ...
     keys: list[str] = []
     for row in rows:
         for k, v in row.items():
-            if _ok(v) and k not in keys:
+            if finite(v) and k not in keys:
                 keys.append(k)
     for k in prefs:
         if k in keys:
@@ -359,7 +333,7 @@ def curve_series(rows: list[dict[str, Any]]) -> list[dict]:
             for m in per_seed:
                 for i, row in enumerate(m):
                     x = row.get("epoch", i + 1)
-                    if _ok(row.get(key)) and _ok(x):
+                    if finite(row.get(key)) and finite(x):
                         by_epoch.setdefault(float(x), []).append(float(row[key]))
             if not by_epoch:
                 continue
@@ -379,7 +353,7 @@ def latency_rows(rows: list[dict[str, Any]]) -> list[dict]:
     out = []
     for r in rows:
         rec = r["_run"].latency.get(r["variant"]) or {}
-        samples = [s for s in rec.get("samples_ms") or [] if _ok(s)]
+        samples = [s for s in rec.get("samples_ms") or [] if finite(s)]
         if samples:
             out.append({"_label": r["_label"], "_color": r["_color"], "samples": samples})
     return out
@@ -537,6 +511,7 @@ def build_context(runs: list[RunRecords]) -> dict[str, Any]:
         "any_train": any_train,
         "table": table_rows(rows),
         "reference": reference_of(rows),
+        "latency_forms": sorted({str(r["latency_form"]) for r in rows if r.get("latency_form")}),
         "seed_rows": seed_rows(rows),
         "figures": fig,
         "stages": stages,

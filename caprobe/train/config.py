@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from caprobe.errors import CaprobeError, require_positive
+from caprobe.io import to_jsonable
 
 #: Fields a recipe may fill in, per data set. The paper's ImageNet recipe (SGD Nesterov,
 #: cosine, label smoothing 0.1, weight decay 4e-5) scaled down to minutes on 2 CPU cores.
@@ -65,6 +66,10 @@ class TrainConfig:
     data_options: dict[str, Any] = field(default_factory=dict)
     image_size: int | None = None  # None: the data set's own size (imagenette: 128)
     train_subset: int | None = None
+    #: test images of the per-epoch evaluations before the last (a fixed class-balanced
+    #: slice, the same for every seed and variant: curves only); the last epoch always
+    #: evaluates the whole test set. None: every epoch on the whole test set
+    curve_subset: int | None = None
     # schedule
     epochs: int | None = None
     steps: int | None = None  # total optimiser steps; overrides epochs when given
@@ -89,7 +94,7 @@ class TrainConfig:
                 "image_size": self.image_size, **(self.data_options or {})}
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return to_jsonable(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
@@ -99,14 +104,6 @@ class TrainConfig:
             raise CaprobeError(f"unknown training option(s) {', '.join(unknown)}; valid: "
                                f"{', '.join(sorted(names))}")
         return cls(**raw)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def recipe_for(data: str) -> dict[str, Any]:
@@ -123,8 +120,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     if c.image_size is not None and "image_size" in c.data_options:
         raise CaprobeError("the image size is given twice; pass --image-size N only, not also "
                            "--data-option image_size=N")
-    for name in ("epochs", "steps", "batch_size", "train_subset", "threads", "eval_batch_size",
-                 "image_size"):
+    for name in ("epochs", "steps", "batch_size", "train_subset", "curve_subset", "threads",
+                 "eval_batch_size", "image_size"):
         value = getattr(c, name)
         if value is None:
             continue

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from caprobe.errors import CaprobeError
-from caprobe.io import atomic_write_text, read_json, read_jsonl, write_json
+from caprobe.io import atomic_write_text, read_json, read_jsonl, to_jsonable, write_json
 from caprobe.runtime import torch_threads
 from caprobe.stats import chance_top1, did_learn
 from caprobe.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
@@ -58,23 +58,12 @@ class RunResult:
     learned: bool | None = None  # caprobe.stats.did_learn; None unless finished
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _finite(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return to_jsonable(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunResult:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names})
-
-
-def _finite(value: Any) -> Any:
-    """NaN / inf → None so every record is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _stream_seed(seed: int, purpose: str) -> int:
@@ -91,18 +80,16 @@ def _data_api():
 # --------------------------------------------------------------------------- device
 
 
-def resolve_device(device: str, amp: str | None) -> str:
-    import torch
+def training_device(device: str, amp: str | None) -> str:
+    """The device a training runs on (:func:`caprobe.runtime.resolve_device`), checked against
+    the mixed-precision choice."""
+    from caprobe.runtime import resolve_device
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CaprobeError("--device cuda was asked for but no CUDA GPU is available; use "
-                           "--device cpu or auto")
-    if amp == "fp16" and not device.startswith("cuda"):
+    resolved = resolve_device(device)
+    if amp == "fp16" and not resolved.startswith("cuda"):
         raise CaprobeError("--amp fp16 needs a CUDA device; on CPU use --amp bf16 or leave "
                            "--amp off")
-    return device
+    return resolved
 
 
 def _autocast(device: str, amp: str | None):
@@ -149,13 +136,17 @@ def evaluate(model, images, labels, *, num_classes: int, mean, std, device: str,
              batch_size: int, amp: str | None = None, channels_last: bool = False,
              to_input: Callable | None = None) -> dict[str, Any]:
     """Loss (plain cross-entropy), top-1, top-5 (more than 5 classes) and per-class
-    accuracy (percent) of ``model`` on uint8 ``images``."""
+    accuracy (percent) of ``model`` on uint8 ``images``, evaluated in its deployed form
+    (:func:`caprobe.deploy`, a copy: the model as it ships, and the faster one); ``model``
+    itself is left as it was."""
     import torch
     import torch.nn.functional as F
 
+    from caprobe.deployment import deploy
+
     to_input = to_input or _data_api().to_input
-    was_training = model.training
-    model.eval()
+    with torch.no_grad():
+        model = deploy(model)
     n = int(labels.shape[0])
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct1 = torch.zeros((), dtype=torch.int64, device=device)
@@ -183,7 +174,6 @@ def evaluate(model, images, labels, *, num_classes: int, mean, std, device: str,
             if num_classes > 5:
                 top5 = logits.topk(5, dim=1).indices
                 correct5 += (top5 == y[:, None]).any(1).sum()
-    model.train(was_training)
     denom = max(n, 1)
     totals = per_class_total.tolist()
     return {
@@ -199,7 +189,7 @@ def evaluate(model, images, labels, *, num_classes: int, mean, std, device: str,
 
 
 def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
-    text = "".join(json.dumps(_finite(r)) + "\n" for r in rows)
+    text = "".join(json.dumps(to_jsonable(r)) + "\n" for r in rows)
     atomic_write_text(run_dir / METRICS_FILE, text)
 
 
@@ -286,7 +276,7 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
             raise CaprobeError(f"{run_dir} is not a caprobe training run (no {CONFIG_FILE}); "
                                "nothing to resume")
 
-    device = resolve_device(config.device, config.amp)
+    device = training_device(config.device, config.amp)
     data_api = _data_api()
     dataset = data_api.load_dataset(config.data, **config.dataset_kwargs())
     cfg = resolve(config, image_size=int(dataset.image_size), device=device)
@@ -324,19 +314,116 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
         return _run(cfg, model, dataset, data_api, device, run_dir, state, progress, on_epoch)
 
 
-def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path | None,
-         state: dict | None, progress: Any, on_epoch) -> RunResult:
+@dataclass
+class _Training:
+    """What one training works with, fixed once set up: the resolved config, the data in
+    memory (uint8, on the GPU when it fits), the sizes of the schedule, the model and its
+    optimiser, and the seeded random streams."""
+
+    cfg: TrainConfig
+    model: Any
+    dataset: Any
+    data_api: Any
+    device: str
+    run_dir: Path | None
+    env: dict[str, Any]
+    train_images: Any
+    train_labels: Any
+    test: tuple[Any, Any]  # images, labels: the whole test set (the last epoch's evaluation)
+    curve: tuple[Any, Any]  # the slice the epochs before the last evaluate (--curve-subset)
+    resident: bool
+    batch: int
+    steps_per_epoch: int
+    total_steps: int
+    n_epochs: int
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    criterion: Any
+    g_order: Any
+    g_aug: Any
+    eval_kwargs: dict[str, Any]
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.dataset.classes)
+
+
+@dataclass
+class TrainState:
+    """Where a training stands. With the model, optimiser, scheduler, scaler and random
+    streams of its :class:`_Training` this is what a checkpoint holds: one schema, written by
+    :meth:`to_checkpoint` and read by :meth:`from_checkpoint`."""
+
+    epoch: int = 0
+    step: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl, one per epoch
+    wall_before_s: float = 0.0  # wall time of the sessions before this one
+    train_time_s: float = 0.0
+    data_time_s: float = 0.0
+    images_seen: int = 0
+    last_eval: dict[str, Any] = field(default_factory=dict)  # the latest evaluation (not saved)
+
+    def to_checkpoint(self, t: _Training, wall_time_s: float) -> dict[str, Any]:
+        import torch
+
+        return {
+            "epoch": self.epoch, "step": self.step, "model": t.model.state_dict(),
+            "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+            "scaler": t.scaler.state_dict() if t.scaler is not None else None,
+            "rng": {"order": t.g_order.get_state(), "augment": t.g_aug.get_state(),
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(torch.device(t.device)) if t.cuda
+                    else None},
+            "metrics": to_jsonable(self.rows),
+            "wall_time_s": wall_time_s, "train_time_s": self.train_time_s,
+            "data_time_s": self.data_time_s, "images_seen": self.images_seen,
+            "data_checksum": t.dataset.checksum, "num_classes": len(t.classes),
+            "classes": t.classes,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any], t: _Training) -> TrainState:
+        """The state a checkpoint holds; the model, optimiser, scheduler, scaler and random
+        streams of ``t`` are restored in place."""
+        import torch
+
+        t.model.load_state_dict(saved["model"])
+        t.optimizer.load_state_dict(saved["optimizer"])
+        t.scheduler.load_state_dict(saved["scheduler"])
+        if t.scaler is not None and saved.get("scaler") is not None:
+            t.scaler.load_state_dict(saved["scaler"])
+        rng = saved["rng"]
+        t.g_order.set_state(rng["order"])
+        t.g_aug.set_state(rng["augment"])
+        torch.set_rng_state(rng["torch"])
+        if t.cuda and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], torch.device(t.device))
+        rows = list(saved["metrics"])
+        return cls(epoch=int(saved["epoch"]), step=int(saved["step"]), rows=rows,
+                   wall_before_s=float(saved["wall_time_s"]),
+                   train_time_s=float(saved["train_time_s"]),
+                   data_time_s=float(saved["data_time_s"]),
+                   images_seen=int(saved["images_seen"]),
+                   last_eval={k: rows[-1].get(k) for k in ("test_loss", "test_top1",
+                                                           "test_top5")} if rows else {})
+
+
+def _setup(cfg: TrainConfig, model, dataset, data_api, device: str,
+           run_dir: Path | None) -> _Training:
+    """Data (a seeded class-balanced subset, kept in memory as uint8), schedule sizes, the
+    model on its device and memory format, optimiser, scaler, loss and random streams."""
     import torch
 
-    from caprobe.train.display import Bar
     from caprobe.train.optim import build_optimizer
 
     cuda = device.startswith("cuda")
-    threads = torch.get_num_threads()
-    env = _environment(device, threads)
+    env = _environment(device, torch.get_num_threads())
     env["data_source"] = getattr(dataset, "source", None)
-
-    # --- data: a class-balanced subset (seeded), kept in memory as uint8
     train_images, train_labels = dataset.train.images, dataset.train.labels
     if cfg.train_subset is not None and cfg.train_subset < len(train_labels):
         idx = data_api.balanced_subset(train_labels, cfg.train_subset,
@@ -348,53 +435,178 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
     batch = min(cfg.batch_size, n_train)
     steps_per_epoch = max(1, n_train // batch)  # drop the last partial batch
     total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
-    n_epochs = math.ceil(total_steps / steps_per_epoch)
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    test_images, test_labels = dataset.test.images, dataset.test.labels
-    resident = cuda and _fits_on_gpu(train_images, test_images, device)
+    test = (dataset.test.images, dataset.test.labels)
+    curve = test
+    if cfg.curve_subset is not None and cfg.curve_subset < len(test[1]):
+        idx = data_api.balanced_subset(test[1], cfg.curve_subset, _stream_seed(0, "curve"))
+        curve = (test[0][idx], test[1][idx])
+    resident = cuda and _fits_on_gpu(train_images, test[0], device)
     if resident:  # uint8 sets live on the GPU: indexing and augmentation run there too
         train_images, train_labels = train_images.to(device), train_labels.to(device)
-        test_images, test_labels = test_images.to(device), test_labels.to(device)
-    mean, std = dataset.mean, dataset.std
-    policy = dataset.augment
-    classes = list(dataset.classes)
-    num_classes = len(classes)
+        whole = curve is test
+        test = tuple(x.to(device) for x in test)
+        curve = test if whole else tuple(x.to(device) for x in curve)
 
-    # --- model, optimiser, RNG streams
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = build_optimizer(
         model, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay, total_steps=total_steps, warmup_steps=warmup_steps)
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        weight_decay=cfg.weight_decay, total_steps=total_steps,
+        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch))
     g_order = torch.Generator().manual_seed(_stream_seed(cfg.seed, "order"))
     g_aug = torch.Generator().manual_seed(_stream_seed(cfg.seed, "augment"))
     torch.manual_seed(_stream_seed(cfg.seed, "dropout"))  # inside fork_rng: caller unaffected
+    return _Training(
+        cfg=cfg, model=model, dataset=dataset, data_api=data_api, device=device,
+        run_dir=run_dir, env=env, train_images=train_images, train_labels=train_labels,
+        test=test, curve=curve, resident=resident, batch=batch,
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        n_epochs=math.ceil(total_steps / steps_per_epoch), optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None,
+        criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        g_order=g_order, g_aug=g_aug,
+        eval_kwargs=dict(num_classes=len(dataset.classes), mean=dataset.mean, std=dataset.std,
+                         device=device, batch_size=cfg.eval_batch_size, amp=cfg.amp,
+                         channels_last=cfg.channels_last, to_input=data_api.to_input))
 
-    epoch, step = 0, 0
-    rows: list[dict] = []
-    wall_before, train_time, data_time, images_seen = 0.0, 0.0, 0.0, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler") is not None:
-            scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        g_order.set_state(rng["order"])
-        g_aug.set_state(rng["augment"])
-        torch.set_rng_state(rng["torch"])
-        if cuda and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"], torch.device(device))
-        epoch, step = int(state["epoch"]), int(state["step"])
-        rows = list(state["metrics"])
-        wall_before = float(state["wall_time_s"])
-        train_time = float(state["train_time_s"])
-        data_time = float(state["data_time_s"])
-        images_seen = int(state["images_seen"])
-    if state is not None and step >= total_steps and run_dir is not None:
+
+def _train_epoch(t: _Training, state: TrainState, bar) -> dict[str, Any]:  # noqa: ANN001
+    """One pass over a fresh permutation (or what is left of the schedule): ``state.step``
+    advances per step; the epoch's counters are added to ``state`` at its end. Raises
+    :class:`_Diverged` when the running loss stops being finite."""
+    import torch
+
+    cfg, device = t.cfg, t.device
+    check_every = 1 if not t.cuda else 25  # a host sync per check: rare on CUDA
+    epoch_start = time.perf_counter()
+    order = torch.randperm(int(t.train_labels.shape[0]), generator=t.g_order)
+    steps_now = min(t.steps_per_epoch, t.total_steps - state.step)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen, ep_data, lr_used = 0, 0.0, None
+    for i in range(steps_now):
+        t0 = time.perf_counter()
+        idx = order[i * t.batch:(i + 1) * t.batch]
+        if t.resident:
+            idx = idx.to(device, non_blocking=True)
+        x = t.data_api.augment_batch(t.train_images[idx], policy=t.dataset.augment,
+                                     generator=t.g_aug, mean=t.dataset.mean,
+                                     std=t.dataset.std)
+        y = t.train_labels[idx]
+        if t.cuda and not t.resident:  # pinned staging, copy overlapped with compute
+            x = x.pin_memory().to(device, non_blocking=True)
+            y = y.pin_memory().to(device, non_blocking=True)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        t1 = time.perf_counter()
+        with _autocast(device, cfg.amp):
+            logits = t.model(x)
+        loss = t.criterion(logits.float(), y)
+        t.optimizer.zero_grad(set_to_none=True)
+        if t.scaler is not None:
+            t.scaler.scale(loss).backward()
+            t.scaler.step(t.optimizer)
+            t.scaler.update()
+        else:
+            loss.backward()
+            t.optimizer.step()
+        lr_used = t.optimizer.param_groups[0]["lr"]
+        t.scheduler.step()
+        state.step += 1
+        seen += int(y.shape[0])
+        loss_sum += loss.detach().double() * y.shape[0]
+        correct += (logits.detach().argmax(1) == y).sum()
+        ep_data += t1 - t0
+        if (i + 1) % check_every == 0 or i + 1 == steps_now:
+            running = float(loss_sum) / seen
+            if not math.isfinite(running):
+                raise _Diverged(f"the training loss became {running} at epoch "
+                                f"{state.epoch + 1} step {state.step}; lower --lr (was "
+                                f"{cfg.lr})")
+            bar.update(step=state.step, epoch=state.epoch + 1, epochs=t.n_epochs, loss=running,
+                       acc=100.0 * int(correct) / seen,
+                       ips=seen / max(time.perf_counter() - epoch_start, 1e-9))
+    if t.cuda:
+        torch.cuda.synchronize()
+    ep_train = time.perf_counter() - epoch_start
+    state.train_time_s += ep_train
+    state.data_time_s += ep_data
+    state.images_seen += seen
+    state.epoch += 1
+    return {"start": epoch_start, "train_loss": float(loss_sum) / seen,
+            "train_acc": 100.0 * int(correct) / seen, "lr": lr_used, "seen": seen,
+            "train_time_s": ep_train, "data_time_s": ep_data}
+
+
+def _evaluate_epoch(t: _Training, state: TrainState) -> tuple[dict[str, Any], int]:
+    """The epoch's evaluation (the curve slice; the whole test set after the last step),
+    kept as ``state.last_eval``; returns it and the number of images evaluated."""
+    images, labels = t.test if state.step >= t.total_steps else t.curve
+    state.last_eval = evaluate(t.model, images, labels, **t.eval_kwargs)
+    return state.last_eval, int(labels.shape[0])
+
+
+def _epoch_row(state: TrainState, ep: dict[str, Any], ev: dict[str, Any], n_eval: int,
+               started: float) -> dict[str, Any]:
+    """The epoch's line of ``metrics.jsonl``."""
+    ep_train = ep["train_time_s"]
+    return {
+        "epoch": state.epoch, "step": state.step,
+        "train_loss": ep["train_loss"], "train_acc": ep["train_acc"],
+        "test_loss": ev["test_loss"], "test_top1": ev["test_top1"],
+        "test_top5": ev["test_top5"], "eval_images": n_eval,
+        "lr": ep["lr"],  # of the epoch's last step
+        "epoch_time_s": round(time.perf_counter() - ep["start"], 4),
+        "train_time_s": round(ep_train, 4),
+        "images_per_s": round(ep["seen"] / ep_train, 2) if ep_train > 0 else None,
+        "data_wait_share": round(ep["data_time_s"] / ep_train, 5) if ep_train > 0 else None,
+        "elapsed_s": round(state.wall_before_s + time.perf_counter() - started, 3),
+    }
+
+
+def _result(t: _Training, state: TrainState, started: float, status: str,
+            error: str | None = None, train_loss: float | None = None,
+            train_acc: float | None = None, per_class=None) -> RunResult:  # noqa: ANN001
+    """The run's :class:`RunResult`, also written as ``result.json`` in its folder."""
+    rows, last = state.rows, state.last_eval
+    finished = status == "finished"
+    top1 = last.get("test_top1") if finished else None
+    num_classes = len(t.classes)
+    res = RunResult(
+        status=status,
+        top1=top1,
+        top5=last.get("test_top5") if finished else None,
+        test_loss=last.get("test_loss") if finished else None,
+        train_loss=train_loss if train_loss is not None else
+        (rows[-1]["train_loss"] if rows else None),
+        train_acc=train_acc if train_acc is not None else
+        (rows[-1]["train_acc"] if rows else None),
+        per_class_acc=dict(zip(t.classes, per_class, strict=True)) if per_class else {},
+        epochs_done=state.epoch, steps_done=state.step,
+        wall_time_s=round(state.wall_before_s + time.perf_counter() - started, 3),
+        images_per_s=(round(state.images_seen / state.train_time_s, 2)
+                      if state.train_time_s > 0 else None),
+        data_checksum=t.dataset.checksum, env=t.env,
+        run_dir=str(t.run_dir) if t.run_dir is not None else None, error=error,
+        data_wait_share=(round(state.data_time_s / state.train_time_s, 5)
+                         if state.train_time_s > 0 else None),
+        chance_top1=chance_top1(num_classes),
+        learned=did_learn(top1, num_classes, [r["train_loss"] for r in rows]),
+    )
+    if t.run_dir is not None:
+        write_json(t.run_dir / RESULT_FILE, res.to_dict())
+    return res
+
+
+def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path | None,
+         saved: dict | None, progress: Any, on_epoch) -> RunResult:
+    from caprobe.train.display import Bar
+
+    t = _setup(cfg, model, dataset, data_api, device, run_dir)
+    state = TrainState.from_checkpoint(saved, t) if saved is not None else TrainState()
+    if saved is not None and state.step >= t.total_steps and run_dir is not None:
         try:  # resuming a run that already finished: nothing to train, keep its record
             done = RunResult.from_dict(read_json(run_dir / RESULT_FILE))
             if done.status == "finished":
@@ -402,147 +614,37 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
         except (OSError, json.JSONDecodeError, TypeError):
             pass
     if run_dir is not None:
-        _write_metrics(run_dir, rows)  # drop rows of epochs after the checkpoint
-
-    last_eval: dict[str, Any] = {}
-    if rows:
-        last_eval = {k: rows[-1].get(k) for k in ("test_loss", "test_top1", "test_top5")}
+        _write_metrics(run_dir, state.rows)  # drop rows of epochs after the checkpoint
     started = time.perf_counter()
-
-    def result(status: str, error: str | None = None, train_loss=None, train_acc=None,
-               per_class=None) -> RunResult:
-        top1 = last_eval.get("test_top1") if status == "finished" else None
-        res = RunResult(
-            status=status,
-            top1=top1,
-            top5=last_eval.get("test_top5") if status == "finished" else None,
-            test_loss=last_eval.get("test_loss") if status == "finished" else None,
-            train_loss=train_loss if train_loss is not None else
-            (rows[-1]["train_loss"] if rows else None),
-            train_acc=train_acc if train_acc is not None else
-            (rows[-1]["train_acc"] if rows else None),
-            per_class_acc=dict(zip(classes, per_class, strict=True)) if per_class else {},
-            epochs_done=epoch, steps_done=step,
-            wall_time_s=round(wall_before + time.perf_counter() - started, 3),
-            images_per_s=round(images_seen / train_time, 2) if train_time > 0 else None,
-            data_checksum=dataset.checksum, env=env,
-            run_dir=str(run_dir) if run_dir is not None else None, error=error,
-            data_wait_share=round(data_time / train_time, 5) if train_time > 0 else None,
-            chance_top1=chance_top1(num_classes),
-            learned=did_learn(top1, num_classes, [r["train_loss"] for r in rows]),
-        )
-        if run_dir is not None:
-            write_json(run_dir / RESULT_FILE, res.to_dict())
-        return res
-
-    label = model.name if hasattr(model, "name") else cfg.model
-    bar = Bar(progress, f"{label} s{cfg.seed}", total_steps, step)
-    eval_kwargs = dict(num_classes=num_classes, mean=mean, std=std, device=device,
-                       batch_size=cfg.eval_batch_size, amp=cfg.amp,
-                       channels_last=cfg.channels_last, to_input=data_api.to_input)
-    check_every = 1 if not cuda else 25  # a host sync per check: rare on CUDA
-    saved = (epoch, step)  # what the checkpoint on disk holds
+    label = t.model.name if hasattr(t.model, "name") else cfg.model
+    bar = Bar(progress, f"{label} s{cfg.seed}", t.total_steps, state.step)
+    checkpointed = (state.epoch, state.step)  # what the checkpoint on disk holds
     try:
-        model.train()
-        while step < total_steps:
-            epoch_start = time.perf_counter()
-            order = torch.randperm(n_train, generator=g_order)
-            steps_now = min(steps_per_epoch, total_steps - step)
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            seen = 0
-            ep_data = 0.0
-            for i in range(steps_now):
-                t0 = time.perf_counter()
-                idx = order[i * batch:(i + 1) * batch]
-                if resident:
-                    idx = idx.to(device, non_blocking=True)
-                x = data_api.augment_batch(train_images[idx], policy=policy, generator=g_aug,
-                                           mean=mean, std=std)
-                y = train_labels[idx]
-                if cuda and not resident:  # pinned staging, copy overlapped with compute
-                    x = x.pin_memory().to(device, non_blocking=True)
-                    y = y.pin_memory().to(device, non_blocking=True)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                t1 = time.perf_counter()
-                with _autocast(device, cfg.amp):
-                    logits = model(x)
-                loss = criterion(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                lr_used = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                step += 1
-                seen += int(y.shape[0])
-                loss_sum += loss.detach().double() * y.shape[0]
-                correct += (logits.detach().argmax(1) == y).sum()
-                ep_data += t1 - t0
-                if (i + 1) % check_every == 0 or i + 1 == steps_now:
-                    running = float(loss_sum) / seen
-                    if not math.isfinite(running):
-                        raise _Diverged(f"the training loss became {running} at epoch "
-                                        f"{epoch + 1} step {step}; lower --lr (was {cfg.lr})")
-                    bar.update(step=step, epoch=epoch + 1, epochs=n_epochs, loss=running,
-                               acc=100.0 * int(correct) / seen,
-                               ips=seen / max(time.perf_counter() - epoch_start, 1e-9))
-            if cuda:
-                torch.cuda.synchronize()
-            ep_train = time.perf_counter() - epoch_start
-            train_time += ep_train
-            data_time += ep_data
-            images_seen += seen
-            epoch += 1
-            ev = evaluate(model, test_images, test_labels, **eval_kwargs)
-            last_eval = ev
-            row = {
-                "epoch": epoch, "step": step,
-                "train_loss": float(loss_sum) / seen, "train_acc": 100.0 * int(correct) / seen,
-                "test_loss": ev["test_loss"], "test_top1": ev["test_top1"],
-                "test_top5": ev["test_top5"], "lr": lr_used,  # of the epoch's last step
-                "epoch_time_s": round(time.perf_counter() - epoch_start, 4),
-                "train_time_s": round(ep_train, 4),
-                "images_per_s": round(seen / ep_train, 2) if ep_train > 0 else None,
-                "data_wait_share": round(ep_data / ep_train, 5) if ep_train > 0 else None,
-                "elapsed_s": round(wall_before + time.perf_counter() - started, 3),
-            }
-            rows.append(row)
+        t.model.train()
+        while state.step < t.total_steps:
+            ep = _train_epoch(t, state, bar)
+            ev, n_eval = _evaluate_epoch(t, state)
+            row = _epoch_row(state, ep, ev, n_eval, started)
+            state.rows.append(row)
             if run_dir is not None:
-                save_checkpoint(run_dir / CHECKPOINT, {
-                    "epoch": epoch, "step": step, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "rng": {"order": g_order.get_state(), "augment": g_aug.get_state(),
-                            "torch": torch.get_rng_state(),
-                            "cuda": torch.cuda.get_rng_state(torch.device(device))
-                            if cuda else None},
-                    "metrics": _finite(rows),
-                    "wall_time_s": wall_before + time.perf_counter() - started,
-                    "train_time_s": train_time, "data_time_s": data_time,
-                    "images_seen": images_seen, "data_checksum": dataset.checksum,
-                    "num_classes": num_classes, "classes": classes,
-                })
-                _write_metrics(run_dir, rows)
-            saved = (epoch, step)
-            bar.update(step=step, epoch=epoch, epochs=n_epochs, loss=row["train_loss"],
-                       acc=row["train_acc"], ips=row["images_per_s"],
+                wall = state.wall_before_s + time.perf_counter() - started
+                save_checkpoint(run_dir / CHECKPOINT, state.to_checkpoint(t, wall))
+                _write_metrics(run_dir, state.rows)
+            checkpointed = (state.epoch, state.step)
+            bar.update(step=state.step, epoch=state.epoch, epochs=t.n_epochs,
+                       loss=row["train_loss"], acc=row["train_acc"], ips=row["images_per_s"],
                        test_top1=ev["test_top1"])
             if on_epoch is not None:
                 on_epoch(dict(row))
-        return result("finished", per_class=last_eval.get("per_class"))
+        return _result(t, state, started, "finished", per_class=state.last_eval.get("per_class"))
     except _Diverged as exc:
-        return result("diverged", error=str(exc), train_loss=float("nan"))
+        return _result(t, state, started, "diverged", error=str(exc), train_loss=float("nan"))
     except KeyboardInterrupt:
         # the checkpoint of the last finished epoch stays; the counters say where it is
-        epoch, step = saved
+        state.epoch, state.step = checkpointed
         with contextlib.suppress(Exception):
-            result("interrupted", error="interrupted by the user; resume with --resume")
+            _result(t, state, started, "interrupted",
+                    error="interrupted by the user; resume with --resume")
         raise
     except CaprobeError:
         raise
@@ -554,6 +656,7 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
         if run_dir is not None:
             with contextlib.suppress(Exception):
                 atomic_write_text(run_dir / ERROR_FILE, traceback.format_exc())
-        return result("failed", error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+        return _result(t, state, started, "failed",
+                       error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
     finally:
         bar.close()
