@@ -75,7 +75,7 @@ SMOKE_BUDGET = ("--seeds", "2", "--epochs", "2", "--train-subset", "1536", "--wi
 #: about 3 for evaluating each run on the 10,000 test images at the end (the first epoch's
 #: curve point on a fixed 1,000-image slice, --curve-subset) and 2 for counts, latency and
 #: data: ~60 minutes, 15 to spare for a slow machine. (The first night, 2026-12-01, ran
-#: before --curve-subset and evaluated both epochs on all 10,000 images: NIGHT_MINUTES.)
+#: before --curve-subset and evaluated both epochs on all 10,000 images: 62 minutes.)
 #: The seed spread this gives is measured by the night (README); with 3 seeds the paired
 #: 95 % half-width is t(0.975, 2) / sqrt(3) = 2.48 times the sd of the paired differences,
 #: so a half-width of 1.5 points needs that sd at or below 0.6 points.
