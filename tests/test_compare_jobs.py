@@ -198,8 +198,11 @@ def test_jobs_2_gives_the_results_of_jobs_1(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_stops_the_workers_and_resume_finishes_the_rest(tmp_path, monkeypatch):
     out = tmp_path / "run"
+    # 40 steps a piece (20 epochs of 2 steps, a checkpoint each): the pieces still running
+    # when the first one finishes need seconds, not milliseconds, so the signal always lands
+    # while work is left (with 4 steps the whole plan could finish first on a fast machine)
     args = ["compare", "--attn", "ca", "--jobs", "2", "--out", str(out), "--json",
-            *_tiny(seeds=2)]
+            *_tiny(steps=40, seeds=2)]
     proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=_env(tmp_path))
     deadline = time.monotonic() + 120
