@@ -198,13 +198,14 @@ def test_jobs_2_gives_the_results_of_jobs_1(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_stops_the_workers_and_resume_finishes_the_rest(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    # 40 steps a piece (20 epochs of 2 steps, a checkpoint each): the pieces still running
-    # when the first one finishes need seconds, not milliseconds, so the signal always lands
-    # while work is left (with 4 steps the whole plan could finish first on a fast machine)
     args = ["compare", "--attn", "ca", "--jobs", "2", "--out", str(out), "--json",
-            *_tiny(steps=40, seeds=2)]
+            *_tiny(seeds=2)]
+    # a command started in the background by a non-interactive shell inherits SIGINT as
+    # ignored (POSIX), and Python then installs no KeyboardInterrupt handler: restore the
+    # default so that the signal means Ctrl-C however the test suite itself was started
     proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env(tmp_path))
+                            text=True, env=_env(tmp_path),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not _results_of_pieces(out) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
