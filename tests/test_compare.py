@@ -207,3 +207,11 @@ def test_reference_must_be_a_known_variant(tmp_path):
     assert result.exit_code == 2
     assert "unknown attention 'sse'" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_latency_device_is_refused_before_anything_is_written(tmp_path):
+    result = runner.invoke(app, ["compare", "--attn", "ca", "--latency-device", "tpu",
+                                 *CLI_ARGS, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "unknown device 'tpu'" in result.output
+    assert not (tmp_path / "run").exists()

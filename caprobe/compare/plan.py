@@ -115,6 +115,10 @@ def validate(options: CompareOptions) -> CompareOptions:
     if options.latency_form not in FORMS:
         raise CaprobeError(f"latency form {options.latency_form!r} is unknown; choose one of "
                            f"{', '.join(FORMS)}")
+    if options.latency_device is not None:  # before anything is written, like --device
+        from caprobe.runtime import resolve_device
+
+        resolve_device(options.latency_device)
     if options.map_images < 0:
         raise CaprobeError(f"map_images must be >= 0, got {options.map_images}")
     if not isinstance(options.reference, str) or not options.reference.strip():
