@@ -167,7 +167,6 @@ def loop_main(argv: list[str]) -> int:
     return 0
 
 
-
 #: Step-time targets relative to ``none`` (issue 11) and the CA memory target.
 TIME_TARGETS = {"se": 1.15, "cbam": 1.30, "ca": 1.20}
 CA_MEMORY_TARGET = 1.15

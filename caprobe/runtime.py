@@ -119,7 +119,6 @@ def environmental_cause(exc: BaseException) -> tuple[str, str]:
     return " ".join(str(exc).split()) or type(exc).__name__, "check the machine"
 
 
-
 def failure_line(cause: str, fix: str, where: str, then: str) -> str:
     """The one line for a failure of the machine: ``"<cause> while <where>; <fix>, then
     <then>"``, e.g. ``no space left on device while training ca seed 0 (...); free space,

@@ -7,7 +7,6 @@ instant.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import typer
@@ -15,7 +14,7 @@ import typer
 from caprobe.cli.app import app
 from caprobe.cli.options import multi_value_command, parse_input_size
 from caprobe.errors import CaprobeError, require_positive
-from caprobe.formatting import fmt_ms
+from caprobe.formatting import fmt_ms, fmt_number
 
 # Options that take several space-separated values: ``--attn none se ca --batch 1 32``.
 _MultiValueCommand = multi_value_command("--model", "-m", "--attn", "-a", "--batch", "-b")
@@ -65,7 +64,7 @@ def _table(results, title: str):
             ci = (f"{r.overhead_ci[0]:.3f}-{r.overhead_ci[1]:.3f}" if r.overhead_ci
                   else "too few runs")
         table.add_row(r.label, _ms(r.median_ms), _ms(r.iqr_ms), _ms(r.p90_ms),
-                      "-" if not math.isfinite(r.cv) else f"{100 * r.cv:.1f}%",
+                      fmt_number(100 * r.cv, ".1f", unit="%", missing="-"),
                       f"{r.images_per_s:,.1f}", over, ci, str(r.n))
     return table
 
@@ -117,7 +116,8 @@ def bench(
 
     import caprobe
     from caprobe.io import to_jsonable, write_json
-    from caprobe.measure.latency import resolve_device, resolve_dtype, time_variants
+    from caprobe.measure.latency import resolve_dtype, time_variants
+    from caprobe.runtime import resolve_device
 
     dev = resolve_device(device)
     dkey = resolve_dtype(dtype, dev)

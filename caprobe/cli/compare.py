@@ -12,7 +12,7 @@ import typer
 from caprobe.cli.app import app
 from caprobe.cli.options import multi_value_command, parse_key_values
 from caprobe.errors import CaprobeError
-from caprobe.formatting import fmt_count, fmt_number, fmt_pct
+from caprobe.formatting import finite, fmt_count, fmt_number, fmt_pct, fmt_ratio_pct
 
 _OPTION_NAMES = {  # CLI parameter -> CompareOptions field
     "model": "model", "attn": "attn", "reference": "reference", "width": "width",
@@ -188,10 +188,9 @@ def _print_summary(outcome) -> None:  # noqa: ANN001
     table.add_column("status", overflow="fold", max_width=13)
     errors = []
     for r in outcome.results["aggregates"]:
-        over = r.get("latency_overhead")
         lat = fmt_number(r.get("latency_median_ms"), ".2f") + " ms"
-        if isinstance(over, (int, float)):
-            lat += f"\n{fmt_pct(100 * (over - 1), missing='')}"
+        if finite(r.get("latency_overhead")):
+            lat += f"\n{fmt_ratio_pct(r['latency_overhead'])}"
         top = fmt_number(r.get("top1_mean"), ".2f")
         if r.get("top1_ci_low") is not None:
             top += f"\n± {(r['top1_ci_high'] - r['top1_ci_low']) / 2:.2f}"
