@@ -137,7 +137,6 @@ class WorkerPool:
                                              initializer=_init_worker, initargs=(threads,))
         self._on_progress = on_progress
         self._pieces: dict[int, str] = {}  # worker pid -> key of the piece it is training
-        self._forced: set[int] = set()  # workers stop() had to kill
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -174,12 +173,11 @@ class WorkerPool:
             if process.exitcode is None:
                 process.terminate()
         deadline = time.monotonic() + STOP_GRACE_S
-        for pid, process in workers.items():
+        for process in workers.values():
             process.join(max(0.0, deadline - time.monotonic()))
             if process.exitcode is None:
                 process.kill()
                 process.join()
-                self._forced.add(pid)
 
     def _workers(self) -> dict[int, multiprocessing.Process]:
         # the executor's own table of its processes: Python < 3.14 has no public way to
@@ -200,12 +198,17 @@ class WorkerPool:
                 self._on_progress(key, kind, fields)
 
     def _failure(self, error: BaseException) -> BaseException:
-        self.stop()
         if not isinstance(error, BrokenProcessPool):
+            self.stop()
             return error
+        # the exit codes before stop(): a worker killed from outside may not be reaped yet,
+        # and stop() would then count it among the ones it had to kill itself
+        codes = {}
+        for pid, process in self._workers().items():
+            process.join(timeout=0.2)
+            codes[pid] = process.exitcode
+        self.stop()
         self._pump()  # a start event may still be on its way
         stopped = (None, 0, STOPPED, -signal.SIGTERM)
-        deaths = [(self._pieces.get(pid), process.exitcode)
-                  for pid, process in self._workers().items()
-                  if process.exitcode not in stopped and pid not in self._forced]
-        return WorkerDied(deaths)
+        return WorkerDied([(self._pieces.get(pid), code) for pid, code in codes.items()
+                           if code not in stopped])
