@@ -201,12 +201,15 @@ class WorkerPool:
         if not isinstance(error, BrokenProcessPool):
             self.stop()
             return error
-        # the exit codes before stop(): a worker killed from outside may not be reaped yet,
-        # and stop() would then count it among the ones it had to kill itself
-        codes = {}
-        for pid, process in self._workers().items():
-            process.join(timeout=0.2)
-            codes[pid] = process.exitcode
+        # The executor's manager thread reaps every worker after a break (it terminates the
+        # rest and joins them all): read the exit codes once it is done. Polling them
+        # beside it races its waitpid() and reads None for a worker it has just reaped (a
+        # CI flake); stopping first would count a killed worker among the ones stop() killed.
+        workers = self._workers()
+        manager = self._executor._executor_manager_thread
+        if manager is not None:
+            manager.join(STOP_GRACE_S)
+        codes = {pid: process.exitcode for pid, process in workers.items()}
         self.stop()
         self._pump()  # a start event may still be on its way
         stopped = (None, 0, STOPPED, -signal.SIGTERM)
