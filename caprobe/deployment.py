@@ -17,23 +17,39 @@ import copy
 from torch import nn
 
 from caprobe.attention.base import AttentionModule
+from caprobe.errors import CaprobeError
+
+#: What the deployed form is for: ``"eager"`` (PyTorch: each module's :meth:`fuse`, tuned for
+#: eager CPU and CUDA kernels) or ``"graph"`` (exported graphs: each module's
+#: :meth:`graph_form`, in ops ONNX Runtime, ExecuTorch-XNNPACK and OpenVINO run as fused
+#: kernels; see ``caprobe.runtimes``).
+TARGETS = ("eager", "graph")
 
 
-def deploy(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """The deployed form of ``model`` (a deep copy unless ``inplace``), in eval mode.
+def deploy(model: nn.Module, *, inplace: bool = False, target: str = "eager") -> nn.Module:
+    """The deployed form of ``model`` for ``target`` (a deep copy unless ``inplace``), in
+    eval mode.
 
     Its outputs equal ``model.eval()``'s to float rounding for every input the model accepts;
     the original is left untouched (``inplace=False``). A model without attention modules
-    comes back as an eval-mode copy. ``model.deployed`` is set to True.
+    comes back as an eval-mode copy. ``model.deployed`` is set to ``target``'s name.
     """
-    target = model if inplace else copy.deepcopy(model)
-    if isinstance(target, AttentionModule):
-        target = target.fuse()
+    if target not in TARGETS:
+        raise CaprobeError(f"unknown deploy target {target!r}; choose one of "
+                           f"{', '.join(TARGETS)}")
+    target_model = model if inplace else copy.deepcopy(model)
+
+    def form(module: AttentionModule) -> nn.Module:
+        return module.fuse() if target == "eager" else module.graph_form()
+
+    if isinstance(target_model, AttentionModule):
+        target_model = form(target_model)
     else:
-        for name, module in list(target.named_modules()):
+        for name, module in list(target_model.named_modules()):
             if isinstance(module, AttentionModule):
                 parent, _, child = name.rpartition(".")
-                setattr(target.get_submodule(parent) if parent else target, child, module.fuse())
-    target.eval()  # after the swap: the fused modules (and anything they hold) too
-    target.deployed = True
-    return target
+                owner = target_model.get_submodule(parent) if parent else target_model
+                setattr(owner, child, form(module))
+    target_model.eval()  # after the swap: the new modules (and anything they hold) too
+    target_model.deployed = target
+    return target_model

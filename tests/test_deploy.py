@@ -14,7 +14,7 @@ from torch import nn
 import caprobe
 from caprobe import attention
 from caprobe.attention import AttentionModule, DeployedAttention
-from caprobe.attention.base import multiply_gates
+from caprobe.attention.base import GraphAttention, multiply_gates
 
 SPECS = ["se", "eca", "cbam", "ca", "ca_h", "ca_w", "ca:act=relu6,gate=hsigmoid", "ca:act=silu",
          "ca:act=relu", "se:reduction=4,act=relu,gate=hsigmoid", "cbam:kernel=3",
@@ -183,3 +183,65 @@ def test_multiply_gates_equals_the_plain_product_for_any_gate_shapes(shapes, ove
     assert out.shape == x.shape
     if not overwrite:
         assert torch.equal(x, before)
+
+
+# --------------------------------------------------------------------------- the graph form
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("shape", [s for s in SHAPES if s[0] > 0])
+def test_graph_form_equals_the_trainable_one_in_eval(spec, shape):
+    module = _randomize(attention.build(spec, 40)).double().eval()
+    x = torch.rand(shape, dtype=torch.float64) * 4 - 1
+    graph = caprobe.deploy(module, target="graph")
+    assert isinstance(graph, GraphAttention) and graph.deployed == "graph"
+    assert not any(p.requires_grad for p in graph.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), module(x), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "mobilenext"])
+@pytest.mark.parametrize("spec", ["none", "se", "eca", "cbam", "ca", "ca_h", "ca_w"])
+def test_graph_form_of_a_network_equals_the_network(backbone, spec):
+    model = _randomize(caprobe.build_model(backbone, attn=spec, width=0.5, num_classes=10,
+                                           profile="cifar", seed=0)).double().eval()
+    graph = caprobe.deploy(model, target="graph")
+    assert not any(isinstance(m, AttentionModule) for m in graph.modules())
+    x = torch.randn(2, 3, 32, 40, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), model(x), atol=1e-10, rtol=1e-10)
+
+
+def _exported_ops(module: nn.Module, x: torch.Tensor) -> list[str]:
+    program = torch.export.export(module, (x,), strict=False).run_decompositions({})
+    return [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+
+
+@pytest.mark.parametrize("spec", ["ca", "ca_h", "ca_w", "se", "eca", "cbam"])
+def test_graph_form_exports_as_a_static_graph_without_one_axis_means(spec):
+    """What runtimes need: no write into the input, no mean over a single axis (XNNPACK does
+    not take one and ONNX Runtime reorders the map around it), CA's strips as whole-row
+    poolings."""
+    module = _randomize(attention.build(spec, 16, inplace=True)).eval()
+    graph = caprobe.deploy(module, target="graph")
+    x = torch.randn(1, 16, 6, 9)
+    before = x.clone()
+    with torch.no_grad():
+        graph(x)
+    assert torch.equal(x, before)
+    ops = _exported_ops(graph, x)
+    means = [op for op in ops if "mean" in op]
+    assert all("mean.dim" in op for op in means)
+    if spec.startswith("ca"):
+        assert ops.count("aten.avg_pool2d.default") == len(spec.removeprefix("ca_") if "_" in spec
+                                                           else "hw")
+        assert not means
+    paper = _exported_ops(module, torch.randn(1, 16, 6, 9))
+    assert paper != ops
+
+
+def test_deploy_rejects_an_unknown_target():
+    from caprobe.errors import CaprobeError
+
+    with pytest.raises(CaprobeError, match="unknown deploy target 'onnx'; choose one of eager"):
+        caprobe.deploy(nn.Identity(), target="onnx")

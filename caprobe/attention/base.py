@@ -3,6 +3,7 @@ forms, the non-linearities (module and in-place forms), gate multiplication and 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -88,8 +89,58 @@ class AttentionModule(nn.Module):
         holds copies of the derived weights. Made once, by :func:`caprobe.deploy`."""
         raise NotImplementedError
 
+    def graph_form(self) -> nn.Module:
+        """The deployed form for exported graphs (ONNX Runtime, ExecuTorch, OpenVINO): the same
+        output in eval mode, spelled in ops every runtime runs as fused kernels (BN folded into
+        constant 1×1 convs, poolings over H and W together or along whole rows, no in-place
+        writes, no branches on tensor properties). Made once, by
+        ``caprobe.deploy(model, target="graph")``."""
+        raise NotImplementedError
+
     def extra_repr(self) -> str:
         return f"spec={self.spec!r}"
+
+
+class GraphAttention(nn.Module):
+    """Base of the graph forms :meth:`AttentionModule.graph_form` returns: inference only,
+    weights as constant modules, so an exporter sees a static graph."""
+
+    def __init__(self, spec: str) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec!r}"
+
+
+class GraphHardsigmoid(nn.Module):
+    """``hardsigmoid`` spelled ``relu6(x + 3) / 6`` for the graph forms: PyTorch's own
+    decomposition of it leaves dim-order copies outside the XNNPACK delegate (4 per CA block
+    with ``gate=hsigmoid``, measured); this spelling is delegated whole."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(x + 3.0) / 6.0
+
+
+def graph_nonlinearity(module: nn.Module) -> nn.Module:
+    """A graph form's copy of a non-linearity module (see :class:`GraphHardsigmoid`)."""
+    return GraphHardsigmoid() if type(module) is nn.Hardsigmoid else copy.deepcopy(module)
+
+
+def conv_from(weight: torch.Tensor, bias: torch.Tensor | None, padding: int | tuple = 0
+              ) -> nn.Conv2d:
+    """A frozen ``nn.Conv2d`` holding copies of ``weight`` (O×I×kh×kw, or O×I for a 1×1 conv)
+    and ``bias`` (O or O×1): the graph forms' constant layers."""
+    weight = weight.detach()
+    if weight.dim() == 2:
+        weight = weight[:, :, None, None]
+    conv = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), padding=padding,
+                     bias=bias is not None, dtype=weight.dtype, device=weight.device)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias.detach().reshape(-1))
+    return conv.requires_grad_(False)
 
 
 class DeployedAttention(nn.Module):

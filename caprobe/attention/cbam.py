@@ -15,8 +15,11 @@ from torch import nn
 from caprobe.attention.base import (
     AttentionModule,
     DeployedAttention,
+    GraphAttention,
     batch_norm,
+    conv_from,
     fold_bn,
+    graph_nonlinearity,
     inplace_form,
     linear,
     make_act,
@@ -76,6 +79,34 @@ class CBAM(AttentionModule):
                             second.bias, spatial_weight, spatial_bias, act=inplace_form(act),
                             gate=inplace_form(self.gate), spec=self.spec,
                             overwrite=self.inplace)
+
+    def graph_form(self) -> GraphCBAM:
+        """The MLP as constant 1×1 convs, the spatial conv with its BN folded in."""
+        with torch.no_grad():
+            spatial_weight, spatial_bias = fold_bn(self.spatial, self.spatial_bn)
+        first, act, second = self.mlp
+        mlp = nn.Sequential(conv_from(first.weight, first.bias), graph_nonlinearity(act),
+                            conv_from(second.weight, second.bias))
+        spatial = conv_from(spatial_weight, spatial_bias, padding=self.spatial.padding)
+        return GraphCBAM(mlp, spatial, graph_nonlinearity(self.gate), self.spec)
+
+
+class GraphCBAM(GraphAttention):
+    """CBAM's graph form: the channel gate from a mean and a max over H and W together (global
+    pools), the shared MLP as 1×1 convs; the spatial gate's k×k conv (BN folded) on the channel
+    max and mean."""
+
+    def __init__(self, mlp: nn.Sequential, spatial: nn.Conv2d, gate: nn.Module,
+                 spec: str = "cbam") -> None:
+        super().__init__(spec)
+        self.mlp, self.spatial, self.gate = mlp, spatial, gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[2], x.shape[3]
+        peak = F.max_pool2d(x, (height, width), (height, width))
+        gated = x * self.gate(self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(peak))
+        pooled = torch.cat([gated.amax(1, keepdim=True), gated.mean(1, keepdim=True)], dim=1)
+        return gated * self.gate(self.spatial(pooled))
 
 
 class DeployedCBAM(DeployedAttention):

@@ -28,14 +28,18 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from caprobe.attention.base import (
     COMBINE_GATES_MAX,
     AttentionModule,
     DeployedAttention,
+    GraphAttention,
     batch_norm,
+    conv_from,
     fold_bn,
+    graph_nonlinearity,
     inplace_form,
     linear,
     make_act,
@@ -133,6 +137,46 @@ class CoordAttention(AttentionModule):
             weight.flatten(1), bias[:, None], gate_weight, gate_bias[:, None],
             act=inplace_form(self.act), gate=inplace_form(self.gate), branches=self.branches,
             spec=self.spec, overwrite=self.inplace)
+
+    def graph_form(self) -> GraphCoordAttention:
+        """F1 with BN folded in as one constant 1×1 conv; the gate convs and non-linearities
+        as copies."""
+        with torch.no_grad():
+            weight, bias = fold_bn(self.conv1, self.bn1)
+        convs = [None if conv is None else conv_from(conv.weight, conv.bias)
+                 for conv in (self.conv_h, self.conv_w)]
+        return GraphCoordAttention(conv_from(weight, bias), *convs,
+                                   act=graph_nonlinearity(self.act),
+                                   gate=graph_nonlinearity(self.gate), spec=self.spec)
+
+
+class GraphCoordAttention(GraphAttention):
+    """CA's graph form (made by :meth:`CoordAttention.graph_form`): each strip pooled by an
+    average pool along whole rows or columns (kernel = stride = (1, W) or (H, 1), so it is the
+    mean exactly), F1 with BN folded and applied to each strip (a 1×1 conv acts on every
+    position alone, so this equals F1 on the concatenated strips), each gate conv on its own
+    strip, ``x · (g^h · g^w)`` by broadcasting. No concatenation, transpose or slice: in
+    ExecuTorch every op lands in one XNNPACK partition (a mean over one axis does not, and it
+    splits the graph around every CA block)."""
+
+    def __init__(self, conv1: nn.Conv2d, conv_h: nn.Conv2d | None, conv_w: nn.Conv2d | None,
+                 act: nn.Module, gate: nn.Module, spec: str = "ca") -> None:
+        super().__init__(spec)
+        self.conv1, self.conv_h, self.conv_w, self.act, self.gate = conv1, conv_h, conv_w, act, gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[2], x.shape[3]
+        gates = []
+        if self.conv_h is not None:  # z^h: N×C×H×1
+            z = F.avg_pool2d(x, (1, width), (1, width), count_include_pad=False)
+            gates.append(self.gate(self.conv_h(self.act(self.conv1(z)))))
+        if self.conv_w is not None:  # z^w: N×C×1×W
+            z = F.avg_pool2d(x, (height, 1), (height, 1), count_include_pad=False)
+            gates.append(self.gate(self.conv_w(self.act(self.conv1(z)))))
+        # both gates multiplied together first: ONNX Runtime then leaves one map-sized product
+        # outside its blocked layout instead of two (+81 % vs +103 % over MobileNetV2 at 224);
+        # the same in XNNPACK and OpenVINO (benchmarks/runtime_latency.py)
+        return x * (gates[0] * gates[1] if len(gates) == 2 else gates[0])
 
 
 class DeployedCoordAttention(DeployedAttention):

@@ -12,7 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from caprobe.attention.base import AttentionModule, DeployedAttention, inplace_form, make_gate
+from caprobe.attention.base import (
+    AttentionModule,
+    DeployedAttention,
+    GraphAttention,
+    conv_from,
+    graph_nonlinearity,
+    inplace_form,
+    make_gate,
+)
 from caprobe.attention.functional import channel_mean, gate_product
 
 
@@ -45,6 +53,24 @@ class ECA(AttentionModule):
     def fuse(self) -> DeployedECA:
         return DeployedECA(self.conv.weight, gate=inplace_form(self.gate), spec=self.spec,
                            overwrite=self.inplace)
+
+    def graph_form(self) -> GraphECA:
+        k = self.conv.weight.shape[-1]
+        return GraphECA(conv_from(self.conv.weight[:, :, None, :], None, padding=(0, k // 2)),
+                        graph_nonlinearity(self.gate), self.spec)
+
+
+class GraphECA(GraphAttention):
+    """ECA's graph form: the pooled channel vector laid out along W (N×1×1×C) so that the
+    k-tap conv across channels is a 1×k conv2d (zero padding k // 2), then back to N×C×1×1."""
+
+    def __init__(self, conv: nn.Conv2d, gate: nn.Module, spec: str = "eca") -> None:
+        super().__init__(spec)
+        self.conv, self.gate = conv, gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.mean((2, 3), keepdim=True).permute(0, 3, 2, 1)  # N×1×1×C
+        return x * self.gate(self.conv(z)).permute(0, 3, 2, 1)
 
 
 class DeployedECA(DeployedAttention):

@@ -15,6 +15,9 @@ from torch import nn
 from caprobe.attention.base import (
     AttentionModule,
     DeployedAttention,
+    GraphAttention,
+    conv_from,
+    graph_nonlinearity,
     inplace_form,
     linear,
     make_act,
@@ -51,6 +54,25 @@ class SqueezeExcite(AttentionModule):
             self.fc1.weight.flatten(1), self.fc1.bias, self.fc2.weight.flatten(1),
             self.fc2.bias, act=inplace_form(self.act), gate=inplace_form(self.gate),
             spec=self.spec, overwrite=self.inplace)
+
+    def graph_form(self) -> GraphSqueezeExcite:
+        return GraphSqueezeExcite(conv_from(self.fc1.weight, self.fc1.bias),
+                                  conv_from(self.fc2.weight, self.fc2.bias),
+                                  graph_nonlinearity(self.act),
+                                  graph_nonlinearity(self.gate), self.spec)
+
+
+class GraphSqueezeExcite(GraphAttention):
+    """SE's graph form: a mean over H and W together (kept 4-D: a global average pool in every
+    runtime), the FCs as 1×1 convs, ``x · g``."""
+
+    def __init__(self, fc1: nn.Conv2d, fc2: nn.Conv2d, act: nn.Module, gate: nn.Module,
+                 spec: str = "se") -> None:
+        super().__init__(spec)
+        self.fc1, self.fc2, self.act, self.gate = fc1, fc2, act, gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
 
 
 class DeployedSqueezeExcite(DeployedAttention):

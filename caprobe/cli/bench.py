@@ -17,7 +17,8 @@ from caprobe.errors import CaprobeError, require_positive
 from caprobe.formatting import fmt_ms, fmt_number
 
 # Options that take several space-separated values: ``--attn none se ca --batch 1 32``.
-_MultiValueCommand = multi_value_command("--model", "-m", "--attn", "-a", "--batch", "-b")
+_MultiValueCommand = multi_value_command("--model", "-m", "--attn", "-a", "--batch", "-b",
+                                         "--runtime", "-r")
 
 
 def _variants(model: str, attns: list[str] | None) -> list[tuple[str, str, str]]:
@@ -94,8 +95,13 @@ def bench(
     compile: bool = typer.Option(False, "--compile", help="torch.compile each model first; "
                                  "compile time is reported apart."),
     paper_form: bool = typer.Option(False, "--paper-form", help="Time the models as built (the "
-                                    "trainable form, the papers' math) instead of their "
-                                    "deployed form, caprobe.deploy(model)."),
+                                    "trainable form, the papers' math; in an exported runtime "
+                                    "the papers' equations in plain operators) instead of "
+                                    "their deployed form, caprobe.deploy(model)."),
+    runtime: list[str] = typer.Option(["eager"], "--runtime", "-r", help="Where to time: eager "
+                                      "(PyTorch) and/or onnxruntime, executorch (XNNPACK), "
+                                      "openvino; each needs its extra (onnx, executorch or "
+                                      "openvino: pip install caprobe with it)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of results only."),
     out: Path | None = typer.Option(None, "--out", help="Also save the JSON results here "
                                     "(written atomically)."),
@@ -113,14 +119,23 @@ def bench(
     require_positive(width, "--width")
     hw = parse_input_size(input_size, profile)
     classes = num_classes if num_classes is not None else (10 if profile == "cifar" else 1000)
+    from caprobe.runtimes import check_runtime, runtime_notes
+
+    runtimes = list(dict.fromkeys(check_runtime(r) for r in runtime if r.strip()))
+    if not runtimes:
+        raise CaprobeError("--runtime was given without a name; pass e.g. --runtime eager "
+                           "onnxruntime")
 
     import caprobe
     from caprobe.io import to_jsonable, write_json
-    from caprobe.measure.latency import resolve_dtype, time_variants
+    from caprobe.measure.latency import TimingOptions, resolve_dtype, time_variants
     from caprobe.runtime import resolve_device
 
     dev = resolve_device(device)
     dkey = resolve_dtype(dtype, dev)
+    for rt in runtimes:  # a runtime that cannot run these settings, or lacks its extra
+        TimingOptions(batch=1, input_size=hw, device=dev, dtype=dkey, runtime=rt,
+                      channels_last=channels_last, compile=compile).validated()
 
     from rich.console import Console
 
@@ -129,41 +144,45 @@ def bench(
         console = Console(width=120)
     err = Console(stderr=True)
     all_results = []
-    for model_name in dict.fromkeys(model):
+    groups = [(m, b, rt) for m in dict.fromkeys(model) for b in dict.fromkeys(batch)
+              for rt in runtimes]
+    for model_name, b, rt in groups:
         variants = _variants(model_name, attn)
-        for b in dict.fromkeys(batch):
-            built, meta = {}, {}
-            for label, backbone, spec in variants:
-                built[label] = caprobe.build_model(backbone, attn=spec, width=width,
-                                                   num_classes=classes, profile=profile, seed=0)
-                meta[label] = {"model": backbone, "attn": spec, "width": width,
-                               "profile": profile, "num_classes": classes,
-                               "requested_model": model_name}
-            if not as_json:
-                err.print(f"[dim]timing {model_name} batch {b}: "
-                          f"{', '.join(built)} ...[/dim]", highlight=False)
-            results = time_variants(built, batch=b, input_size=hw, device=dev, dtype=dkey,
-                                    channels_last=channels_last, threads=threads,
-                                    min_time=min_time, compile=compile, baseline="none",
-                                    form="paper" if paper_form else "deployed", meta=meta)
-            all_results.extend(results)
-            if out is not None:  # saved after each group: an interrupt keeps finished work
-                write_json(out, all_results)
-            if not as_json:
-                r0 = results[0]
-                title = (f"{model_name} · batch {b} · {hw[0]}x{hw[1]} · {r0.device} "
-                         f"({r0.env.get('device_name')}) · {r0.dtype}"
-                         f"{' · channels_last' if channels_last else ''} · "
-                         f"threads {r0.threads} · torch {r0.env.get('torch')} · "
-                         f"{r0.form} form")
-                console.print(_table(results, title))
-                for warning in r0.env.get("warnings", []):
-                    err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False,
-                              soft_wrap=True)
-                compiled = [r for r in results if r.compile_time_s is not None]
-                if compiled:
-                    console.print("compile time: " + ", ".join(
-                        f"{r.label} {r.compile_time_s:.1f} s" for r in compiled))
+        built, meta = {}, {}
+        for label, backbone, spec in variants:
+            built[label] = caprobe.build_model(backbone, attn=spec, width=width,
+                                               num_classes=classes, profile=profile, seed=0)
+            meta[label] = {"model": backbone, "attn": spec, "width": width,
+                           "profile": profile, "num_classes": classes,
+                           "requested_model": model_name}
+        if not as_json:
+            err.print(f"[dim]timing {model_name} batch {b} in {rt}: "
+                      f"{', '.join(built)} ...[/dim]", highlight=False)
+        results = time_variants(built, batch=b, input_size=hw, device=dev, dtype=dkey,
+                                channels_last=channels_last, threads=threads,
+                                min_time=min_time, compile=compile, baseline="none",
+                                form="paper" if paper_form else "deployed", runtime=rt,
+                                meta=meta)
+        all_results.extend(results)
+        if out is not None:  # saved after each group: an interrupt keeps finished work
+            write_json(out, all_results)
+        if not as_json:
+            r0 = results[0]
+            title = (f"{model_name} · {rt} · batch {b} · {hw[0]}x{hw[1]} · {r0.device} "
+                     f"({r0.env.get('device_name')}) · {r0.dtype}"
+                     f"{' · channels_last' if channels_last else ''} · "
+                     f"threads {r0.threads} · torch {r0.env.get('torch')} · "
+                     f"{r0.form} form")
+            console.print(_table(results, title))
+            for warning in r0.env.get("warnings", []):
+                err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False,
+                          soft_wrap=True)
+            for line in runtime_notes(results):
+                console.print(line, highlight=False, soft_wrap=True)
+            compiled = [r for r in results if r.compile_time_s is not None]
+            if compiled:
+                console.print("compile time: " + ", ".join(
+                    f"{r.label} {r.compile_time_s:.1f} s" for r in compiled))
     if as_json:
         typer.echo(json.dumps(to_jsonable(all_results), indent=2))
     elif out is not None:

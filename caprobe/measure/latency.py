@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from caprobe import stats
 from caprobe.errors import CaprobeError, input_hw, require_positive
 from caprobe.runtime import resolve_device, torch_threads
+from caprobe.runtimes import backend, check_runtime
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -105,6 +106,10 @@ class LatencyResult:
     compile_time_s: float | None
     env: dict = field(repr=False)
     form: str = "deployed"  # "deployed" (caprobe.deploy(model)) or "paper" (trainable form)
+    #: where it ran: "eager" (PyTorch) or an exported runtime (``caprobe.runtimes``); for an
+    #: exported one, ``env["runtime"]`` holds the export and load times, the first call, the
+    #: settings the runtime reports it applied, and its op coverage
+    runtime: str = "eager"
 
 
 # --------------------------------------------------------------------------- validation
@@ -256,6 +261,7 @@ class TimingOptions:
     min_time: float = 1.0
     compile: bool = False
     form: str = "deployed"
+    runtime: str = "eager"
     baseline: str | None = "none"
     in_channels: int = 3
     min_rounds: int = MIN_ROUNDS
@@ -276,8 +282,16 @@ class TimingOptions:
         if self.in_channels < 1 or self.min_rounds < 1 or self.target_block_ms <= 0:
             raise CaprobeError("in_channels, min_rounds and target_block_ms must be positive")
         device = resolve_device(self.device)
-        return dataclasses.replace(self, input_size=hw, device=device,
-                                   dtype=resolve_dtype(self.dtype, device))
+        dtype = resolve_dtype(self.dtype, device)
+        runtime = check_runtime(self.runtime)
+        if runtime != "eager":
+            if device != "cpu" or dtype != "fp32" or self.channels_last or self.compile:
+                raise CaprobeError(f"runtime {runtime} is timed on the CPU in fp32 with its own "
+                                   "memory layout; drop --device/--dtype/--channels-last/"
+                                   "--compile for it (or time --runtime eager)")
+            backend(runtime)  # a missing extra fails here, before any model is touched
+        return dataclasses.replace(self, input_size=hw, device=device, dtype=dtype,
+                                   runtime=runtime)
 
 
 def time_variants(
@@ -292,6 +306,7 @@ def time_variants(
     min_time: float = 1.0,
     compile: bool = False,
     form: str = "deployed",
+    runtime: str = "eager",
     baseline: str | None = "none",
     progress: Progress | None = None,
     meta: Mapping[str, Mapping[str, Any]] | None = None,
@@ -312,7 +327,12 @@ def time_variants(
     input's channels (3 for images; e.g. 144 to time a single block). ``timer`` replaces the
     clock (tests); it runs ``fn`` ``iters`` times and returns seconds. ``form``: time
     ``caprobe.deploy(model)`` ("deployed") or the model as given ("paper"); every record says
-    which form it timed (a model deployed beforehand counts as deployed).
+    which form it timed (a model deployed beforehand counts as deployed). ``runtime``: time
+    in PyTorch eager or in an exported runtime (``caprobe.runtimes``; CPU, fp32): each variant
+    is exported in its graph form (``caprobe.deploy(model, target="graph")``) or, with
+    ``form="paper"``, in its papers' equations as plain operators (what the official code
+    exports; :func:`caprobe.attention.reference.reference_form`), loaded with the same thread
+    count, and its export, load and first call are timed apart.
 
     The phases, each its own function: prepare (device, dtype, memory format, deploy,
     compile), calibrate, warm up, measure rounds, build records. The modules are changed in
@@ -328,7 +348,7 @@ def time_variants(
                                "torch.nn.Module; pass built models")
     opts = TimingOptions(batch=batch, input_size=input_size, device=device, dtype=dtype,
                          channels_last=channels_last, threads=threads, min_time=min_time,
-                         compile=compile, form=form, baseline=baseline,
+                         compile=compile, form=form, runtime=runtime, baseline=baseline,
                          in_channels=in_channels, min_rounds=min_rounds,
                          target_block_ms=target_block_ms, seed=seed).validated()
     timer = timer or _default_timer(opts.device)
@@ -340,7 +360,12 @@ def time_variants(
     others_start = other_runnable() if opts.device == "cpu" else None
     timed = _prepare_all(models, opts)
     with torch_threads(opts.threads), _gc_paused(), torch.inference_mode():
-        fns, compile_s = _calls(timed, opts, timer, say)
+        if opts.runtime == "eager":
+            fns, compile_s = _calls(timed, opts, timer, say)
+            loaded: dict[str, dict[str, Any]] = {}
+        else:
+            fns, loaded = _runtime_calls(timed, opts, say)
+            compile_s = dict.fromkeys(fns)
         per_iter = _calibrate(fns, timer)
         iters, warm = _warm_up(fns, per_iter, opts, timer, say)
         samples, rounds = _measure(fns, iters, opts, timer, say)
@@ -349,7 +374,7 @@ def time_variants(
     env.update(_session_env(opts, timer, list(models), rounds, warm, load_start, others_start,
                             env))
     return _records(models, timed, opts, samples, iters, per_iter, compile_s, env,
-                    threads_used, meta or {})
+                    threads_used, meta or {}, loaded)
 
 
 def _prepare_all(models: Mapping[str, Any], opts: TimingOptions) -> dict[str, Any]:
@@ -359,11 +384,15 @@ def _prepare_all(models: Mapping[str, Any], opts: TimingOptions) -> dict[str, An
     import torch
 
     from caprobe.attention import AttentionModule
+    from caprobe.attention.reference import reference_form
     from caprobe.deployment import deploy
 
     with torch.no_grad():
         for m in models.values():
             _prepare(m, opts.device, _torch_dtype(opts.dtype), opts.channels_last)
+        if opts.runtime != "eager":
+            return {label: deploy(m, target="graph") if opts.form == "deployed"
+                    else reference_form(m) for label, m in models.items()}
         # a model without attention modules is its own deployed form: timed as it is
         return {label: deploy(m) if opts.form == "deployed" and any(
             isinstance(sub, AttentionModule) for sub in m.modules()) else m
@@ -390,6 +419,41 @@ def _calls(timed: Mapping[str, Any], opts: TimingOptions, timer: Timer,
             m, compile_s[label] = _compile(label, m, x, timer)
         fns[label] = (lambda mod: lambda: mod(x))(m)
     return fns, compile_s
+
+
+def _runtime_calls(timed: Mapping[str, Any], opts: TimingOptions, say: Progress
+                   ) -> tuple[dict[str, Callable[[], Any]], dict[str, dict[str, Any]]]:
+    """Each variant exported for ``opts.runtime`` into a temporary folder and loaded with the
+    thread count (the torch default when none is given), one call bound to one input (fixed
+    seed); ``{label: export record, load time, first call, settings}`` beside."""
+    import tempfile
+
+    import torch
+
+    from caprobe.runtimes import export, load
+
+    threads = opts.threads or torch.get_num_threads()
+    gen = torch.Generator().manual_seed(opts.seed)
+    x = torch.randn(opts.batch, opts.in_channels, *opts.input_size, generator=gen)
+    fns: dict[str, Callable[[], Any]] = {}
+    loaded: dict[str, dict[str, Any]] = {}
+    suffix = backend(opts.runtime).SUFFIX
+    with tempfile.TemporaryDirectory(prefix="caprobe-runtime-") as tmp:
+        for i, (label, m) in enumerate(timed.items()):
+            say("export", i / len(timed))
+            with torch.inference_mode(False):
+                exported = export(m, x, f"{tmp}/{i}{suffix}", opts.runtime)
+            t0 = time.perf_counter()
+            session = load(exported.path, opts.runtime, threads)
+            load_s = time.perf_counter() - t0
+            fns[label] = session.bind(x)
+            t0 = time.perf_counter()
+            fns[label]()
+            loaded[label] = {"export_s": exported.export_s, "load_s": load_s,
+                             "first_call_ms": 1000 * (time.perf_counter() - t0),
+                             "bytes": exported.bytes, "coverage": exported.coverage,
+                             "settings": session.settings, "session": session}
+    return fns, loaded
 
 
 def _calibrate(fns: Mapping[str, Callable[[], Any]], timer: Timer) -> dict[str, float]:
@@ -491,7 +555,8 @@ def _records(models: Mapping[str, Any], timed: Mapping[str, Any], opts: TimingOp
              samples: Mapping[str, list[float]], iters: Mapping[str, int],
              per_iter: Mapping[str, float], compile_s: Mapping[str, float | None],
              env: dict[str, Any], threads: int | None,
-             meta: Mapping[str, Mapping[str, Any]]) -> list[LatencyResult]:
+             meta: Mapping[str, Mapping[str, Any]],
+             loaded: Mapping[str, dict[str, Any]]) -> list[LatencyResult]:
     """One :class:`LatencyResult` per label: summary statistics, the paired overhead against
     the baseline with its interval, and the environment."""
     has_base = opts.baseline is not None and opts.baseline in samples
@@ -509,6 +574,8 @@ def _records(models: Mapping[str, Any], timed: Mapping[str, Any], opts: TimingOp
         extra = {k: v for k, v in info.items() if k not in ("model", "attn")}
         if extra:
             rec_env["meta"] = extra
+        if label in loaded:
+            rec_env["runtime"] = {k: v for k, v in loaded[label].items() if k != "session"}
         deployed = opts.form == "deployed" or getattr(timed[label], "deployed", False)
         results.append(LatencyResult(
             label=label,
@@ -532,5 +599,6 @@ def _records(models: Mapping[str, Any], timed: Mapping[str, Any], opts: TimingOp
             compile_time_s=compile_s[label],
             env=rec_env,
             form="deployed" if deployed else "paper",
+            runtime=opts.runtime,
         ))
     return results

@@ -91,4 +91,4 @@ class Backbone(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).mean(dim=(2, 3)))
+        return self.classifier(self.features(x).mean(dim=(2, 3), keepdim=True).flatten(1))

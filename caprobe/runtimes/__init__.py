@@ -1,0 +1,206 @@
+"""The runtimes models ship with: export a model, load it with a pinned thread count, run it.
+
+Every runtime is an optional extra, imported only when used:
+
+=============  ===================  ==========================================================
+name           extra                what runs
+=============  ===================  ==========================================================
+eager          (always)             PyTorch eager, the deployed form (``caprobe.deploy``)
+onnxruntime    ``caprobe[onnx]``    ``torch.onnx.export(dynamo=True)`` → ONNX Runtime, CPU EP
+executorch     ``caprobe[executorch]`` ``torch.export`` → XNNPACK delegate → ExecuTorch (.pte)
+openvino       ``caprobe[openvino]``  ``openvino.convert_model`` → OpenVINO CPU plugin (.xml)
+=============  ===================  ==========================================================
+
+What is exported is ``caprobe.deploy(model, target="graph")`` (each attention module's
+:meth:`~caprobe.attention.base.AttentionModule.graph_form`) unless the caller passes another
+module. Each backend module offers ``export(model, example, path) -> Exported`` and
+``load(path, threads) -> Session``; :func:`backend` finds it by name, or fails with one line
+naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from caprobe.errors import CaprobeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+#: Exported runtimes: name -> (backend module, extra, the import that proves it installed).
+RUNTIMES: dict[str, tuple[str, str, str]] = {
+    "onnxruntime": ("caprobe.runtimes.onnx_runtime", "onnx", "onnxruntime"),
+    "executorch": ("caprobe.runtimes.executorch_xnnpack", "executorch", "executorch.exir"),
+    "openvino": ("caprobe.runtimes.openvino_cpu", "openvino", "openvino"),
+}
+#: What ``--runtime`` accepts: PyTorch eager and the exported runtimes.
+RUNTIME_NAMES = ("eager", *RUNTIMES)
+
+
+@dataclass
+class Exported:
+    """One exported file and what the runtime's compiler did with the graph."""
+
+    runtime: str
+    path: str
+    bytes: int
+    export_s: float
+    #: runtime-specific op coverage: ExecuTorch's delegated / left-out node counts by
+    #: operator, ONNX Runtime's node counts by op type, OpenVINO's precision per op type
+    coverage: dict[str, Any] = field(default_factory=dict)
+
+
+class Session(Protocol):
+    """A loaded model: ``run(x)`` returns the output as a torch tensor; ``bind(x)`` returns a
+    call that runs the model on ``x`` with nothing converted per call (the timed form);
+    ``settings`` holds what the runtime reports it applied (threads, precision, ...)."""
+
+    settings: dict[str, Any]
+
+    def run(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def bind(self, x: torch.Tensor) -> Callable[[], Any]: ...
+
+
+def check_runtime(name: str) -> str:
+    """``name`` canonical (lower case), or a one-line error listing the runtimes."""
+    key = str(name).strip().lower()
+    if key not in RUNTIME_NAMES:
+        raise CaprobeError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIME_NAMES)}")
+    return key
+
+
+def backend(name: str) -> Any:
+    """The backend module of an exported runtime; a one-line error naming the extra when its
+    packages are missing."""
+    key = check_runtime(name)
+    if key == "eager":
+        raise CaprobeError("eager is PyTorch itself: there is nothing to export; pick "
+                           f"one of {', '.join(RUNTIMES)}")
+    module, extra, probe = RUNTIMES[key]
+    try:
+        importlib.import_module(probe)
+    except ImportError as exc:
+        raise CaprobeError(f"runtime {key} needs the {extra} extra ({exc.name or probe} is not "
+                           f"installed); pip install 'caprobe[{extra}]'") from exc
+    return importlib.import_module(module)
+
+
+def export(model: torch.nn.Module, example: torch.Tensor, path: str | Path,
+           runtime: str) -> Exported:
+    """Export ``model`` (as given: pass ``caprobe.deploy(m, target="graph")``) for ``runtime``
+    at ``example``'s shape into ``path``; the file is written whole or not at all."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        exported = backend(runtime).export(model.eval(), example, path)
+    exported.export_s = time.perf_counter() - t0
+    return exported
+
+
+def load(path: str | Path, runtime: str, threads: int) -> Session:
+    """Load an exported file with ``threads`` intra-op threads (and nothing else in parallel)."""
+    if threads < 1:
+        raise CaprobeError(f"thread count {threads} is invalid; use an integer >= 1")
+    if not Path(path).exists():
+        raise CaprobeError(f"{path} does not exist; export it first with caprobe export")
+    return backend(runtime).load(Path(path), threads)
+
+
+def max_error(expected: torch.Tensor, got: torch.Tensor) -> dict[str, float]:
+    """``{"max_abs": ..., "max_rel": ...}``: the largest absolute difference, and that
+    relative to the largest magnitude of ``expected``."""
+    diff = float((expected.float() - got.float()).abs().max())
+    scale = float(expected.float().abs().max())
+    return {"max_abs": diff, "max_rel": diff / scale if scale > 0 else diff}
+
+
+def error_line(exc: BaseException) -> str:
+    """A runtime's exception as one short line (their messages run to pages)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{type(exc).__name__}: {first[:240]}"
+
+
+def coverage_note(runtime: str, coverage: dict[str, Any], settings: dict[str, Any]) -> str:
+    """One line on what ``runtime`` did with a graph: delegation (ExecuTorch), node count
+    (ONNX Runtime), the precision per op (OpenVINO), and the thread setting read back."""
+    if runtime == "executorch":
+        outside = coverage.get("outside") or {}
+        left = (", ".join(f"{op} ×{n}" for op, n in outside.items()) if outside
+                else "nothing left out")
+        return (f"XNNPACK took {coverage.get('delegated_nodes')} nodes in "
+                f"{coverage.get('partitions')} partition(s); {left}; thread pool "
+                f"{settings.get('threadpool_threads')}")
+    if runtime == "openvino":
+        precisions = settings.get("runtime_precisions") or {}
+        ran = ", ".join(f"{p} ×{sum(ops.values())}" for p, ops in precisions.items())
+        return (f"{coverage.get('nodes')} ops; executed as {ran or '?'} (inference precision "
+                f"{settings.get('inference_precision')}, threads "
+                f"{settings.get('inference_num_threads')}, streams {settings.get('num_streams')})")
+    return (f"{coverage.get('nodes')} ONNX nodes; intra-op threads "
+            f"{settings.get('intra_op_num_threads')}, spinning "
+            f"{'off' if settings.get('allow_spinning') == '0' else 'on'}")
+
+
+def runtime_notes(results: list[Any]) -> list[str]:
+    """A line per exported variant of a list of latency results (none for eager ones):
+    export, load and first-call times, then :func:`coverage_note`."""
+    lines = []
+    for r in results:
+        info = r.env.get("runtime")
+        if not info:
+            continue
+        lines.append(f"{r.runtime} {r.label}: export {info['export_s']:.1f} s, load "
+                     f"{info['load_s']:.2f} s, first call {info['first_call_ms']:.1f} ms; "
+                     f"{coverage_note(r.runtime, info['coverage'], info['settings'])}")
+    return lines
+
+
+#: ``caprobe export --format`` names → runtimes.
+FORMATS = {"onnx": "onnxruntime", "executorch": "executorch", "openvino": "openvino"}
+
+
+@dataclass
+class ExportReport:
+    """What ``caprobe export`` did: the file, its coverage, the settings the runtime applied
+    when loading it back, and its outputs' error against eager PyTorch per input."""
+
+    exported: Exported
+    settings: dict[str, Any]
+    errors: dict[str, dict[str, float]]
+    input_shape: list[int]
+    form: str
+
+
+def export_checked(model: torch.nn.Module, path: str | Path, runtime: str,
+                   inputs: dict[str, torch.Tensor], *, threads: int = 1,
+                   form: str = "graph") -> ExportReport:
+    """Export ``model`` for ``runtime`` in ``form`` (``"graph"``: its deployed graph form;
+    ``"paper"``: the papers' equations in plain operators) at the first input's shape, load
+    the file back and compare the runtime's outputs with eager PyTorch (the model in eval
+    mode) on every input (same shape)."""
+    import torch
+
+    from caprobe.attention.reference import reference_form
+    from caprobe.deployment import deploy
+
+    if form not in ("graph", "paper"):
+        raise CaprobeError(f"unknown export form {form!r}; choose graph or paper")
+    model = model.eval()
+    graph = deploy(model, target="graph") if form == "graph" else reference_form(model).eval()
+    first = next(iter(inputs.values()))
+    exported = export(graph, first, path, runtime)
+    session = load(exported.path, runtime, threads)
+    errors = {}
+    with torch.no_grad():
+        for name, x in inputs.items():
+            errors[name] = max_error(model(x), session.run(x))
+    return ExportReport(exported, session.settings, errors, list(first.shape), form)

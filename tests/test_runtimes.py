@@ -1,0 +1,286 @@
+"""Exported runtimes (ONNX Runtime, ExecuTorch-XNNPACK, OpenVINO): round trips equal eager
+PyTorch for every spec and both backbones, the op coverage is recorded (every op of the graph
+forms delegated to XNNPACK but CBAM's channel pools), the thread settings are read back, and
+bad requests fail with one line. A runtime whose extra is missing skips with the reason."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_deploy import SPECS, _randomize
+from torch import nn
+
+import caprobe
+from caprobe import attention, runtimes
+from caprobe.errors import CaprobeError
+
+PROBES = {"onnxruntime": "onnxruntime", "executorch": "executorch.exir", "openvino": "openvino"}
+
+
+def _available(name: str) -> bool:
+    try:
+        importlib.import_module(PROBES[name])
+    except ImportError:
+        return False
+    return True
+
+
+RUNTIMES = [pytest.param(name, marks=pytest.mark.skipif(
+    not _available(name), reason=f"the {runtimes.RUNTIMES[name][1]} extra is not installed"))
+    for name in PROBES]
+
+
+class _Block(nn.Module):
+    """One attention module as a model: export its graph form alone."""
+
+    def __init__(self, spec: str, channels: int) -> None:
+        super().__init__()
+        self.attn = attention.build(spec, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x)
+
+
+def _round_trip(model: nn.Module, x: torch.Tensor, runtime: str, tmp_path, **kw):
+    suffix = runtimes.backend(runtime).SUFFIX
+    return runtimes.export_checked(model, tmp_path / f"m{suffix}", runtime, {"x": x}, **kw)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("spec", SPECS)
+def test_every_spec_round_trips_on_a_non_square_map(runtime, spec, tmp_path):
+    model = _randomize(_Block(spec, 24)).eval()
+    report = _round_trip(model, torch.randn(1, 24, 7, 11), runtime, tmp_path)
+    assert report.errors["x"]["max_rel"] < 1e-5, report.errors
+    assert report.exported.bytes == (tmp_path / f"m{runtimes.backend(runtime).SUFFIX}"
+                                     ).stat().st_size or runtime == "openvino"
+
+
+#: Networks exported whole: ExecuTorch's lowering takes about 30 s per network here, so it
+#: gets the baseline, the costliest graph (CBAM) and CA; the others get every pair.
+NETWORKS = [(b, s) for b in ("mobilenetv2", "mobilenext") for s in ("none", "se", "cbam", "ca")]
+XNNPACK_NETWORKS = [("mobilenetv2", "none"), ("mobilenetv2", "cbam"), ("mobilenetv2", "ca"),
+                    ("mobilenext", "ca")]
+
+
+def _network(backbone: str, spec: str) -> nn.Module:
+    return _randomize(caprobe.build_model(backbone, attn=spec, width=0.25, num_classes=10,
+                                          profile="cifar", seed=0)).eval()
+
+
+def _n_attention(model: nn.Module) -> int:
+    return sum(isinstance(m, attention.AttentionModule) for m in model.modules())
+
+
+@pytest.mark.parametrize("runtime", [r for r in RUNTIMES if r.values[0] != "executorch"])
+@pytest.mark.parametrize("backbone,spec", NETWORKS)
+def test_networks_round_trip(runtime, backbone, spec, tmp_path):
+    report = _round_trip(_network(backbone, spec), torch.randn(1, 3, 32, 40), runtime, tmp_path,
+                         threads=2)
+    assert report.errors["x"]["max_rel"] < 1e-4, report.errors
+    assert report.input_shape == [1, 3, 32, 40] and report.form == "graph"
+
+
+@pytest.mark.skipif(not _available("executorch"), reason="the executorch extra is not installed")
+@pytest.mark.parametrize("backbone,spec", XNNPACK_NETWORKS)
+def test_networks_round_trip_in_xnnpack_with_every_op_delegated_but_cbams_channel_pools(
+        backbone, spec, tmp_path):
+    model = _network(backbone, spec)
+    report = _round_trip(model, torch.randn(1, 3, 32, 40), "executorch", tmp_path, threads=2)
+    assert report.errors["x"]["max_rel"] < 1e-4, report.errors
+    cov = report.exported.coverage
+    n_attn = _n_attention(model)
+    if spec == "cbam":  # the channel max and mean of every spatial gate, one graph break each
+        assert cov["outside"] == {"amax": n_attn, "mean": n_attn}
+        assert cov["partitions"] == n_attn + 1
+    else:
+        assert cov["outside"] == {} and cov["outside_nodes"] == 0 and cov["partitions"] == 1
+    if spec == "ca":
+        assert cov["delegated"]["avg_pool2d"] == 2 * n_attn
+
+
+@pytest.mark.skipif(not _available("executorch"), reason="the executorch extra is not installed")
+@pytest.mark.parametrize("spec", ["se", "eca", "ca", "ca_h", "ca_w", "ca:act=relu6,gate=hsigmoid",
+                                  "ca:act=silu"])
+def test_xnnpack_takes_every_op_of_a_graph_form(spec, tmp_path):
+    model = _randomize(_Block(spec, 24)).eval()
+    exported = runtimes.export(caprobe.deploy(model, target="graph"), torch.randn(1, 24, 7, 11),
+                               tmp_path / "m.pte", "executorch")
+    assert exported.coverage["outside"] == {} and exported.coverage["partitions"] == 1
+
+
+@pytest.mark.skipif(not _available("executorch"), reason="the executorch extra is not installed")
+def test_the_papers_one_axis_means_stay_outside_xnnpack(tmp_path):
+    model = _randomize(_Block("ca", 24)).eval()
+    report = _round_trip(model, torch.randn(1, 24, 7, 11), "executorch", tmp_path, form="paper")
+    assert report.exported.coverage["outside"] == {"mean": 2}
+    assert report.errors["x"]["max_rel"] < 1e-5
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_the_thread_count_is_applied_and_read_back(runtime, tmp_path):
+    model = _Block("ca", 16).eval()
+    x = torch.randn(1, 16, 5, 6)
+    exported = runtimes.export(caprobe.deploy(model, target="graph"), x,
+                               tmp_path / f"m{runtimes.backend(runtime).SUFFIX}", runtime)
+    for threads in (1, 2):
+        settings = runtimes.load(exported.path, runtime, threads).settings
+        if runtime == "onnxruntime":
+            assert settings["intra_op_num_threads"] == threads
+            assert settings["inter_op_num_threads"] == 1 and settings["allow_spinning"] == "0"
+            assert settings["providers"] == ["CPUExecutionProvider"]
+        elif runtime == "executorch":
+            assert settings["threadpool_threads"] == threads
+        else:
+            assert settings["inference_num_threads"] == threads
+            assert settings["num_streams"] == 1 and settings["performance_hint"] == "LATENCY"
+            assert settings["inference_precision"] == "f32"  # not the silent bf16 of AMX CPUs
+            assert set(settings["runtime_precisions"]) <= {"f32", "i32", "i64", "undefined",
+                                                            "boolean", "u8", "dynamic"}, settings
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_bound_calls_run_the_model_on_the_bound_input(runtime, tmp_path):
+    model = _randomize(_Block("se", 8)).eval()
+    x = torch.randn(1, 8, 4, 4)
+    exported = runtimes.export(caprobe.deploy(model, target="graph"), x,
+                               tmp_path / f"m{runtimes.backend(runtime).SUFFIX}", runtime)
+    session = runtimes.load(exported.path, runtime, 1)
+    call = session.bind(x)
+    for _ in range(3):
+        call()
+    torch.testing.assert_close(session.run(x), model(x).detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_runtime_and_a_missing_extra_are_one_line_errors(monkeypatch):
+    with pytest.raises(CaprobeError, match="unknown runtime 'tflite'; choose from eager, "
+                                           "onnxruntime, executorch, openvino"):
+        runtimes.check_runtime("tflite")
+    real = importlib.import_module
+
+    def fake(name, *a, **kw):
+        if name == "openvino":
+            raise ModuleNotFoundError("No module named 'openvino'", name="openvino")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+    with pytest.raises(CaprobeError, match=r"runtime openvino needs the openvino extra "
+                                           r"\(openvino is not installed\); pip install "
+                                           r"'caprobe\[openvino\]'"):
+        runtimes.backend("openvino")
+    with pytest.raises(CaprobeError, match="eager is PyTorch itself"):
+        runtimes.backend("eager")
+
+
+def test_loading_a_missing_or_corrupt_file_is_a_one_line_error(tmp_path):
+    with pytest.raises(CaprobeError, match="does not exist; export it first"):
+        runtimes.load(tmp_path / "none.onnx", "onnxruntime", 1)
+    if _available("onnxruntime"):
+        bad = tmp_path / "bad.onnx"
+        bad.write_bytes(b"not a model")
+        with pytest.raises(CaprobeError, match="ONNX Runtime cannot load .*export it again"):
+            runtimes.load(bad, "onnxruntime", 1)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    code = "import sys; from caprobe.cli import main; sys.argv[0] = 'caprobe'; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.skipif(not _available("onnxruntime"), reason="the onnx extra is not installed")
+def test_cli_export_writes_the_file_and_prints_its_check(tmp_path):
+    out = tmp_path / "m.onnx"
+    done = _cli("export", "--model", "mobilenetv2_ca", "--width", "0.25", "--profile", "cifar",
+                "--seed", "3", "--format", "onnx", "--out", str(out), "--data", "positional")
+    assert done.returncode == 0, done.stderr
+    assert out.is_file() and out.stat().st_size > 100_000
+    assert "exported mobilenetv2 ca (seed 3) (graph form, input 1x3x32x32)" in done.stdout
+    assert done.stdout.count("max abs error") == 3  # two random batches, one of real images
+    assert "positional test images" in done.stdout and "intra-op threads 1" in done.stdout
+    # the file holds the weights build_model(seed=3) gives
+    import onnxruntime as ort
+
+    x = torch.randn(1, 3, 32, 32)
+    model = caprobe.build_model("mobilenetv2", attn="ca", width=0.25, num_classes=10,
+                                profile="cifar", seed=3).eval()
+    got = ort.InferenceSession(str(out)).run(None, {"x": x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), model(x).detach(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not _available("onnxruntime"), reason="the onnx extra is not installed")
+def test_cli_export_of_a_training_run_uses_its_weights_and_data(tmp_path):
+    run = tmp_path / "run"
+    done = _cli("train", "--model", "mobilenetv2", "--attn", "se", "--width", "0.25", "--data",
+                "positional", "--data-option", "n_train=32", "--data-option", "n_test=16",
+                "--epochs", "1", "--batch-size", "16", "--out", str(run))
+    assert done.returncode == 0, done.stderr
+    done = _cli("export", str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
+                "--json")
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert set(record["errors"]) == {"random 0", "random 1", "positional test images"}
+    assert all(e["max_rel"] < 1e-4 for e in record["errors"].values())
+    assert record["exported"]["runtime"] == "onnxruntime" and record["form"] == "graph"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--format", "tflite", "--out", "m.tflite", "--model", "mobilenetv2"],
+     "unknown format 'tflite'; choose from onnx, executorch, openvino"),
+    (["--format", "onnx", "--out", "m.onnx"], "nothing to export; pass a run folder"),
+    (["/no/such/run", "--format", "onnx", "--out", "m.onnx"],
+     "run folder /no/such/run does not exist"),
+    (["--format", "onnx", "--out", "m.pte", "--model", "mobilenetv2"],
+     "a onnx model is written as .onnx; got --out m.pte"),
+    (["--format", "onnx", "--out", "m.onnx", "--model", "mobilenetv2", "--checkpoint",
+      "/no/ckpt.pt"], "checkpoint /no/ckpt.pt does not exist"),
+])
+def test_cli_export_bad_input_is_one_line_exit_2(args, message, tmp_path):
+    if "onnx" in args and not _available("onnxruntime"):
+        pytest.skip("the onnx extra is not installed")
+    done = _cli("export", *args)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"caprobe: error: {message}")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not _available("onnxruntime"), reason="the onnx extra is not installed")
+def test_cli_bench_times_variants_in_a_runtime(tmp_path):
+    out = tmp_path / "bench.json"
+    done = _cli("bench", "--model", "mobilenetv2", "--attn", "ca", "--width", "0.25",
+                "--profile", "cifar", "--runtime", "eager", "onnxruntime", "--min-time", "0.05",
+                "--threads", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "mobilenetv2 · onnxruntime · batch 1" in done.stdout
+    assert "onnxruntime ca: export" in done.stdout and "intra-op threads 1" in done.stdout
+    rows = json.loads(out.read_text())
+    assert [(r["runtime"], r["label"]) for r in rows] == [
+        ("eager", "none"), ("eager", "ca"), ("onnxruntime", "none"), ("onnxruntime", "ca")]
+    ort_ca = rows[3]
+    assert ort_ca["overhead"] > 0 and ort_ca["env"]["runtime"]["settings"][
+        "intra_op_num_threads"] == 1
+    assert ort_ca["env"]["runtime"]["coverage"]["nodes"] > 0
+    assert ort_ca["form"] == "deployed"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--runtime", "tflite"], "unknown runtime 'tflite'; choose from eager, onnxruntime, "
+                              "executorch, openvino"),
+    (["--runtime", "onnxruntime", "--dtype", "bf16"],
+     "runtime onnxruntime is timed on the CPU in fp32 with its own memory layout"),
+    (["--runtime", "executorch", "--channels-last"],
+     "runtime executorch is timed on the CPU in fp32 with its own memory layout"),
+])
+def test_cli_bench_runtime_bad_input_is_one_line_exit_2(args, message):
+    done = _cli("bench", "--model", "mobilenetv2", *args)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"caprobe: error: {message}")
+    assert len(done.stderr.strip().splitlines()) == 1
