@@ -44,6 +44,15 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def bench_runtimes(session: nox.Session) -> None:
+    """Latency overhead of each attention module in ONNX Runtime, ExecuTorch-XNNPACK and
+    OpenVINO against eager PyTorch (benchmarks/runtime_latency.py; about 10 minutes, most of it
+    ExecuTorch's lowering; run it alone). Options pass through: ``-- --runtime executorch``."""
+    install(session, "runtimes")
+    session.run("python", "benchmarks/runtime_latency.py", *session.posargs)
+
+
+@nox.session
 def calibrate(session: nox.Session) -> None:
     """The positional probe's calibration (benchmarks/probe_calibration.py): 7 variants x 10
     seeds at the default budget plus the shuffled-label and coordinate controls, one table

@@ -80,10 +80,12 @@ class Reference(nn.Module):
 
 
 def reference_form(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` whose attention modules run the reference equations."""
+    """A deep copy of ``model`` whose attention modules run the reference equations (those
+    already wrapped are left as they are)."""
     model = copy.deepcopy(model)
+    wrapped = {id(m.module) for m in model.modules() if isinstance(m, Reference)}
     for name, module in list(model.named_modules()):
-        if isinstance(module, AttentionModule):
+        if isinstance(module, AttentionModule) and id(module) not in wrapped:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, Reference(module))
     return model
