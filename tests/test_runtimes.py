@@ -203,7 +203,7 @@ def test_cli_export_writes_the_file_and_prints_its_check(tmp_path):
                 "--seed", "3", "--format", "onnx", "--out", str(out), "--data", "positional")
     assert done.returncode == 0, done.stderr
     assert out.is_file() and out.stat().st_size > 100_000
-    assert "exported mobilenetv2 ca (seed 3) (graph form, input 1x3x32x32)" in done.stdout
+    assert "exported mobilenetv2 ca (seed 3) (graph form, fp32, input 1x3x32x32)" in done.stdout
     assert done.stdout.count("max abs error") == 3  # two random batches, one of real images
     assert "positional test images" in done.stdout and "intra-op threads 1" in done.stdout
     # the file holds the weights build_model(seed=3) gives
@@ -252,13 +252,19 @@ def test_cli_export_bad_input_is_one_line_exit_2(args, message, tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def _tiny_bench(out, attn: str, *runtime_args: str) -> subprocess.CompletedProcess:
+    """``caprobe bench`` of a tiny MobileNetV2 with ``attn`` (and none), results to ``out``."""
+    done = _cli("bench", "--model", "mobilenetv2", "--attn", attn, "--width", "0.25",
+                "--profile", "cifar", *runtime_args, "--min-time", "0.05", "--threads", "1",
+                "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 @pytest.mark.skipif(not _available("onnxruntime"), reason="the onnx extra is not installed")
 def test_cli_bench_times_variants_in_a_runtime(tmp_path):
     out = tmp_path / "bench.json"
-    done = _cli("bench", "--model", "mobilenetv2", "--attn", "ca", "--width", "0.25",
-                "--profile", "cifar", "--runtime", "eager", "onnxruntime", "--min-time", "0.05",
-                "--threads", "1", "--out", str(out))
-    assert done.returncode == 0, done.stderr
+    done = _tiny_bench(out, "ca", "--runtime", "eager", "onnxruntime")
     assert "mobilenetv2 · onnxruntime · batch 1" in done.stdout
     assert "onnxruntime ca: export" in done.stdout and "intra-op threads 1" in done.stdout
     rows = json.loads(out.read_text())
@@ -284,3 +290,86 @@ def test_cli_bench_runtime_bad_input_is_one_line_exit_2(args, message):
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(f"caprobe: error: {message}")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- int8
+
+
+def _calibration(shape, n: int = 8) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randn(shape, generator=gen) for _ in range(n)]
+
+
+@pytest.mark.skipif(not _available("onnxruntime"), reason="the onnx extra is not installed")
+@pytest.mark.parametrize("spec", ["none", "se", "cbam", "ca"])
+def test_int8_onnx_is_a_qdq_graph_close_to_fp32(spec, tmp_path):
+    import onnx
+
+    model = _network("mobilenetv2", spec)
+    x = torch.randn(1, 3, 32, 32)
+    report = _round_trip(model, x, "onnxruntime", tmp_path, calibration=_calibration(x.shape))
+    assert report.exported.precision == "int8" and report.exported.calibration_images == 8
+    # int8, not fp32 in disguise, and not garbage: random weights, 8 random calibration
+    # batches; CBAM's gated maps quantise worst (0.17 of the largest logit measured, 0.02-0.04
+    # for the others)
+    bound = 0.3 if spec == "cbam" else 0.1
+    assert 1e-4 < report.errors["x"]["max_rel"] < bound, report.errors
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert report.exported.coverage["fp32_ops"] == {}
+
+
+@pytest.mark.skipif(not _available("executorch"), reason="the executorch extra is not installed")
+@pytest.mark.parametrize("spec", ["se", "ca"])
+def test_int8_xnnpack_block_is_delegated_whole_and_close_to_fp32(spec, tmp_path):
+    model = _randomize(nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), _Block(spec, 24))).eval()
+    x = torch.randn(1, 3, 7, 11)
+    report = _round_trip(model, x, "executorch", tmp_path, calibration=_calibration(x.shape))
+    assert report.exported.precision == "int8"
+    assert 1e-4 < report.errors["x"]["max_rel"] < 0.1, report.errors
+    assert report.exported.coverage["outside"] == {}
+    assert report.exported.coverage["partitions"] == 1
+
+
+def test_int8_requests_that_cannot_be_met_are_one_line_errors(tmp_path):
+    x = torch.randn(1, 3, 4, 4)
+    with pytest.raises(CaprobeError, match="int8 export for openvino is not built yet"):
+        runtimes.export(nn.Identity(), x, tmp_path / "m.xml", "openvino", [x])
+    with pytest.raises(CaprobeError, match="int8 needs calibration images"):
+        runtimes.export(nn.Identity(), x, tmp_path / "m.onnx", "onnxruntime", [])
+    with pytest.raises(CaprobeError, match=r"calibration batch of shape \(2, 3, 4, 4\) does not "
+                                           r"match the export shape \(1, 3, 4, 4\)"):
+        runtimes.export(nn.Identity(), x, tmp_path / "m.onnx", "onnxruntime",
+                        [torch.randn(2, 3, 4, 4)])
+
+
+@pytest.mark.skipif(not _available("onnxruntime"), reason="the onnx extra is not installed")
+def test_cli_export_int8(tmp_path):
+    out = tmp_path / "q.onnx"
+    base = ["export", "--model", "mobilenetv2_se", "--width", "0.25", "--profile", "cifar",
+            "--format", "onnx", "--out", str(out), "--int8"]
+    done = _cli(*base)
+    assert done.returncode == 2
+    assert done.stderr.startswith("caprobe: error: --int8 needs calibration images; pass "
+                                  "--calib-data NAME")
+    done = _cli(*base, "--calib-data", "positional", "--calib-images", "5")
+    assert done.returncode == 0, done.stderr
+    assert "int8, calibrated on 5 positional training images" in done.stdout
+    assert "ops left in fp32: none" in done.stdout and out.is_file()
+    done = _cli("export", "--model", "mobilenetv2", "--format", "openvino", "--out",
+                str(tmp_path / "m.xml"), "--int8", "--calib-data", "positional")
+    if _available("openvino"):
+        assert done.returncode == 2
+        assert done.stderr.startswith("caprobe: error: --int8 for openvino is not built yet")
+
+
+@pytest.mark.skipif(not _available("onnxruntime"), reason="the onnx extra is not installed")
+def test_cli_bench_int8_times_quantised_graphs(tmp_path):
+    out = tmp_path / "bench.json"
+    _tiny_bench(out, "se", "--runtime", "onnxruntime", "--int8")
+    rows = json.loads(out.read_text())
+    assert [(r["dtype"], r["env"]["runtime"]["precision"]) for r in rows] == [("int8", "int8")] * 2
+    done = _cli("bench", "--model", "mobilenetv2", "--runtime", "openvino", "--int8")
+    assert done.returncode == 2
+    assert done.stderr.startswith("caprobe: error: int8 timing needs one of onnxruntime, "
+                                  "executorch; openvino has no int8 path here")

@@ -25,6 +25,7 @@ short: measured in ``benchmarks/attention_latency.py``.
 
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 
 import torch
@@ -162,17 +163,21 @@ class GraphCoordAttention(GraphAttention):
     def __init__(self, conv1: nn.Conv2d, conv_h: nn.Conv2d | None, conv_w: nn.Conv2d | None,
                  act: nn.Module, gate: nn.Module, spec: str = "ca") -> None:
         super().__init__(spec)
-        self.conv1, self.conv_h, self.conv_w, self.act, self.gate = conv1, conv_h, conv_w, act, gate
+        # F1 once per strip, each its own copy: a weight shared by two convs does not compile
+        # in XNNPACK once quantised (pt2e int8: "XNNCompiler::compileModel failed")
+        self.conv1_h = conv1 if conv_h is not None else None
+        self.conv1_w = copy.deepcopy(conv1) if conv_w is not None else None
+        self.conv_h, self.conv_w, self.act, self.gate = conv_h, conv_w, act, gate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[2], x.shape[3]
         gates = []
         if self.conv_h is not None:  # z^h: N×C×H×1
             z = F.avg_pool2d(x, (1, width), (1, width), count_include_pad=False)
-            gates.append(self.gate(self.conv_h(self.act(self.conv1(z)))))
+            gates.append(self.gate(self.conv_h(self.act(self.conv1_h(z)))))
         if self.conv_w is not None:  # z^w: N×C×1×W
             z = F.avg_pool2d(x, (height, 1), (height, 1), count_include_pad=False)
-            gates.append(self.gate(self.conv_w(self.act(self.conv1(z)))))
+            gates.append(self.gate(self.conv_w(self.act(self.conv1_w(z)))))
         # both gates multiplied together first: ONNX Runtime then leaves one map-sized product
         # outside its blocked layout instead of two (+81 % vs +103 % over MobileNetV2 at 224);
         # the same in XNNPACK and OpenVINO (benchmarks/runtime_latency.py)

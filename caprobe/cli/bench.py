@@ -102,6 +102,9 @@ def bench(
                                       "(PyTorch) and/or onnxruntime, executorch (XNNPACK), "
                                       "openvino; each needs its extra (onnx, executorch or "
                                       "openvino: pip install caprobe with it)."),
+    int8: bool = typer.Option(False, "--int8", help="Time the exported runtimes in static int8 "
+                              "(onnxruntime, executorch; calibrated on random batches: latency "
+                              "only)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of results only."),
     out: Path | None = typer.Option(None, "--out", help="Also save the JSON results here "
                                     "(written atomically)."),
@@ -135,7 +138,8 @@ def bench(
     dkey = resolve_dtype(dtype, dev)
     for rt in runtimes:  # a runtime that cannot run these settings, or lacks its extra
         TimingOptions(batch=1, input_size=hw, device=dev, dtype=dkey, runtime=rt,
-                      channels_last=channels_last, compile=compile).validated()
+                      channels_last=channels_last, compile=compile,
+                      int8=int8 and rt != "eager").validated()
 
     from rich.console import Console
 
@@ -162,7 +166,7 @@ def bench(
                                 channels_last=channels_last, threads=threads,
                                 min_time=min_time, compile=compile, baseline="none",
                                 form="paper" if paper_form else "deployed", runtime=rt,
-                                meta=meta)
+                                int8=int8 and rt != "eager", meta=meta)
         all_results.extend(results)
         if out is not None:  # saved after each group: an interrupt keeps finished work
             write_json(out, all_results)

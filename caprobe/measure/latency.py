@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from caprobe import stats
 from caprobe.errors import CaprobeError, input_hw, require_positive
 from caprobe.runtime import resolve_device, torch_threads
-from caprobe.runtimes import backend, check_runtime
+from caprobe.runtimes import INT8_RUNTIMES, backend, check_runtime
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -70,6 +70,8 @@ _DTYPE_ALIASES = {
 }
 
 TARGET_BLOCK_MS = 5.0
+#: random batches that calibrate int8 timing runs (scales only; the kernels are the same)
+INT8_TIMING_CALIBRATION = 4
 MAX_BLOCK_ITERS = 10_000
 MIN_ROUNDS = 10
 MAX_ROUNDS = 100_000  # guard against a clock that reports no time passing
@@ -262,6 +264,7 @@ class TimingOptions:
     compile: bool = False
     form: str = "deployed"
     runtime: str = "eager"
+    int8: bool = False
     baseline: str | None = "none"
     in_channels: int = 3
     min_rounds: int = MIN_ROUNDS
@@ -290,6 +293,9 @@ class TimingOptions:
                                    "memory layout; drop --device/--dtype/--channels-last/"
                                    "--compile for it (or time --runtime eager)")
             backend(runtime)  # a missing extra fails here, before any model is touched
+        if self.int8 and runtime not in INT8_RUNTIMES:
+            raise CaprobeError(f"int8 timing needs one of {', '.join(INT8_RUNTIMES)}; "
+                               f"{runtime} has no int8 path here")
         return dataclasses.replace(self, input_size=hw, device=device, dtype=dtype,
                                    runtime=runtime)
 
@@ -307,6 +313,7 @@ def time_variants(
     compile: bool = False,
     form: str = "deployed",
     runtime: str = "eager",
+    int8: bool = False,
     baseline: str | None = "none",
     progress: Progress | None = None,
     meta: Mapping[str, Mapping[str, Any]] | None = None,
@@ -332,7 +339,10 @@ def time_variants(
     is exported in its graph form (``caprobe.deploy(model, target="graph")``) or, with
     ``form="paper"``, in its papers' equations as plain operators (what the official code
     exports; :func:`caprobe.attention.reference.reference_form`), loaded with the same thread
-    count, and its export, load and first call are timed apart.
+    count, and its export, load and first call are timed apart. ``int8``: each variant is
+    quantised statically first, calibrated on :data:`INT8_TIMING_CALIBRATION` random batches
+    (latency only: the scales do not change the kernels; accuracy needs trained models and
+    real images, ``caprobe export RUN --int8``).
 
     The phases, each its own function: prepare (device, dtype, memory format, deploy,
     compile), calibrate, warm up, measure rounds, build records. The modules are changed in
@@ -348,7 +358,8 @@ def time_variants(
                                "torch.nn.Module; pass built models")
     opts = TimingOptions(batch=batch, input_size=input_size, device=device, dtype=dtype,
                          channels_last=channels_last, threads=threads, min_time=min_time,
-                         compile=compile, form=form, runtime=runtime, baseline=baseline,
+                         compile=compile, form=form, runtime=runtime, int8=int8,
+                         baseline=baseline,
                          in_channels=in_channels, min_rounds=min_rounds,
                          target_block_ms=target_block_ms, seed=seed).validated()
     timer = timer or _default_timer(opts.device)
@@ -435,6 +446,8 @@ def _runtime_calls(timed: Mapping[str, Any], opts: TimingOptions, say: Progress
     threads = opts.threads or torch.get_num_threads()
     gen = torch.Generator().manual_seed(opts.seed)
     x = torch.randn(opts.batch, opts.in_channels, *opts.input_size, generator=gen)
+    calibration = [torch.randn(x.shape, generator=gen) for _ in range(
+        INT8_TIMING_CALIBRATION)] if opts.int8 else None
     fns: dict[str, Callable[[], Any]] = {}
     loaded: dict[str, dict[str, Any]] = {}
     suffix = backend(opts.runtime).SUFFIX
@@ -442,7 +455,7 @@ def _runtime_calls(timed: Mapping[str, Any], opts: TimingOptions, say: Progress
         for i, (label, m) in enumerate(timed.items()):
             say("export", i / len(timed))
             with torch.inference_mode(False):
-                exported = export(m, x, f"{tmp}/{i}{suffix}", opts.runtime)
+                exported = export(m, x, f"{tmp}/{i}{suffix}", opts.runtime, calibration)
             t0 = time.perf_counter()
             session = load(exported.path, opts.runtime, threads)
             load_s = time.perf_counter() - t0
@@ -452,6 +465,7 @@ def _runtime_calls(timed: Mapping[str, Any], opts: TimingOptions, say: Progress
             loaded[label] = {"export_s": exported.export_s, "load_s": load_s,
                              "first_call_ms": 1000 * (time.perf_counter() - t0),
                              "bytes": exported.bytes, "coverage": exported.coverage,
+                             "precision": exported.precision,
                              "settings": session.settings, "session": session}
     return fns, loaded
 
@@ -535,7 +549,7 @@ def _session_env(opts: TimingOptions, timer: Timer, labels: list[str], rounds: i
     from caprobe.measure.environment import contention_warnings
 
     return dict(
-        dtype=opts.dtype,
+        dtype="int8" if opts.int8 else opts.dtype,
         memory_format="channels_last" if opts.channels_last else "contiguous",
         timer=getattr(timer, "kind", "custom"),
         order=labels,
@@ -584,7 +598,7 @@ def _records(models: Mapping[str, Any], timed: Mapping[str, Any], opts: TimingOp
             batch=opts.batch,
             input_size=opts.input_size,
             device=opts.device,
-            dtype=opts.dtype,
+            dtype="int8" if opts.int8 else opts.dtype,
             channels_last=bool(opts.channels_last),
             threads=threads,
             median_ms=summ.median,

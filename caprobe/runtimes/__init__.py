@@ -51,8 +51,11 @@ class Exported:
     bytes: int
     export_s: float
     #: runtime-specific op coverage: ExecuTorch's delegated / left-out node counts by
-    #: operator, ONNX Runtime's node counts by op type, OpenVINO's precision per op type
+    #: operator, ONNX Runtime's node counts by op type (and, in int8, the ops left in fp32)
     coverage: dict[str, Any] = field(default_factory=dict)
+    #: "fp32", or "int8": static post-training quantisation calibrated on ``calibration``
+    precision: str = "fp32"
+    calibration_images: int = 0
 
 
 class Session(Protocol):
@@ -91,18 +94,39 @@ def backend(name: str) -> Any:
     return importlib.import_module(module)
 
 
-def export(model: torch.nn.Module, example: torch.Tensor, path: str | Path,
-           runtime: str) -> Exported:
+#: Runtimes with a static int8 path: ONNX Runtime (QDQ, ``quantize_static`` after
+#: ``quant_pre_process``, per-channel weights, MinMax calibration) and ExecuTorch (pt2e with
+#: the XNNPACK quantizer, symmetric per-channel, then lowered to XNNPACK).
+INT8_RUNTIMES = ("onnxruntime", "executorch")
+
+
+def export(model: torch.nn.Module, example: torch.Tensor, path: str | Path, runtime: str,
+           calibration: list[torch.Tensor] | None = None) -> Exported:
     """Export ``model`` (as given: pass ``caprobe.deploy(m, target="graph")``) for ``runtime``
-    at ``example``'s shape into ``path``; the file is written whole or not at all."""
+    at ``example``'s shape into ``path``; the file is written whole or not at all. With
+    ``calibration`` (batches of ``example``'s shape), the file is statically quantised to
+    int8, its activation ranges observed on those batches."""
     import torch
 
+    if calibration is not None:
+        if runtime not in INT8_RUNTIMES:
+            raise CaprobeError(f"int8 export for {runtime} is not built yet; use one of "
+                               f"{', '.join(INT8_RUNTIMES)}")
+        if not calibration:
+            raise CaprobeError("int8 needs calibration images; pass --calib-data NAME")
+        bad = [tuple(b.shape) for b in calibration if b.shape != example.shape]
+        if bad:
+            raise CaprobeError(f"calibration batch of shape {bad[0]} does not match the "
+                               f"export shape {tuple(example.shape)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with torch.no_grad():
-        exported = backend(runtime).export(model.eval(), example, path)
+        exported = backend(runtime).export(model.eval(), example, path, calibration)
     exported.export_s = time.perf_counter() - t0
+    if calibration is not None:
+        exported.precision, exported.calibration_images = "int8", sum(
+            b.shape[0] for b in calibration)
     return exported
 
 
@@ -182,11 +206,12 @@ class ExportReport:
 
 def export_checked(model: torch.nn.Module, path: str | Path, runtime: str,
                    inputs: dict[str, torch.Tensor], *, threads: int = 1,
-                   form: str = "graph") -> ExportReport:
+                   form: str = "graph",
+                   calibration: list[torch.Tensor] | None = None) -> ExportReport:
     """Export ``model`` for ``runtime`` in ``form`` (``"graph"``: its deployed graph form;
-    ``"paper"``: the papers' equations in plain operators) at the first input's shape, load
-    the file back and compare the runtime's outputs with eager PyTorch (the model in eval
-    mode) on every input (same shape)."""
+    ``"paper"``: the papers' equations in plain operators) at the first input's shape (int8
+    with ``calibration``), load the file back and compare the runtime's outputs with eager
+    PyTorch in fp32 (the model in eval mode) on every input (same shape)."""
     import torch
 
     from caprobe.attention.reference import reference_form
@@ -197,7 +222,7 @@ def export_checked(model: torch.nn.Module, path: str | Path, runtime: str,
     model = model.eval()
     graph = deploy(model, target="graph") if form == "graph" else reference_form(model).eval()
     first = next(iter(inputs.values()))
-    exported = export(graph, first, path, runtime)
+    exported = export(graph, first, path, runtime, calibration)
     session = load(exported.path, runtime, threads)
     errors = {}
     with torch.no_grad():

@@ -56,10 +56,32 @@ def coverage(lowered: torch.fx.GraphModule) -> dict[str, Any]:
             "outside": dict(sorted(outside.items()))}
 
 
-def export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Exported:
+def _quantize(model: torch.nn.Module, example: torch.Tensor,
+              calibration: list[torch.Tensor]) -> torch.nn.Module:
+    """pt2e static int8 with the XNNPACK quantizer (symmetric, per-channel weights): the
+    activation ranges observed on ``calibration``."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    captured = torch.export.export(model, (example,), strict=False).module()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(
+        is_per_channel=True))
+    prepared = prepare_pt2e(captured, quantizer)
+    for batch in calibration:
+        prepared(batch)
+    return convert_pt2e(prepared)
+
+
+def export(model: torch.nn.Module, example: torch.Tensor, path: Path,
+           calibration: list[torch.Tensor] | None = None) -> Exported:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if calibration is not None:
+                model = _quantize(model, example, calibration)
             program = torch.export.export(model, (example,), strict=False)
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
             info = coverage(edge.exported_program().graph_module)
@@ -84,7 +106,6 @@ class ExecuTorchSession:
         self.settings: dict[str, Any] = {
             "runtime": "executorch", "delegate": "XnnpackBackend",
             "threadpool_threads": portable_lib._threadpool_get_thread_count(),
-            "precision": "fp32",
         }
 
     def run(self, x: torch.Tensor) -> torch.Tensor:

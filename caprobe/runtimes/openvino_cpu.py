@@ -27,7 +27,8 @@ from caprobe.runtimes import Exported, error_line
 SUFFIX = ".xml"
 
 
-def export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Exported:
+def export(model: torch.nn.Module, example: torch.Tensor, path: Path,
+           calibration: list[torch.Tensor] | None = None) -> Exported:
     if path.suffix != ".xml":
         raise CaprobeError(f"an OpenVINO model is saved as .xml (+ .bin); got {path}")
     try:
@@ -80,7 +81,6 @@ class OpenVinoSession:
             "num_streams": int(get("NUM_STREAMS")),
             "performance_hint": str(get("PERFORMANCE_HINT")),
             "inference_precision": get("INFERENCE_PRECISION_HINT").get_type_name(),
-            "precision": "fp32",
             "runtime_precisions": runtime_precisions(self._compiled),
         }
 
