@@ -319,6 +319,19 @@ def test_int8_onnx_is_a_qdq_graph_close_to_fp32(spec, tmp_path):
     assert report.exported.coverage["fp32_ops"] == {}
 
 
+@pytest.mark.skipif(not _available("openvino"), reason="the openvino extra is not installed")
+@pytest.mark.parametrize("spec", ["se", "ca"])
+def test_int8_openvino_runs_the_block_in_int8_and_records_each_ops_precision(spec, tmp_path):
+    model = _randomize(nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), _Block(spec, 24))).eval()
+    x = torch.randn(1, 3, 7, 11)
+    report = _round_trip(model, x, "openvino", tmp_path, calibration=_calibration(x.shape))
+    assert report.exported.precision == "int8"
+    assert 1e-4 < report.errors["x"]["max_rel"] < 0.1, report.errors
+    precisions = report.settings["runtime_precisions"]
+    assert precisions["u8"]["Convolution"] >= 1  # fp32 runs would hold none
+    assert report.settings["inference_precision"] == "f32"  # the hint, not the int8 kernels
+
+
 @pytest.mark.skipif(not _available("executorch"), reason="the executorch extra is not installed")
 @pytest.mark.parametrize("spec", ["se", "ca"])
 def test_int8_xnnpack_block_is_delegated_whole_and_close_to_fp32(spec, tmp_path):
@@ -333,8 +346,6 @@ def test_int8_xnnpack_block_is_delegated_whole_and_close_to_fp32(spec, tmp_path)
 
 def test_int8_requests_that_cannot_be_met_are_one_line_errors(tmp_path):
     x = torch.randn(1, 3, 4, 4)
-    with pytest.raises(CaprobeError, match="int8 export for openvino is not built yet"):
-        runtimes.export(nn.Identity(), x, tmp_path / "m.xml", "openvino", [x])
     with pytest.raises(CaprobeError, match="int8 needs calibration images"):
         runtimes.export(nn.Identity(), x, tmp_path / "m.onnx", "onnxruntime", [])
     with pytest.raises(CaprobeError, match=r"calibration batch of shape \(2, 3, 4, 4\) does not "
@@ -356,11 +367,6 @@ def test_cli_export_int8(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "int8, calibrated on 5 positional training images" in done.stdout
     assert "ops left in fp32: none" in done.stdout and out.is_file()
-    done = _cli("export", "--model", "mobilenetv2", "--format", "openvino", "--out",
-                str(tmp_path / "m.xml"), "--int8", "--calib-data", "positional")
-    if _available("openvino"):
-        assert done.returncode == 2
-        assert done.stderr.startswith("caprobe: error: --int8 for openvino is not built yet")
 
 
 @pytest.mark.skipif(not _available("onnxruntime"), reason="the onnx extra is not installed")
@@ -369,7 +375,7 @@ def test_cli_bench_int8_times_quantised_graphs(tmp_path):
     _tiny_bench(out, "se", "--runtime", "onnxruntime", "--int8")
     rows = json.loads(out.read_text())
     assert [(r["dtype"], r["env"]["runtime"]["precision"]) for r in rows] == [("int8", "int8")] * 2
-    done = _cli("bench", "--model", "mobilenetv2", "--runtime", "openvino", "--int8")
+    done = _cli("bench", "--model", "mobilenetv2", "--int8")
     assert done.returncode == 2
-    assert done.stderr.startswith("caprobe: error: int8 timing needs one of onnxruntime, "
-                                  "executorch; openvino has no int8 path here")
+    assert done.stderr.startswith("caprobe: error: --int8 times the exported runtimes; add "
+                                  "--runtime onnxruntime, executorch or openvino")

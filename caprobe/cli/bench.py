@@ -103,8 +103,7 @@ def bench(
                                       "openvino; each needs its extra (onnx, executorch or "
                                       "openvino: pip install caprobe with it)."),
     int8: bool = typer.Option(False, "--int8", help="Time the exported runtimes in static int8 "
-                              "(onnxruntime, executorch; calibrated on random batches: latency "
-                              "only)."),
+                              "(calibrated on random batches: latency only)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of results only."),
     out: Path | None = typer.Option(None, "--out", help="Also save the JSON results here "
                                     "(written atomically)."),
@@ -136,6 +135,9 @@ def bench(
 
     dev = resolve_device(device)
     dkey = resolve_dtype(dtype, dev)
+    if int8 and runtimes == ["eager"]:
+        raise CaprobeError("--int8 times the exported runtimes; add --runtime onnxruntime, "
+                           "executorch or openvino")
     for rt in runtimes:  # a runtime that cannot run these settings, or lacks its extra
         TimingOptions(batch=1, input_size=hw, device=dev, dtype=dkey, runtime=rt,
                       channels_last=channels_last, compile=compile,

@@ -137,7 +137,8 @@ def export(
     paper_form: bool = typer.Option(False, "--paper-form", help="Export the papers' equations "
                                     "in plain operators instead of the deployed graph form."),
     int8: bool = typer.Option(False, "--int8", help="Static int8 (onnx: QDQ; executorch: pt2e "
-                              "with the XNNPACK quantizer), calibrated on training images."),
+                              "with the XNNPACK quantizer; openvino: NNCF), calibrated on "
+                              "training images."),
     calib_data: str | None = typer.Option(None, "--calib-data", help="Data set whose first "
                                           "training images calibrate --int8 (default for a "
                                           "run folder: its data set)."),
@@ -163,12 +164,9 @@ def export(
     if run_dir is not None and not run_dir.is_dir():
         raise CaprobeError(f"run folder {run_dir} does not exist")
 
-    from caprobe.runtimes import INT8_RUNTIMES, backend, coverage_note, export_checked
+    from caprobe.runtimes import backend, coverage_note, export_checked
 
     suffix = backend(runtime).SUFFIX  # a missing extra fails before any model is built
-    if int8 and runtime not in INT8_RUNTIMES:
-        raise CaprobeError(f"--int8 for {key} is not built yet; use --format onnx or "
-                           "executorch")
     if out.suffix != suffix:
         raise CaprobeError(f"a {key} model is written as {suffix}; got --out {out}")
     net, label, inputs, calibration = _model_and_inputs(

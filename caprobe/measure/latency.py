@@ -293,9 +293,9 @@ class TimingOptions:
                                    "memory layout; drop --device/--dtype/--channels-last/"
                                    "--compile for it (or time --runtime eager)")
             backend(runtime)  # a missing extra fails here, before any model is touched
-        if self.int8 and runtime not in INT8_RUNTIMES:
-            raise CaprobeError(f"int8 timing needs one of {', '.join(INT8_RUNTIMES)}; "
-                               f"{runtime} has no int8 path here")
+        if self.int8 and runtime == "eager":
+            raise CaprobeError("int8 timing is for the exported runtimes; add --runtime "
+                               f"{' or '.join(INT8_RUNTIMES)}")
         return dataclasses.replace(self, input_size=hw, device=device, dtype=dtype,
                                    runtime=runtime)
 

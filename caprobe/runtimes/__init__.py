@@ -95,9 +95,10 @@ def backend(name: str) -> Any:
 
 
 #: Runtimes with a static int8 path: ONNX Runtime (QDQ, ``quantize_static`` after
-#: ``quant_pre_process``, per-channel weights, MinMax calibration) and ExecuTorch (pt2e with
-#: the XNNPACK quantizer, symmetric per-channel, then lowered to XNNPACK).
-INT8_RUNTIMES = ("onnxruntime", "executorch")
+#: ``quant_pre_process``, per-channel weights, MinMax calibration), ExecuTorch (pt2e with
+#: the XNNPACK quantizer, symmetric per-channel, then lowered to XNNPACK) and OpenVINO (NNCF
+#: ``quantize``; the precision each op runs in is read from the compiled model).
+INT8_RUNTIMES = ("onnxruntime", "executorch", "openvino")
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, path: str | Path, runtime: str,
@@ -109,9 +110,6 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: str | Path, runt
     import torch
 
     if calibration is not None:
-        if runtime not in INT8_RUNTIMES:
-            raise CaprobeError(f"int8 export for {runtime} is not built yet; use one of "
-                               f"{', '.join(INT8_RUNTIMES)}")
         if not calibration:
             raise CaprobeError("int8 needs calibration images; pass --calib-data NAME")
         bad = [tuple(b.shape) for b in calibration if b.shape != example.shape]
