@@ -32,3 +32,10 @@ def input_hw(input_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size):
         raise CaprobeError(f"input size must be a positive integer or H,W pair, got {input_size!r}")
     return size  # type: ignore[return-value]
+
+
+def error_line(exc: BaseException, limit: int = 240) -> str:
+    """A library's exception as one short line, ``Type: first line`` (compilers' and
+    runtimes' messages run to pages)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{type(exc).__name__}: {first[:limit]}"

@@ -19,12 +19,10 @@ import caprobe
 from caprobe import attention, runtimes
 from caprobe.errors import CaprobeError
 
-PROBES = {"onnxruntime": "onnxruntime", "executorch": "executorch.exir", "openvino": "openvino"}
-
 
 def _available(name: str) -> bool:
     try:
-        importlib.import_module(PROBES[name])
+        importlib.import_module(runtimes.RUNTIMES[name][2])
     except ImportError:
         return False
     return True
@@ -32,7 +30,7 @@ def _available(name: str) -> bool:
 
 RUNTIMES = [pytest.param(name, marks=pytest.mark.skipif(
     not _available(name), reason=f"the {runtimes.RUNTIMES[name][1]} extra is not installed"))
-    for name in PROBES]
+    for name in runtimes.RUNTIMES]
 
 
 class _Block(nn.Module):

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from caprobe import stats
-from caprobe.errors import CaprobeError, input_hw, require_positive
+from caprobe.errors import CaprobeError, error_line, input_hw, require_positive
 from caprobe.runtime import resolve_device, torch_threads
 from caprobe.runtimes import INT8_RUNTIMES, backend, check_runtime
 
@@ -243,10 +243,8 @@ def _compile(label: str, model, x, timer: Timer) -> tuple[Any, float]:
     except CaprobeError:
         raise
     except Exception as exc:  # noqa: BLE001 - any backend failure becomes a user-facing message
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CaprobeError(f"torch.compile failed for {label!r} ({type(exc).__name__}: "
-                           f"{first[:200]}); drop --compile or install a working compiler "
-                           "toolchain") from exc
+        raise CaprobeError(f"torch.compile failed for {label!r} ({error_line(exc, 200)}); "
+                           "drop --compile or install a working compiler toolchain") from exc
 
 
 @dataclass(frozen=True)

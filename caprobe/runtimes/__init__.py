@@ -145,12 +145,6 @@ def max_error(expected: torch.Tensor, got: torch.Tensor) -> dict[str, float]:
     return {"max_abs": diff, "max_rel": diff / scale if scale > 0 else diff}
 
 
-def error_line(exc: BaseException) -> str:
-    """A runtime's exception as one short line (their messages run to pages)."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return f"{type(exc).__name__}: {first[:240]}"
-
-
 def coverage_note(runtime: str, coverage: dict[str, Any], settings: dict[str, Any]) -> str:
     """One line on what ``runtime`` did with a graph: delegation (ExecuTorch), node count
     (ONNX Runtime), the precision per op (OpenVINO), and the thread setting read back."""

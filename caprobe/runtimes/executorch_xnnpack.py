@@ -23,9 +23,9 @@ from executorch.exir import to_edge_transform_and_lower
 from executorch.extension.pybindings import portable_lib
 from executorch.runtime import Runtime
 
-from caprobe.errors import CaprobeError
+from caprobe.errors import CaprobeError, error_line
 from caprobe.io import atomic_write_bytes
-from caprobe.runtimes import Exported, error_line
+from caprobe.runtimes import Exported
 
 #: file name suffix of an exported model
 SUFFIX = ".pte"

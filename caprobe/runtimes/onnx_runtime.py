@@ -18,9 +18,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from caprobe.errors import CaprobeError
+from caprobe.errors import CaprobeError, error_line
 from caprobe.io import atomic_write_bytes
-from caprobe.runtimes import Exported, error_line
+from caprobe.runtimes import Exported
 
 #: file name suffix of an exported model
 SUFFIX = ".onnx"

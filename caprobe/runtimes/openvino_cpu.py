@@ -20,8 +20,8 @@ from typing import Any
 import openvino as ov
 import torch
 
-from caprobe.errors import CaprobeError
-from caprobe.runtimes import Exported, error_line
+from caprobe.errors import CaprobeError, error_line
+from caprobe.runtimes import Exported
 
 #: file name suffix of an exported model
 SUFFIX = ".xml"
