@@ -154,7 +154,7 @@ def nightly(session: nox.Session) -> None:
     budget = NIGHTLY_BUDGET_CUDA if cuda else NIGHTLY_BUDGET
     session.log(f"nightly budget ({'CUDA' if cuda else 'CPU'}): {' '.join(budget)}")
     _ablation(session, out, data_args, budget, (NIGHTLY_MODEL,), NIGHTLY_ATTN)
-    session.run("python", "-m", "caprobe.report.history", "reports")
+    session.run("python", "-m", "caprobe.reporting.history", "reports")
 
 
 @nox.session
@@ -168,4 +168,4 @@ def report_smoke(session: nox.Session) -> None:
     out = Path("reports") / "smoke"
     shutil.rmtree(out, ignore_errors=True)
     _ablation(session, out, ["--data", "positional"], SMOKE_BUDGET)
-    session.run("python", "-m", "caprobe.report.history", "reports", str(out / "index.html"))
+    session.run("python", "-m", "caprobe.reporting.history", "reports", str(out / "index.html"))

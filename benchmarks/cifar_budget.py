@@ -1,7 +1,7 @@
 """Test accuracy against wall time on the real CIFAR-10 under a fixed training-time budget.
 
 MobileNetV2 width 0.5, CIFAR profile, attention none vs ca (``--attn``), each trained with
-:func:`caprobe.train.train` for as many steps as the budget allows: the step rate is
+:func:`caprobe.training.train` for as many steps as the budget allows: the step rate is
 measured first (40 steps of the real loop), the number of steps follows from it, and the cosine
 schedule spans exactly those steps. Every epoch ends with an evaluation on the full 10,000
 test images; the table lists top-1 against training time (evaluation excluded; total wall
@@ -29,12 +29,12 @@ DEFAULT_TAR = HERE.parent.parent / "shared" / "data" / "cifar10-jpg.tar"
 
 
 def measure_step_time(cfg, steps: int = 40) -> float:
-    """Seconds per training step of ``cfg``, measured with the real loop (:func:`caprobe.train.
+    """Seconds per training step of ``cfg``, measured with the real loop (:func:`caprobe.training.
     train` for ``steps`` steps into a throw-away folder; evaluation time excluded)."""
     import dataclasses
     import tempfile
 
-    from caprobe.train import loop, train
+    from caprobe.training import loop, train
 
     with tempfile.TemporaryDirectory() as tmp:
         train(dataclasses.replace(cfg, steps=steps), out=Path(tmp) / "calibrate",
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from caprobe.data import load_dataset
-    from caprobe.train import TrainConfig, loop, train
-    from caprobe.train.config import recipe_for
+    from caprobe.training import TrainConfig, loop, train
+    from caprobe.training.config import recipe_for
 
     if args.threads:
         torch.set_num_threads(args.threads)

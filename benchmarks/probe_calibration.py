@@ -52,7 +52,7 @@ def _summary(name: str, runs: list[dict]) -> dict:
 
 
 def _controls(seeds: list[int], threads: int | None) -> dict[str, list[dict]]:
-    from caprobe.train import TrainConfig, train
+    from caprobe.training import TrainConfig, train
 
     out: dict[str, list[dict]] = {"shuffled labels": [], "coordinates (CoordConv)": []}
     for seed in seeds:
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the table as JSON")
     args = ap.parse_args(argv)
 
-    from caprobe.compare import CompareOptions, run_compare
-    from caprobe.compare.plan import load_plan
+    from caprobe.comparison import CompareOptions, run_compare
+    from caprobe.comparison.plan import load_plan
 
     out = args.out or Path("runs") / f"calibration-{dt.date.today():%Y-%m-%d}"
     started = time.perf_counter()

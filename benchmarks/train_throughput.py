@@ -25,7 +25,7 @@ load spikes on a shared machine) are compared.
 
 * bare: a pre-normalised float batch already in memory, ``model(x)``, loss, backward, step:
   the floor any training loop pays.
-* caprobe: :func:`caprobe.train.train` (one epoch of exactly ``--steps`` steps, progress off),
+* caprobe: :func:`caprobe.training.train` (one epoch of exactly ``--steps`` steps, progress off),
   timed from its own ``train_time_s`` (evaluation excluded), which includes indexing,
   batch augmentation, bookkeeping and the NaN guard. Its ``data_wait_share`` is the share of
   step time spent preparing the batch (indexing + augmentation + copies).
@@ -66,8 +66,8 @@ def loop_main(argv: list[str]) -> int:
 
     from caprobe.data import load_dataset
     from caprobe.models import build_model
-    from caprobe.train import TrainConfig, loop, train
-    from caprobe.train.optim import build_optimizer
+    from caprobe.training import TrainConfig, loop, train
+    from caprobe.training.optim import build_optimizer
 
     if args.threads:
         torch.set_num_threads(args.threads)

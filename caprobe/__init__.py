@@ -11,24 +11,26 @@ from typing import Any
 
 from caprobe._version import __version__
 
+# public name -> (module, attribute); the module is imported on first use
 _LAZY = {
-    "build_model": "caprobe.models",
-    "list_models": "caprobe.models",
-    "count": "caprobe.measure.counting",
-    "Counts": "caprobe.measure.counting",
-    "attention": "caprobe.attention",
-    "deploy": "caprobe.deployment",
-    "train": "caprobe.train",  # the module is callable: caprobe.train(config)
-    "TrainConfig": "caprobe.train",
-    "compare": "caprobe.compare",  # callable: caprobe.compare(CompareOptions(...), out=...)
-    "report": "caprobe.report",  # callable: caprobe.report([run_dir, ...], out)
+    "build_model": ("caprobe.models", "build_model"),
+    "list_models": ("caprobe.models", "list_models"),
+    "count": ("caprobe.measure.counting", "count"),
+    "Counts": ("caprobe.measure.counting", "Counts"),
+    "attention": ("caprobe.attention", None),
+    "deploy": ("caprobe.deployment", "deploy"),
+    "train": ("caprobe.training", "train"),  # caprobe.train(TrainConfig(...), out=...)
+    "TrainConfig": ("caprobe.training", "TrainConfig"),
+    "compare": ("caprobe.comparison", "run_compare"),  # caprobe.compare(CompareOptions(), out=)
+    "report": ("caprobe.reporting", "render_report"),  # caprobe.report([run_dir, ...], out)
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        module = importlib.import_module(_LAZY[name])
-        return module if module.__name__.endswith(name) else getattr(module, name)
+        module_name, attribute = _LAZY[name]
+        module = importlib.import_module(module_name)
+        return module if attribute is None else getattr(module, attribute)
     raise AttributeError(f"module 'caprobe' has no attribute {name!r}")
 
 

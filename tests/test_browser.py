@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_report_support import make_run
 
-from caprobe.report import render_report
+from caprobe.reporting import render_report
 
 pytestmark = pytest.mark.browser
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import caprobe.train
+import caprobe.training
 from caprobe.cli import app
-from caprobe.compare import CompareOptions, Layout, run_compare
+from caprobe.comparison import CompareOptions, Layout, run_compare
 
 runner = CliRunner()
 
@@ -38,7 +38,7 @@ class _Crash(BaseException):
 
 
 class _Spy:
-    """Wraps caprobe.train.train: records calls and epochs, injects interruptions."""
+    """Wraps caprobe.training.train: records calls and epochs, injects interruptions."""
 
     def __init__(self, real) -> None:
         self.real = real
@@ -80,8 +80,8 @@ def test_crash_resume_equals_uninterrupted(tmp_path, monkeypatch):
     assert [r["learned"] for r in ref.results["runs"]] == [False, False]
     assert len(ref.results["runs"]) == 2
 
-    spy = _Spy(caprobe.train.train)
-    monkeypatch.setattr(caprobe.train, "train", spy)
+    spy = _Spy(caprobe.training.train)
+    monkeypatch.setattr(caprobe.training, "train", spy)
     out = tmp_path / "run"
     layout = Layout(out)
 
@@ -140,7 +140,7 @@ def test_crash_resume_equals_uninterrupted(tmp_path, monkeypatch):
 
 
 def test_no_train_and_a_failing_variant(tmp_path, monkeypatch):
-    import caprobe.compare.run as run_mod
+    import caprobe.comparison.run as run_mod
 
     real_build = run_mod._build
 
@@ -171,7 +171,7 @@ def test_reference_gives_paired_deltas_against_the_chosen_variant(tmp_path, monk
     against it (ref_delta_*), computed from the per-seed top-1 exactly as the deltas against
     none; the CLI table, results and report say "vs se". (Four steps learn nothing: every
     finished run is let into the statistics here, the arithmetic is what is tested.)"""
-    import caprobe.compare.results as results_module
+    import caprobe.comparison.results as results_module
 
     monkeypatch.setattr(results_module, "_learned", results_module._finished)
     out = tmp_path / "run"

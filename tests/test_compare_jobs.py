@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import caprobe.compare.run as run_mod
-import caprobe.train
+import caprobe.comparison.run as run_mod
+import caprobe.training
 from caprobe.cli import app
-from caprobe.compare import CompareOptions, Layout, run_compare
-from caprobe.compare.pool import WorkerDied
-from caprobe.compare.results import piece_done, piece_state
+from caprobe.comparison import CompareOptions, Layout, run_compare
+from caprobe.comparison.pool import WorkerDied
+from caprobe.comparison.results import piece_done, piece_state
 from caprobe.errors import CaprobeError
 from caprobe.runtime import environmental_cause, is_environmental
-from caprobe.train import TrainConfig
+from caprobe.training import TrainConfig
 
 runner = CliRunner()
 
@@ -42,9 +42,9 @@ CLI = [sys.executable, "-c", "from caprobe.cli import main; main()"]
 # spawned workers import the main script again, so this patch reaches them (test code only)
 DRIVER = '''
 import os, signal, sys
-import caprobe.train
+import caprobe.training
 
-_real = caprobe.train.train
+_real = caprobe.training.train
 
 
 def _train(config, **kw):
@@ -53,7 +53,7 @@ def _train(config, **kw):
     return _real(config, **kw)
 
 
-caprobe.train.train = _train
+caprobe.training.train = _train
 if __name__ == "__main__":
     from caprobe.cli import main
     main()
@@ -150,7 +150,7 @@ def test_a_retry_note_is_not_final(tmp_path):
 @pytest.mark.parametrize("exc", [OSError(errno.ENOSPC, "No space left on device"),
                                  MemoryError()])
 def test_train_raises_failures_of_the_machine_instead_of_recording(tmp_path, monkeypatch, exc):
-    import caprobe.train.loop as loop
+    import caprobe.training.loop as loop
 
     def fail(path, state):
         raise exc
@@ -159,7 +159,7 @@ def test_train_raises_failures_of_the_machine_instead_of_recording(tmp_path, mon
     config = TrainConfig(width=0.25, data_options={"n_train": 32, "n_test": 16}, steps=2,
                          batch_size=16, threads=1, device="cpu", cache_dir=str(tmp_path / "c"))
     with pytest.raises(type(exc)):
-        caprobe.train.train(config, out=tmp_path / "run", progress=False)
+        caprobe.training.train(config, out=tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "result.json").exists()
 
 
@@ -167,7 +167,7 @@ def test_train_cli_says_what_the_machine_lacks(tmp_path, monkeypatch):
     def full(config, **kw):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(caprobe.train, "train", full)
+    monkeypatch.setattr(caprobe.training, "train", full)
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--steps", "1"])
     assert result.exit_code == 2
     line = _one_error_line(result.stderr)

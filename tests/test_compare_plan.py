@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from caprobe.cli import app
-from caprobe.compare import CompareOptions, Layout, Plan, load_plan, slug
-from caprobe.compare.plan import canonical_variants, merge_for_resume
+from caprobe.comparison import CompareOptions, Layout, Plan, load_plan, slug
+from caprobe.comparison.plan import canonical_variants, merge_for_resume
 from caprobe.errors import CaprobeError
 
 runner = CliRunner()

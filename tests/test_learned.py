@@ -16,14 +16,14 @@ from test_report_support import make_run
 
 from caprobe.cli.compare import _print_summary
 from caprobe.cli.train import summary_line
-from caprobe.compare.layout import Layout
-from caprobe.compare.results import DID_NOT_LEARN, RESULTS_SCHEMA, load_results, write_results
+from caprobe.comparison.layout import Layout
+from caprobe.comparison.results import DID_NOT_LEARN, RESULTS_SCHEMA, load_results, write_results
 from caprobe.io import read_json, write_json
-from caprobe.report import render_report
-from caprobe.report.records import load_runs
-from caprobe.report.render import _rows, verdict
+from caprobe.reporting import render_report
+from caprobe.reporting.records import load_runs
+from caprobe.reporting.render import _rows, verdict
 from caprobe.stats import CHANCE_FACTOR, LOSS_FACTOR, did_learn, loss_fell, top1_floor
-from caprobe.train import RunResult
+from caprobe.training import RunResult
 
 T_975_1 = 12.70620473617472  # Student t, 97.5% quantile, 1 degree of freedom
 T_975_2 = 4.302652729911275  # and 2 degrees of freedom

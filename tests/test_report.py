@@ -13,11 +13,11 @@ from test_report_support import make_run
 from typer.testing import CliRunner
 
 from caprobe.cli import app
-from caprobe.compare.results import load_results
+from caprobe.comparison.results import load_results
 from caprobe.errors import CaprobeError
-from caprobe.report import render_index, render_report
-from caprobe.report.plots import pareto_front
-from caprobe.report.render import fmt_acc, fmt_count, fmt_delta, fmt_pct, fmt_ratio_pct
+from caprobe.reporting import render_index, render_report
+from caprobe.reporting.plots import pareto_front
+from caprobe.reporting.render import fmt_acc, fmt_count, fmt_delta, fmt_pct, fmt_ratio_pct
 
 runner = CliRunner()
 
@@ -216,7 +216,7 @@ def test_python_api_is_callable(run_dir, tmp_path):
 
     out = caprobe.report([run_dir], tmp_path / "api.html")
     assert out == tmp_path / "api.html" and out.read_text().startswith("<!DOCTYPE html>")
-    assert callable(caprobe.compare) and caprobe.compare.CompareOptions is not None
+    assert caprobe.compare is caprobe.comparison.run_compare and caprobe.report is render_report
 
 
 def test_load_results_rejects_non_run(tmp_path):

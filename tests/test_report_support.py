@@ -2,7 +2,7 @@
 
 ``make_run`` writes every record ``caprobe compare`` writes (plan, provenance, counts,
 latency, training run folders, attention maps) with known numbers, then aggregates them with
-the real :func:`caprobe.compare.results.write_results`.
+the real :func:`caprobe.comparison.results.write_results`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import json
 import random
 from pathlib import Path
 
-from caprobe.compare.layout import Layout
-from caprobe.compare.results import write_results
+from caprobe.comparison.layout import Layout
+from caprobe.comparison.results import write_results
 from caprobe.io import write_json
 from caprobe.stats import chance_top1, did_learn
 

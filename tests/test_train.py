@@ -11,8 +11,8 @@ import torch
 
 from caprobe.errors import CaprobeError
 from caprobe.stats import did_learn
-from caprobe.train import RunResult, TrainConfig, load_model, load_run, loop, train
-from caprobe.train import checkpoint as ckpt_mod
+from caprobe.training import RunResult, TrainConfig, load_model, load_run, loop, train
+from caprobe.training import checkpoint as ckpt_mod
 
 # --------------------------------------------------------------------------- a tiny data set
 
@@ -256,7 +256,7 @@ def test_result_roundtrip_and_callable_module():
 
     r = RunResult(status="finished", top1=float("nan"))
     assert r.to_dict()["top1"] is None
-    assert callable(caprobe.train) and caprobe.train.TrainConfig is TrainConfig
+    assert caprobe.train is caprobe.training.train and caprobe.training.TrainConfig is TrainConfig
     assert caprobe.TrainConfig is TrainConfig
 
 
@@ -321,7 +321,7 @@ def test_progress_task_on_a_callers_bar_is_removed(fake_data):
 
 def test_a_config_saved_before_a_field_existed_still_resumes():
     """config.json written before ``coords`` / ``image_size`` existed: missing = the default."""
-    from caprobe.train.config import TrainConfig, differences
+    from caprobe.training.config import TrainConfig, differences
 
     now = TrainConfig(seed=3).to_dict()
     old = {k: v for k, v in now.items() if k not in ("coords", "image_size")}

@@ -103,7 +103,7 @@ def compare(
 ) -> None:
     """Run the ablation: counts, latency and training of every variant x seed, then results
     (CSV/JSON) and a self-contained HTML report."""
-    from caprobe.compare import CompareOptions, run_compare
+    from caprobe.comparison import CompareOptions, run_compare
 
     values = {
         "model": model, "attn": list(attn or []), "reference": reference, "width": width,
@@ -173,7 +173,7 @@ def _print_summary(outcome) -> None:  # noqa: ANN001
     from rich.console import Console
     from rich.table import Table
 
-    from caprobe.compare.results import DID_NOT_LEARN
+    from caprobe.comparison.results import DID_NOT_LEARN
 
     console = Console()
     table = Table(title=f"caprobe compare: {outcome.out}", box=box.SIMPLE_HEAD,
@@ -239,7 +239,7 @@ def report(
                                     "DIR/report.html for one run, report.html for several)."),
 ) -> None:
     """Render the HTML report from saved results only (re-render one run or merge several)."""
-    from caprobe.report import render_report
+    from caprobe.reporting import render_report
 
     if out is None and len(runs) > 1:
         out = Path("report.html")

@@ -51,7 +51,7 @@ def _model_and_inputs(run_dir: Path | None, checkpoint: Path | None, model: str 
     if run_dir is not None:
         if model is not None or checkpoint is not None:
             raise CaprobeError("give a run folder or --model/--checkpoint, not both")
-        from caprobe.train.loop import load_model, load_run
+        from caprobe.training.loop import load_model, load_run
 
         config, _, _ = load_run(run_dir)
         net = load_model(run_dir)
@@ -72,7 +72,7 @@ def _model_and_inputs(run_dir: Path | None, checkpoint: Path | None, model: str 
                                   profile=profile, seed=seed)
         label = f"{backbone} {spec} (seed {seed})"
         if checkpoint is not None:
-            from caprobe.train.checkpoint import load_checkpoint
+            from caprobe.training.checkpoint import load_checkpoint
 
             if not checkpoint.is_file():
                 raise CaprobeError(f"checkpoint {checkpoint} does not exist")

@@ -1,6 +1,6 @@
 """``caprobe train``: one training run with a progress bar, a run folder and a one-line summary.
 
-Thin over :func:`caprobe.train.train`; torch is imported inside the command body only.
+Thin over :func:`caprobe.training.train`; torch is imported inside the command body only.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def train_command(
         is_environmental,
         sigterm_as_interrupt,
     )
-    from caprobe.train import TrainConfig, is_run_dir, train
+    from caprobe.training import TrainConfig, is_run_dir, train
 
     if resume is not None:
         if not is_run_dir(resume):

@@ -13,8 +13,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from caprobe.compare.plan import BASELINE
-from caprobe.compare.results import DID_NOT_LEARN
+from caprobe.comparison.plan import BASELINE
+from caprobe.comparison.results import DID_NOT_LEARN
 from caprobe.formatting import (
     finite,
     fmt_acc,
@@ -25,8 +25,8 @@ from caprobe.formatting import (
     fmt_ratio_pct,
 )
 from caprobe.io import atomic_write_text
-from caprobe.report import plots
-from caprobe.report.records import RunRecords, load_runs
+from caprobe.reporting import plots
+from caprobe.reporting.records import RunRecords, load_runs
 from caprobe.stats import at_chance
 
 ACC_KEYS = ("test_top1", "top1", "val_top1", "test_acc", "accuracy", "acc")

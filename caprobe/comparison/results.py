@@ -25,8 +25,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from caprobe.compare.layout import Layout
-from caprobe.compare.plan import BASELINE, load_plan
+from caprobe.comparison.layout import Layout
+from caprobe.comparison.plan import BASELINE, load_plan
 from caprobe.io import atomic_write_text, read_json, read_jsonl, write_json
 from caprobe.stats import chance_top1, did_learn
 

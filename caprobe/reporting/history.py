@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from caprobe.compare.layout import PLAN
-from caprobe.compare.results import load_results
+from caprobe.comparison.layout import PLAN
+from caprobe.comparison.results import load_results
 from caprobe.errors import CaprobeError
 from caprobe.io import atomic_write_text
-from caprobe.report import plots
+from caprobe.reporting import plots
 
 NIGHTLY = re.compile(r"^nightly-(\d{4}-\d{2}-\d{2})(?:[-_].*)?$")
 
@@ -80,7 +80,7 @@ def render_index(reports_dir: str | Path = "reports", out: str | Path | None = N
     """Write the history page (default ``<reports_dir>/index.html``) and return its path."""
     from markupsafe import Markup
 
-    from caprobe.report.render import environment
+    from caprobe.reporting.render import environment
 
     reports_dir = Path(reports_dir)
     nightlies = collect(reports_dir)
@@ -98,7 +98,7 @@ def render_index(reports_dir: str | Path = "reports", out: str | Path | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m caprobe.report.history [REPORTS_DIR [OUT_HTML]]``"""
+    """``python -m caprobe.reporting.history [REPORTS_DIR [OUT_HTML]]``"""
     args = sys.argv[1:] if argv is None else argv
     path = render_index(args[0] if args else "reports", args[1] if len(args) > 1 else None)
     print(path)

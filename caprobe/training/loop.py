@@ -25,8 +25,8 @@ from caprobe.errors import CaprobeError
 from caprobe.io import atomic_write_text, read_json, read_jsonl, to_jsonable, write_json
 from caprobe.runtime import torch_threads
 from caprobe.stats import chance_top1, did_learn
-from caprobe.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from caprobe.train.config import TrainConfig, differences, resolve, validate
+from caprobe.training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from caprobe.training.config import TrainConfig, differences, resolve, validate
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -419,7 +419,7 @@ def _setup(cfg: TrainConfig, model, dataset, data_api, device: str,
     model on its device and memory format, optimiser, scaler, loss and random streams."""
     import torch
 
-    from caprobe.train.optim import build_optimizer
+    from caprobe.training.optim import build_optimizer
 
     cuda = device.startswith("cuda")
     env = _environment(device, torch.get_num_threads())
@@ -602,7 +602,7 @@ def _result(t: _Training, state: TrainState, started: float, status: str,
 
 def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path | None,
          saved: dict | None, progress: Any, on_epoch) -> RunResult:
-    from caprobe.train.display import Bar
+    from caprobe.training.display import Bar
 
     t = _setup(cfg, model, dataset, data_api, device, run_dir)
     state = TrainState.from_checkpoint(saved, t) if saved is not None else TrainState()

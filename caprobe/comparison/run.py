@@ -8,7 +8,7 @@ Order of work (so that a crash keeps the most useful part):
 3. latency of every variant, timed interleaved in one session (``variants/<v>/latency.json``);
    counts and latency run alone on the machine, before any training starts;
 4. training, seed-major (every variant of seed 0, then of seed 1, ...): ``jobs`` trainings at
-   once in worker processes (:mod:`caprobe.compare.pool`), or in this process for one job;
+   once in worker processes (:mod:`caprobe.comparison.pool`), or in this process for one job;
 5. attention maps from the first finished checkpoint of each variant (one that learned when
    there is one);
 6. ``results.csv`` / ``results.json`` and ``report.html``.
@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from caprobe.compare import maps as _maps
-from caprobe.compare.layout import Layout
-from caprobe.compare.plan import (
+from caprobe.comparison import maps as _maps
+from caprobe.comparison.layout import Layout
+from caprobe.comparison.plan import (
     BASELINE,
     CompareOptions,
     Plan,
@@ -45,8 +45,8 @@ from caprobe.compare.plan import (
     merge_for_resume,
     validate,
 )
-from caprobe.compare.pool import WorkerDied, WorkerPool
-from caprobe.compare.results import piece_done, piece_state, write_results
+from caprobe.comparison.pool import WorkerDied, WorkerPool
+from caprobe.comparison.results import piece_done, piece_state, write_results
 from caprobe.errors import CaprobeError
 from caprobe.io import read_json, to_jsonable, write_json
 from caprobe.measure.environment import usable_cpus
@@ -59,7 +59,7 @@ from caprobe.runtime import (
 )
 
 if TYPE_CHECKING:
-    from caprobe.train import TrainConfig
+    from caprobe.training import TrainConfig
 
 #: Trainings at once when --jobs is not given, on a machine with at least 2 cores and more
 #: than one training left: two 1-thread processes outrun one 2-thread process on these small
@@ -110,8 +110,8 @@ def threads_per_job(jobs: int) -> int:
 
 
 def train_config(options: CompareOptions, variant: str, seed: int):
-    """The :class:`caprobe.train.TrainConfig` of one piece (unset fields keep their defaults)."""
-    from caprobe.train import TrainConfig
+    """The :class:`caprobe.training.TrainConfig` of one piece (unset fields keep their defaults)."""
+    from caprobe.training import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {
@@ -165,8 +165,8 @@ def _load_data(options: CompareOptions, config) -> _DataInfo:
 
 def _resolved(options: CompareOptions, data: _DataInfo, variant: str, seed: int):
     """The piece's TrainConfig with recipe defaults filled in (width, profile, ...)."""
-    from caprobe.train.config import resolve
-    from caprobe.train.loop import training_device
+    from caprobe.training.config import resolve
+    from caprobe.training.loop import training_device
 
     config = train_config(options, variant, seed)
     return resolve(config, image_size=data.image_size,
@@ -396,7 +396,7 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
     if report and not ran and layout.report.is_file():
         report_path = layout.report  # nothing new: the saved report is current
     elif report:
-        from caprobe.report import render_report
+        from caprobe.reporting import render_report
 
         report_path = render_report([layout.root], layout.report)
     return CompareOutcome(out=layout.root, results=results, report=report_path,
@@ -509,7 +509,7 @@ def _piece(options: CompareOptions, layout: Layout, variant: str, seed: int,
     """A training continued from its folder keeps the thread count it began with (its result
     may depend on it; plans older than ``train_threads`` could differ); a new one gets the
     plan's ``threads``."""
-    from caprobe.train.loop import CONFIG_FILE, is_run_dir
+    from caprobe.training.loop import CONFIG_FILE, is_run_dir
 
     run_dir = layout.run_dir(variant, seed)
     resume = is_run_dir(run_dir)
@@ -533,7 +533,7 @@ def train_piece(piece: Piece, progress: Any) -> None:
     """Train one piece (here or in a worker). An outcome of the experiment (finished, diverged,
     a config that cannot be built) is recorded in its folder; a failure of the machine leaves
     the piece to retry and raises a :class:`CaprobeError` naming the cause and the fix."""
-    from caprobe.train import train
+    from caprobe.training import train
 
     error = Layout(piece.root).error(piece.variant, piece.seed)
     error.unlink(missing_ok=True)  # the retry note of an earlier session
@@ -596,7 +596,7 @@ def _train(todo: list[Piece], jobs: int, threads: int, bar: _Progress,
 
 def _load_trained(layout: Layout, variant: str, seed: int):
     """The model of a finished run, from its checkpoint."""
-    from caprobe.train import load_model
+    from caprobe.training import load_model
 
     return load_model(layout.run_dir(variant, seed))
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from caprobe.compare.layout import Layout
+from caprobe.comparison.layout import Layout
 from caprobe.errors import CaprobeError, require_positive
 from caprobe.io import read_json, to_jsonable, write_json
 
@@ -26,7 +26,7 @@ class CompareOptions:
     """Everything that decides what a comparison computes.
 
     ``None`` for a training field means "TrainConfig's default for this data set". Any other
-    :class:`caprobe.train.TrainConfig` field can be set through ``train_options``.
+    :class:`caprobe.training.TrainConfig` field can be set through ``train_options``.
     """
 
     attn: list[str] = field(default_factory=list)  # the baseline "none" is always added
@@ -144,8 +144,8 @@ def _check_model(model: str) -> None:
 
 def _check_training(options: CompareOptions) -> None:
     """The trainings' own checks (TrainConfig's), before anything is written."""
-    from caprobe.compare.run import train_config
-    from caprobe.train.config import validate as validate_training
+    from caprobe.comparison.run import train_config
+    from caprobe.training.config import validate as validate_training
 
     validate_training(train_config(options, BASELINE, options.seed))
 

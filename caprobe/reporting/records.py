@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from caprobe.compare.layout import Layout
-from caprobe.compare.plan import load_plan
-from caprobe.compare.results import load_results, read_metrics
+from caprobe.comparison.layout import Layout
+from caprobe.comparison.plan import load_plan
+from caprobe.comparison.results import load_results, read_metrics
 from caprobe.errors import CaprobeError
 from caprobe.io import read_json
 

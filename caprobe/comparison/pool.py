@@ -56,7 +56,7 @@ def _send(events: Any, event: tuple) -> None:
 
 
 class QueueProgress:
-    """What :class:`caprobe.train.display.Bar` uses of ``rich.progress.Progress``, inside a
+    """What :class:`caprobe.training.display.Bar` uses of ``rich.progress.Progress``, inside a
     worker: every call becomes an event for the parent's display."""
 
     def __init__(self, events: Any, key: str) -> None:
