@@ -85,15 +85,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from caprobe.comparison import CompareOptions, run_compare
     from caprobe.comparison.plan import load_plan
+    from caprobe.reporting import render_report
 
     out = args.out or Path("runs") / f"calibration-{dt.date.today():%Y-%m-%d}"
     started = time.perf_counter()
     options = CompareOptions(attn=list(VARIANTS), seeds=args.seeds, jobs=args.jobs,
                              latency_min_time=0.1, map_images=0)
     resume = (out / "plan.json").is_file()  # finish an interrupted calibration
-    given = {"seeds": args.seeds, **({"jobs": args.jobs} if args.jobs else {})}
-    outcome = run_compare(None if resume else options, out, resume=resume,
-                          given=given if resume else None, report=True)
+    given = {"seeds", "jobs"} if args.jobs else {"seeds"}
+    outcome = run_compare(options, out, resume=resume, given=given if resume else None)
+    render_report([out], out / "report.html")
     runs = outcome.results["runs"]
     rows = [_summary(v, [r for r in runs if r["variant"] == v]) for v in ["none", *VARIANTS]]
     chance = next((r["chance_top1"] for r in runs if r.get("chance_top1")), None)

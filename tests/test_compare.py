@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 import caprobe.training
 from caprobe.cli import app
 from caprobe.comparison import CompareOptions, Layout, run_compare
+from caprobe.training import TrainConfig
 
 runner = CliRunner()
 
@@ -25,12 +26,12 @@ CLI_ARGS = ["--width", "0.25", "--data-option", "n_train=32", "--data-option", "
             "--min-time", "0.02"]
 
 
-def _options(cache: Path, **kw) -> CompareOptions:
-    base = dict(attn=["ca"], width=0.25, data_options=dict(DATA_OPTIONS), steps=4,
-                batch_size=16, seeds=1, threads=1, jobs=1, latency_min_time=0.02, map_images=2,
-                train_options={"cache_dir": str(cache)})
+def _options(cache: Path, *, training: dict | None = None, **kw) -> CompareOptions:
+    template = TrainConfig(width=0.25, data_options=dict(DATA_OPTIONS), steps=4, batch_size=16,
+                           threads=1, cache_dir=str(cache), **(training or {}))
+    base = dict(attn=["ca"], seeds=1, jobs=1, latency_min_time=0.02, map_images=2)
     base.update(kw)
-    return CompareOptions(**base)
+    return CompareOptions(training=template, **base)
 
 
 class _Crash(BaseException):
@@ -73,7 +74,7 @@ def _comparable(results: dict) -> dict:
 
 def test_crash_resume_equals_uninterrupted(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    ref = run_compare(_options(cache), tmp_path / "ref", progress=False, report=False)
+    ref = run_compare(_options(cache), tmp_path / "ref", progress=False)
     assert [r["status"] for r in ref.results["runs"]] == ["finished", "finished"]
     # 4 steps on 36 classes stay at chance: both are flagged, with no top-1 to report
     assert [r["status"] for r in ref.results["aggregates"]] == ["did not learn"] * 2

@@ -60,12 +60,12 @@ if __name__ == "__main__":
 '''
 
 
-def _options(cache: Path, **kw) -> CompareOptions:
-    base = dict(attn=["ca"], width=0.25, data_options={"n_train": 32, "n_test": 32}, steps=4,
-                batch_size=16, seeds=1, threads=1, latency_min_time=0.02, map_images=0,
-                train_options={"cache_dir": str(cache)})
+def _options(cache: Path, *, training: dict | None = None, **kw) -> CompareOptions:
+    template = TrainConfig(width=0.25, data_options={"n_train": 32, "n_test": 32}, steps=4,
+                           batch_size=16, threads=1, cache_dir=str(cache), **(training or {}))
+    base = dict(attn=["ca"], seeds=1, latency_min_time=0.02, map_images=0)
     base.update(kw)
-    return CompareOptions(**base)
+    return CompareOptions(training=template, **base)
 
 
 def _runs(results: dict) -> list[dict]:
@@ -186,8 +186,8 @@ def test_help_names_jobs_and_threads_per_job():
 @pytest.mark.slow
 def test_jobs_2_gives_the_results_of_jobs_1(tmp_path):
     cache = tmp_path / "cache"
-    one = run_compare(_options(cache, jobs=1), tmp_path / "one", progress=False, report=False)
-    two = run_compare(_options(cache, jobs=2), tmp_path / "two", progress=False, report=False)
+    one = run_compare(_options(cache, jobs=1), tmp_path / "one", progress=False)
+    two = run_compare(_options(cache, jobs=2), tmp_path / "two", progress=False)
     assert [r["status"] for r in two.results["runs"]] == ["finished", "finished"]
     assert _runs(two.results) == _runs(one.results)
     sessions = json.loads(Layout(two.out).provenance.read_text())["sessions"]
@@ -217,8 +217,8 @@ def test_ctrl_c_stops_the_workers_and_resume_finishes_the_rest(tmp_path, monkeyp
     assert not list(out.glob("variants/*/seed-*/error.json"))
 
     monkeypatch.setenv("CAPROBE_CACHE", str(tmp_path / "cache"))
-    outcome = run_compare(None, out, resume=True, given={"jobs": 1}, progress=False,
-                          report=False)
+    outcome = run_compare(CompareOptions(jobs=1), out, resume=True, given={"jobs"},
+                          progress=False)
     assert [r["status"] for r in outcome.results["runs"]] == ["finished"] * 4
     trained = {k for k in outcome.ran if k.startswith("train:")}
     before = {f"train:{p.parent.parent.name}:{p.parent.name[5:]}" for p in finished}
@@ -244,8 +244,8 @@ def test_a_killed_worker_stops_the_plan_and_its_piece_is_retried(tmp_path, monke
     assert not piece_done(layout, "ca", 0)
 
     monkeypatch.setenv("CAPROBE_CACHE", str(tmp_path / "cache"))
-    outcome = run_compare(None, out, resume=True, given={"jobs": 1}, progress=False,
-                          report=False)
+    outcome = run_compare(CompareOptions(jobs=1), out, resume=True, given={"jobs"},
+                          progress=False)
     assert "train:ca:0" in outcome.ran
     assert [r["status"] for r in outcome.results["runs"]] == ["finished", "finished"]
     assert not layout.error("ca", 0).exists()

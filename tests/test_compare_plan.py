@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from typer.testing import CliRunner
 
 from caprobe.cli import app
 from caprobe.comparison import CompareOptions, Layout, Plan, load_plan, slug
-from caprobe.comparison.plan import canonical_variants, merge_for_resume
+from caprobe.comparison.plan import canonical_variants, merge_for_resume, option_path, validate
 from caprobe.errors import CaprobeError
+from caprobe.training import TrainConfig
 
 runner = CliRunner()
 
@@ -39,7 +42,8 @@ def test_slugs_are_safe_and_unique():
 
 
 def test_plan_pieces_are_seed_major(tmp_path):
-    plan = Plan.from_options(CompareOptions(attn=["se", "ca"], seeds=2, seed=5))
+    plan = Plan.from_options(CompareOptions(attn=["se", "ca"], seeds=2,
+                                            training=TrainConfig(seed=5)))
     assert plan.variants == ["none", "se", "ca"] and plan.seeds == [5, 6]
     assert plan.pieces[:3] == [("none", 5), ("se", 5), ("ca", 5)]
     plan.save(Layout(tmp_path))
@@ -48,17 +52,43 @@ def test_plan_pieces_are_seed_major(tmp_path):
 
 
 def test_resume_compares_only_given_options(tmp_path):
-    plan = Plan.from_options(CompareOptions(attn=["se"], seeds=2, epochs=3))
+    plan = Plan.from_options(CompareOptions(attn=["se"], seeds=2,
+                                            training=TrainConfig(epochs=3)))
     plan.save(Layout(tmp_path))
     saved = load_plan(tmp_path)
-    opts = merge_for_resume(saved, {"attn": ["se"], "seeds": 2})
-    assert opts.epochs == 3 and opts.attn == ["se"]
-    assert merge_for_resume(saved, {}).seeds == 2
-    assert merge_for_resume(saved, {"jobs": 3, "seeds": 2}).jobs == 3  # jobs: not compared
+    # the new command gives --attn se --seeds 2 and --epochs 5 by default only: not compared
+    requested = CompareOptions(attn=["se"], seeds=2, training=TrainConfig(epochs=5))
+    opts = merge_for_resume(saved, requested, {"attn", "seeds"})
+    assert opts.training.epochs == 3 and opts.attn == ["se"]
+    assert merge_for_resume(saved, requested, set()).seeds == 2
+    assert merge_for_resume(saved).training == saved_training(saved)
+    more = CompareOptions(jobs=3, seeds=2)
+    assert merge_for_resume(saved, more, {"jobs", "seeds"}).jobs == 3  # jobs: not compared
     with pytest.raises(CaprobeError, match=r"seeds=3 \(plan.json has 2\)"):
-        merge_for_resume(saved, {"seeds": 3})
+        merge_for_resume(saved, CompareOptions(seeds=3), {"seeds"})
+    with pytest.raises(CaprobeError, match=r"epochs=5 \(plan.json has 3\)"):
+        merge_for_resume(saved, requested, {"training.epochs"})
     with pytest.raises(CaprobeError, match="attn"):
-        merge_for_resume(saved, {"attn": ["se", "ca"]})
+        merge_for_resume(saved, CompareOptions(attn=["se", "ca"]), {"attn"})
+    with pytest.raises(CaprobeError, match="schema 1"):
+        merge_for_resume({**saved, "schema": 1})
+
+
+def saved_training(saved):
+    return TrainConfig.from_dict(saved["options"]["training"])
+
+
+def test_each_piece_is_the_template_with_its_variant_and_seed():
+    template = TrainConfig(epochs=3, data_options={"n_train": 64}, seed=4)
+    options = CompareOptions(attn=["se"], training=template)
+    piece = options.piece("se", 5)
+    assert piece == dataclasses.replace(template, attn="se", seed=5)
+    piece.data_options["n_train"] = 1  # a piece's mapping is its own
+    assert template.data_options == {"n_train": 64}
+    assert options.seed_list == [4, 5, 6]
+    assert option_path("epochs") == "training.epochs" and option_path("seeds") == "seeds"
+    with pytest.raises(CaprobeError, match="training.attn"):
+        validate(CompareOptions(attn=["se"], training=TrainConfig(attn="ca")))
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -68,7 +98,7 @@ def test_resume_compares_only_given_options(tmp_path):
     ([], "no attention variants"),
     (["--attn", "se", "--seeds", "0"], "--seeds must be at least 1"),
     (["--attn", "se", "--jobs", "0"], "--jobs must be at least 1"),
-    (["--attn", "se", "--image-size", "0"], "--image-size must be at least 1"),
+    (["--attn", "se", "--image-size", "0"], "--image-size must be a positive integer"),
     (["--attn", "se", "--image-size", "32", "--data-option", "image_size=32"], "given twice"),
     (["--attn", "se", "--model", "resnet"], "unknown model"),
     (["--attn", "se", "--data-option", "oops"], "KEY=VALUE"),

@@ -233,10 +233,10 @@ def test_terminal_summary_and_warnings(tmp_path, capsys):
             ("ca", 0): 5.0, ("ca", 1): 6.0, ("ca", 2): 4.0}
     root = make_run(tmp_path / "r", variants=("none", "se", "ca"), top1=top1)
     results = write_results(root)
-    outcome = types.SimpleNamespace(out=root, results=results, report=None,
+    outcome = types.SimpleNamespace(out=root, results=results,
                                     results_csv=root / "results.csv",
                                     results_json=root / "results.json")
-    _print_summary(outcome)
+    _print_summary(outcome, None)
     out, err = capsys.readouterr()
     assert "did not learn" in out and "2/3 learned" in out
     assert "not every piece finished" not in err

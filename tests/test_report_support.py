@@ -32,9 +32,10 @@ def make_run(root: Path, *, variants=("none", "se", "ca"), seeds=(0, 1, 2), data
     seeds = list(seeds)
     pieces = [(v, s) for s in seeds for v in variants]
     plan = {
-        "schema": 1, "kind": "caprobe-compare",
-        "options": {"attn": variants[1:], "model": model, "data": data, "seeds": len(seeds),
-                    "seed": seeds[0], "train": train, "width": 0.25},
+        "schema": 2, "kind": "caprobe-compare",
+        "options": {"attn": variants[1:], "seeds": len(seeds), "train": train,
+                    "training": {"model": model, "data": data, "seed": seeds[0],
+                                 "width": 0.25}},
         "variants": variants, "seeds": seeds,
         "folders": {v: str(layout.variant_dir(v).relative_to(root)) for v in variants},
         "pieces": [{"variant": v, "seed": s,

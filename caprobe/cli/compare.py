@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -14,133 +14,152 @@ from caprobe.cli.options import multi_value_command, parse_key_values
 from caprobe.errors import CaprobeError
 from caprobe.formatting import finite, fmt_count, fmt_number, fmt_pct, fmt_ratio_pct
 
-_OPTION_NAMES = {  # CLI parameter -> CompareOptions field
-    "model": "model", "attn": "attn", "reference": "reference", "width": "width",
-    "profile": "profile", "data": "data",
-    "data_dir": "data_dir", "data_option": "data_options", "train_subset": "train_subset",
-    "curve_subset": "curve_subset",
-    "epochs": "epochs", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
-    "seeds": "seeds", "seed": "seed", "no_train": "train", "device": "device",
-    "threads": "threads", "jobs": "jobs", "latency_batch": "latency_batch",
-    "min_time": "latency_min_time", "paper_form": "latency_form",
-    "latency_device": "latency_device", "input_size": "input_size",
-    "image_size": "image_size",
-}
 
+def _explicit(ctx: typer.Context) -> set[str]:
+    """The options the user gave (not left at their defaults), as CompareOptions paths."""
+    from caprobe.comparison.plan import option_path
 
-def _explicit(ctx) -> set[str]:  # noqa: ANN001
-    """CLI parameters the user gave (not left at their defaults)."""
     given = set()
-    for name in _OPTION_NAMES:
+    for name in ctx.params:
         src = ctx.get_parameter_source(name)
-        if src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP"):
-            given.add(name)
+        if name not in _NOT_OPTIONS and src is not None \
+                and src.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given.add(option_path(name))
     return given
+
+
+#: parameters of ``compare`` that are not options of the comparison
+_NOT_OPTIONS = frozenset({"out", "resume", "as_json"})
 
 
 @app.command("compare", cls=multi_value_command("--attn", "-a"))
 def compare(
     ctx: typer.Context,
-    attn: list[str] | None = typer.Option(
-        None, "--attn", "-a", help="Attention specs to compare with the baseline 'none' "
-        "(always included), e.g. --attn se cbam ca \"ca:act=relu\"."),
-    reference: str = typer.Option("none", "--reference", help="Also give paired top-1 deltas "
-                                  "against this variant, e.g. --reference se for 'does CA beat "
-                                  "SE?' (added to --attn when missing)."),
-    model: str = typer.Option("mobilenetv2", "--model", "-m", help="Backbone: mobilenetv2 or "
-                              "mobilenext."),
-    data: str = typer.Option("positional", "--data", help="Data set (positional is synthetic "
-                             "and built in; cifar10 needs --data-dir)."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Where the data set lives."),
-    data_option: list[str] | None = typer.Option(None, "--data-option",
-                                                 help="Data set option KEY=VALUE (repeatable)."),
-    width: float | None = typer.Option(None, "--width", help="Width multiplier."),
-    profile: str | None = typer.Option(None, "--profile", help="imagenet or cifar layout "
-                                       "(default: the data set's)."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Training epochs."),
-    steps: int | None = typer.Option(None, "--steps", help="Stop each training after this "
-                                     "many steps."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Training batch size."),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate."),
-    curve_subset: int | None = typer.Option(None, "--curve-subset", help="Evaluate the epochs "
-                                            "before the last on a fixed slice of N test "
-                                            "images (curves); the last on all of them."),
-    train_subset: int | None = typer.Option(None, "--train-subset",
-                                            help="Train on this many images (same per seed)."),
-    seeds: int = typer.Option(3, "--seeds", help="Seeds per variant, paired across variants "
-                               "(3 give a paired 95% interval; 1 gives none)."),
-    seed: int = typer.Option(0, "--seed", help="First seed."),
-    no_train: bool = typer.Option(False, "--no-train", help="Cost only: counts and latency."),
-    device: str = typer.Option("auto", "--device", help="Device for training and latency: "
-                               "auto, cpu, cuda."),
-    latency_device: str | None = typer.Option(None, "--latency-device", help="Time latency "
-                                              "on this device instead (default: --device)."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads per job (per "
-                                       "training at once), also used for latency. (default: "
-                                       "cores // jobs of the plan's first session)",
-                                       show_default=False),
-    jobs: int | None = typer.Option(None, "--jobs", "-j", help="Trainings at once, each in "
-                                    "its own process; --jobs 1 trains them one after the "
-                                    "other in this process. Results depend on the threads per "
-                                    "training, fixed when the plan is made, not on --jobs. "
-                                    "(default: 2 on a machine with 2+ cores "
-                                    "when 2+ trainings are left, else 1)", show_default=False),
-    latency_batch: int = typer.Option(1, "--latency-batch", help="Batch size for latency."),
-    min_time: float = typer.Option(0.5, "--min-time", help="Timed seconds per variant for "
-                                   "latency."),
-    paper_form: bool = typer.Option(False, "--paper-form", help="Time the models as built (the "
-                                    "trainable form) instead of caprobe.deploy(model)."),
-    input_size: int | None = typer.Option(None, "--input-size", help="Input side for counts "
-                                          "and latency (default: the data's image size)."),
-    image_size: int | None = typer.Option(None, "--image-size", help="Image size of the data "
-                                          "set (resized once; default: its own, imagenette "
-                                          "128)."),
-    out: Path | None = typer.Option(None, "--out", help="Run folder to create (default "
-                                    "runs/compare-<time>)."),
-    resume: Path | None = typer.Option(None, "--resume", help="Finish the run in this folder: "
-                                       "skips finished pieces, reuses partial checkpoints."),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON only."),
+    attn: Annotated[list[str] | None, typer.Option(
+        "--attn", "-a", help="Attention specs to compare with the baseline 'none' "
+        "(always included), e.g. --attn se cbam ca \"ca:act=relu\".")] = None,
+    reference: Annotated[str, typer.Option(
+        "--reference", help="Also give paired top-1 deltas against this variant, e.g. "
+        "--reference se for 'does CA beat SE?' (added to --attn when missing).")] = "none",
+    model: Annotated[str, typer.Option(
+        "--model", "-m", help="Backbone: mobilenetv2 or mobilenext.")] = "mobilenetv2",
+    data: Annotated[str, typer.Option(
+        "--data", help="Data set (positional is synthetic and built in; cifar10 needs "
+        "--data-dir).")] = "positional",
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="Where the data set lives.")] = None,
+    data_options: Annotated[list[str] | None, typer.Option(
+        "--data-option", help="Data set option KEY=VALUE (repeatable).")] = None,
+    width: Annotated[float | None, typer.Option("--width", help="Width multiplier.")] = None,
+    profile: Annotated[str | None, typer.Option(
+        "--profile", help="imagenet or cifar layout (default: the data set's).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs.")] = None,
+    steps: Annotated[int | None, typer.Option(
+        "--steps", help="Stop each training after this many steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", help="Training batch size.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
+    curve_subset: Annotated[int | None, typer.Option(
+        "--curve-subset", help="Evaluate the epochs before the last on a fixed slice of N "
+        "test images (curves); the last on all of them.")] = None,
+    train_subset: Annotated[int | None, typer.Option(
+        "--train-subset", help="Train on this many images (same per seed).")] = None,
+    seeds: Annotated[int, typer.Option(
+        "--seeds", help="Seeds per variant, paired across variants (3 give a paired 95% "
+        "interval; 1 gives none).")] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="First seed.")] = 0,
+    train: Annotated[bool, typer.Option(
+        "--train/--no-train", help="--no-train: cost only (counts and latency).")] = True,
+    device: Annotated[str, typer.Option(
+        "--device", help="Device for training and latency: auto, cpu, cuda.")] = "auto",
+    latency_device: Annotated[str | None, typer.Option(
+        "--latency-device", help="Time latency on this device instead (default: "
+        "--device).")] = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="CPU threads per job (per training at once), also used for "
+        "latency. (default: cores // jobs of the plan's first session)",
+        show_default=False)] = None,
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", "-j", help="Trainings at once, each in its own process; --jobs 1 trains "
+        "them one after the other in this process. Results depend on the threads per "
+        "training, fixed when the plan is made, not on --jobs. (default: 2 on a machine with "
+        "2+ cores when 2+ trainings are left, else 1)", show_default=False)] = None,
+    latency_batch: Annotated[int, typer.Option(
+        "--latency-batch", help="Batch size for latency.")] = 1,
+    latency_min_time: Annotated[float, typer.Option(
+        "--min-time", help="Timed seconds per variant for latency.")] = 0.5,
+    paper_form: Annotated[bool, typer.Option(
+        "--paper-form", help="Time the models as built (the trainable form) instead of "
+        "caprobe.deploy(model).")] = False,
+    input_size: Annotated[int | None, typer.Option(
+        "--input-size", help="Input side for counts and latency (default: the data's image "
+        "size).")] = None,
+    image_size: Annotated[int | None, typer.Option(
+        "--image-size", help="Image size of the data set (resized once; default: its own, "
+        "imagenette 128).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Run folder to create (default runs/compare-<time>).")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume", help="Finish the run in this folder: skips finished pieces, reuses "
+        "partial checkpoints.")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the results as JSON only.")] = False,
 ) -> None:
     """Run the ablation: counts, latency and training of every variant x seed, then results
     (CSV/JSON) and a self-contained HTML report."""
     from caprobe.comparison import CompareOptions, run_compare
+    from caprobe.training import TrainConfig
 
-    values = {
-        "model": model, "attn": list(attn or []), "reference": reference, "width": width,
-        "profile": profile,
-        "data": data, "data_dir": str(data_dir) if data_dir is not None else None,
-        "data_option": parse_key_values(data_option, "--data-option", "n_train=512"),
-        "train_subset": train_subset, "curve_subset": curve_subset,
-        "epochs": epochs, "steps": steps, "batch_size": batch_size, "lr": lr, "seeds": seeds,
-        "seed": seed, "no_train": not no_train, "device": device, "threads": threads,
-        "jobs": jobs, "latency_batch": latency_batch, "min_time": min_time,
-        "paper_form": "paper" if paper_form else "deployed", "latency_device": latency_device,
-        "input_size": input_size, "image_size": image_size,
-    }
-    fields = {_OPTION_NAMES[k]: v for k, v in values.items()}
+    options = CompareOptions(
+        attn=list(attn or []), reference=reference, seeds=seeds, train=train, jobs=jobs,
+        latency_batch=latency_batch, latency_min_time=latency_min_time,
+        latency_device=latency_device, paper_form=paper_form, input_size=input_size,
+        training=TrainConfig(
+            model=model, data=data, data_dir=str(data_dir) if data_dir is not None else None,
+            data_options=parse_key_values(data_options, "--data-option", "n_train=512"),
+            image_size=image_size, width=width, profile=profile, epochs=epochs, steps=steps,
+            batch_size=batch_size, lr=lr, curve_subset=curve_subset,
+            train_subset=train_subset, seed=seed, device=device, threads=threads))
+    if not options.attn and (resume is None or "attn" in _explicit(ctx)):
+        raise CaprobeError("no attention variants given; pass e.g. --attn se cbam ca")
     if resume is not None:
         if out is not None and Path(out).resolve() != Path(resume).resolve():
             raise CaprobeError("--out and --resume name different folders; --resume DIR "
                                "continues the run in DIR")
-        given = {_OPTION_NAMES[k]: values[k] for k in _explicit(ctx)}
-        if "attn" in given and not given["attn"]:
-            raise CaprobeError("no attention variants given; pass e.g. --attn se cbam ca")
-        outcome = run_compare(None, resume, resume=True, given=given, progress=not as_json,
-                              argv=_argv())
+        outcome = run_compare(options, resume, resume=True, given=_explicit(ctx),
+                              progress=not as_json, argv=_argv())
     else:
-        if not attn:
-            raise CaprobeError("no attention variants given; pass e.g. --attn se cbam ca")
-        outcome = run_compare(CompareOptions(**fields), out, progress=not as_json,
-                              argv=_argv())
+        outcome = run_compare(options, out, progress=not as_json, argv=_argv())
+    report = _render_report(outcome)
     if as_json:
         typer.echo(json.dumps({
-            "out": str(outcome.out), "report": str(outcome.report) if outcome.report else None,
+            "out": str(outcome.out), "report": str(report) if report else None,
             "results_csv": str(outcome.results_csv), "results_json": str(outcome.results_json),
             "ran": outcome.ran, "skipped": outcome.skipped,
             "aggregates": outcome.results["aggregates"], "runs": outcome.results["runs"],
         }, indent=2))
         return
-    _print_summary(outcome)
+    _print_summary(outcome, report)
+
+
+def _render_report(outcome: Any) -> Path:
+    """``report.html`` of the run folder, rendered from its saved results (kept as it is when
+    this session computed nothing new)."""
+    from caprobe.comparison import Layout
+    from caprobe.reporting import render_report
+    from caprobe.runtime import environmental_cause, failure_line, is_environmental
+
+    path = Layout(outcome.out).report
+    if not outcome.ran and path.is_file():
+        return path
+    try:
+        return render_report([outcome.out], path)
+    except Exception as exc:
+        if not is_environmental(exc):
+            raise
+        raise CaprobeError(failure_line(*environmental_cause(exc),
+                                        f"writing the report of {outcome.out}",
+                                        f"render it with caprobe report {outcome.out}")) from exc
 
 
 def _argv() -> list[str]:
@@ -167,7 +186,7 @@ def _delta_cell(r: dict[str, Any], prefix: str) -> str:
     return text
 
 
-def _print_summary(outcome) -> None:  # noqa: ANN001
+def _print_summary(outcome: Any, report: Path | None) -> None:
     """A table that fits 80 columns: each cell holds a value and, below, its delta/spread."""
     from rich import box
     from rich.console import Console
@@ -214,8 +233,8 @@ def _print_summary(outcome) -> None:  # noqa: ANN001
                   "Δ top-1 paired by seed [95% CI].", style="dim", highlight=False)
     for line in errors:
         console.print(f"error: {line}", highlight=False, soft_wrap=True)
-    if outcome.report:
-        console.print(f"report:       {outcome.report}", highlight=False, soft_wrap=True)
+    if report:
+        console.print(f"report:       {report}", highlight=False, soft_wrap=True)
     console.print(f"results.csv:  {outcome.results_csv}", highlight=False, soft_wrap=True)
     console.print(f"results.json: {outcome.results_json}", highlight=False, soft_wrap=True)
     aggs = outcome.results["aggregates"]
@@ -233,10 +252,12 @@ def _print_summary(outcome) -> None:  # noqa: ANN001
 
 @app.command("report")
 def report(
-    runs: list[Path] = typer.Argument(..., help="Run folder(s) written by caprobe compare; "
-                                      "several are merged into one page (same data set)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="HTML file to write (default: "
-                                    "DIR/report.html for one run, report.html for several)."),
+    runs: Annotated[list[Path], typer.Argument(
+        help="Run folder(s) written by caprobe compare; several are merged into one page "
+        "(same data set).")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="HTML file to write (default: DIR/report.html for one run, "
+        "report.html for several).")] = None,
 ) -> None:
     """Render the HTML report from saved results only (re-render one run or merge several)."""
     from caprobe.reporting import render_report

@@ -9,64 +9,110 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from caprobe.comparison.layout import Layout
 from caprobe.errors import CaprobeError, require_positive
 from caprobe.io import read_json, to_jsonable, write_json
 
+if TYPE_CHECKING:
+    from caprobe.training.config import TrainConfig
+
 BASELINE = "none"
-PLAN_SCHEMA = 1
+#: 2: the training fields moved into ``options.training`` (the template of each piece)
+PLAN_SCHEMA = 2
+
+
+def _default_training() -> TrainConfig:
+    from caprobe.training.config import TrainConfig
+
+    return TrainConfig()
 
 
 @dataclass
 class CompareOptions:
     """Everything that decides what a comparison computes.
 
-    ``None`` for a training field means "TrainConfig's default for this data set". Any other
-    :class:`caprobe.training.TrainConfig` field can be set through ``train_options``.
+    ``training`` is the template of every training: piece (variant, seed) trains
+    ``dataclasses.replace(training, attn=variant, seed=seed)``. Its ``seed`` is the plan's
+    first seed; its ``None`` fields are the data set's recipe defaults; its model, data, width
+    and profile are also what is counted and timed.
     """
 
     attn: list[str] = field(default_factory=list)  # the baseline "none" is always added
     #: paired top-1 deltas are also given against this variant (added when missing); the
     #: baseline's deltas are always there
     reference: str = BASELINE
-    model: str = "mobilenetv2"
-    width: float | None = None
-    profile: str | None = None
-    data: str = "positional"
-    data_dir: str | None = None
-    data_options: dict[str, Any] = field(default_factory=dict)
-    train_subset: int | None = None
-    curve_subset: int | None = None  # TrainConfig.curve_subset
-    epochs: int | None = None
-    steps: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
+    training: TrainConfig = field(default_factory=_default_training)
     seeds: int = 3  # paired seeds: 3 give a paired interval (1 gives none)
-    seed: int = 0  # first seed; the plan uses seed, seed + 1, ...
     train: bool = True
-    device: str = "auto"
-    threads: int | None = None  # torch threads per job; None: cores // jobs
     jobs: int | None = None  # trainings at once, one process each; None: default_jobs()
-    train_options: dict[str, Any] = field(default_factory=dict)
     latency_batch: int = 1
     latency_min_time: float = 0.5
-    latency_device: str | None = None  # None: the training device (--device)
-    latency_form: str = "deployed"  # "deployed": caprobe.deploy(model); "paper": as built
+    latency_device: str | None = None  # None: the training device (training.device)
+    paper_form: bool = False  # time the models as built instead of caprobe.deploy(model)
     input_size: int | None = None  # counts and latency; None: the data's image size
-    image_size: int | None = None  # the data set's image size; None: its own default
     map_images: int = 4  # fixed test images drawn in the attention-map section
+
+    @property
+    def latency_form(self) -> str:
+        return "paper" if self.paper_form else "deployed"
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.training.seed + i for i in range(self.seeds)]
+
+    def piece(self, variant: str, seed: int) -> TrainConfig:
+        """The training of one piece."""
+        return dataclasses.replace(self.training, attn=variant, seed=seed,
+                                   data_options=dict(self.training.data_options or {}))
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CompareOptions:
+        from caprobe.training.config import TrainConfig
+
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        kwargs = {k: v for k, v in raw.items() if k in names}
+        kwargs["training"] = TrainConfig.from_dict(raw.get("training") or {})
+        return cls(**kwargs)
+
+
+def option_path(name: str) -> str:
+    """Where an option lives: ``"jobs"`` (a field of CompareOptions) or ``"training.epochs"``
+    (a field of its training template). The CLI's parameters are named after the fields."""
+    if name in {f.name for f in dataclasses.fields(CompareOptions)}:
+        return name
+    from caprobe.training.config import TrainConfig
+
+    if name in {f.name for f in dataclasses.fields(TrainConfig)}:
+        return f"training.{name}"
+    raise KeyError(f"{name!r} is neither a compare option nor a training option")
+
+
+def option_paths() -> list[str]:
+    """Every option's path (see :func:`option_path`)."""
+    from caprobe.training.config import TrainConfig
+
+    return [*(f.name for f in dataclasses.fields(CompareOptions) if f.name != "training"),
+            *(f"training.{f.name}" for f in dataclasses.fields(TrainConfig))]
+
+
+def option_value(options: CompareOptions, path: str) -> Any:
+    head, _, rest = path.partition(".")
+    value = getattr(options, head)
+    return getattr(value, rest) if rest else value
+
+
+def plan_training(plan: dict[str, Any]) -> dict[str, Any]:
+    """The training template of a saved plan (plans of schema 1 kept its fields flat)."""
+    options = plan.get("options") or {}
+    return options.get("training") or options
 
 
 #: options that only say how to run, never compared on --resume: the new command's value
@@ -97,24 +143,14 @@ def canonical_variants(attn: list[str] | tuple[str, ...]) -> list[str]:
 
 def validate(options: CompareOptions) -> CompareOptions:
     """Check user-fixable mistakes early and canonicalize the variant list (in place)."""
-    if not isinstance(options.seeds, int) or options.seeds < 1:
-        raise CaprobeError(f"--seeds must be at least 1, got {options.seeds}")
-    for name in ("epochs", "steps", "batch_size", "train_subset", "curve_subset", "threads",
-                 "jobs",
-                 "input_size", "image_size"):
-        value = getattr(options, name)
-        if value is not None and value < 1:
-            raise CaprobeError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if options.width is not None:
-        require_positive(options.width, "--width")
-    if options.lr is not None:
-        require_positive(options.lr, "--lr")
-    require_positive(options.latency_min_time, "--min-time")
-    from caprobe.measure.latency import FORMS
+    from caprobe.training.config import validate as validate_training
 
-    if options.latency_form not in FORMS:
-        raise CaprobeError(f"latency form {options.latency_form!r} is unknown; choose one of "
-                           f"{', '.join(FORMS)}")
+    for name in ("seeds", "jobs", "input_size"):
+        value = getattr(options, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise CaprobeError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    require_positive(options.latency_min_time, "--min-time")
     if options.latency_device is not None:  # before anything is written, like --device
         from caprobe.runtime import resolve_device
 
@@ -129,10 +165,14 @@ def validate(options: CompareOptions) -> CompareOptions:
     extra = [options.reference] if options.reference != BASELINE else []
     variants = canonical_variants([*options.attn, *extra] if options.attn else options.attn)
     options.attn = variants[1:]
-    if options.data_dir is not None:
-        options.data_dir = str(Path(options.data_dir).expanduser())
-    _check_model(options.model)
-    _check_training(options)
+    training = options.training
+    if training.attn is not None:
+        raise CaprobeError("the training template names an attention module; give the "
+                           "variants as CompareOptions(attn=[...]) and leave training.attn unset")
+    if training.data_dir is not None:
+        training.data_dir = str(Path(training.data_dir).expanduser())
+    _check_model(training.model)
+    validate_training(options.piece(BASELINE, training.seed))  # the trainings' own checks
     return options
 
 
@@ -140,14 +180,6 @@ def _check_model(model: str) -> None:
     from caprobe.models import resolve_name
 
     resolve_name(model, None)
-
-
-def _check_training(options: CompareOptions) -> None:
-    """The trainings' own checks (TrainConfig's), before anything is written."""
-    from caprobe.comparison.run import train_config
-    from caprobe.training.config import validate as validate_training
-
-    validate_training(train_config(options, BASELINE, options.seed))
 
 
 @dataclass
@@ -165,7 +197,7 @@ class Plan:
     def from_options(cls, options: CompareOptions) -> Plan:
         validate(options)
         return cls(options=options, variants=[BASELINE, *options.attn],
-                   seeds=[options.seed + i for i in range(options.seeds)])
+                   seeds=options.seed_list)
 
     @property
     def pieces(self) -> list[tuple[str, int]]:
@@ -211,25 +243,36 @@ def load_plan(root: str | Path) -> dict[str, Any]:
     return plan
 
 
-def merge_for_resume(saved: dict[str, Any], given: dict[str, Any]) -> CompareOptions:
+def merge_for_resume(saved: dict[str, Any], requested: CompareOptions | None = None,
+                     given: Collection[str] | None = None) -> CompareOptions:
     """Options for a resumed run: the saved ones, after checking that every option the new
-    command set explicitly (``given``) equals the saved value; options in
-    :data:`NOT_COMPARED` take the given value."""
+    command set explicitly (``given``: paths such as ``"seeds"`` or ``"training.epochs"``, see
+    :func:`option_path`; every option when None) equals the saved value in ``requested``;
+    options in :data:`NOT_COMPARED` take the requested value."""
+    if saved.get("schema") != PLAN_SCHEMA:
+        raise CaprobeError(f"plan.json has schema {saved.get('schema')}, this caprobe writes "
+                           f"{PLAN_SCHEMA}; finish that run with the caprobe that began it, or "
+                           "start a new run with --out")
     saved_opts = CompareOptions.from_dict(saved["options"])
-    base = saved_opts.to_dict()
+    if requested is None:
+        return saved_opts
+    if given is None:
+        given = option_paths()
+    requested = dataclasses.replace(requested,
+                                    training=dataclasses.replace(requested.training))
     if "attn" in given:
-        given = {**given, "attn": canonical_variants(given["attn"])[1:]}
-    if "data_dir" in given and given["data_dir"] is not None:
-        given = {**given, "data_dir": str(Path(given["data_dir"]).expanduser())}
+        requested.attn = canonical_variants(requested.attn)[1:]
+    if "training.data_dir" in given and requested.training.data_dir is not None:
+        requested.training.data_dir = str(Path(requested.training.data_dir).expanduser())
     diffs = []
-    for key, value in given.items():
-        if key in NOT_COMPARED:
-            setattr(saved_opts, key, value)
-            continue
-        if key not in base:
-            continue
-        if to_jsonable(value) != base[key] and not _same_number(value, base[key]):
-            diffs.append(f"{key}={_show(value)} (plan.json has {_show(base[key])})")
+    for path in sorted(given):
+        value, before = option_value(requested, path), option_value(saved_opts, path)
+        if path in NOT_COMPARED:
+            setattr(saved_opts, path, value)
+        elif (to_jsonable(value) != to_jsonable(before)
+              and not _same_number(value, before)):
+            diffs.append(f"{path.removeprefix('training.')}={_show(value)} "
+                         f"(plan.json has {_show(before)})")
     if diffs:
         raise CaprobeError("--resume refuses: options differ from plan.json: " + "; ".join(diffs)
                            + "; drop them or start a new run with --out")

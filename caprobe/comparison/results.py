@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from caprobe.comparison.layout import Layout
-from caprobe.comparison.plan import BASELINE, load_plan
+from caprobe.comparison.plan import BASELINE, load_plan, plan_training
 from caprobe.io import atomic_write_text, read_json, read_jsonl, write_json
 from caprobe.stats import chance_top1, did_learn
 
@@ -227,7 +227,7 @@ def aggregate_rows(root: str | Path, plan: dict[str, Any] | None = None,
         top = [r["top1"] for r in used]
         n_finished = sum(map(_finished, vrows))
         row: dict[str, Any] = {
-            "row": "aggregate", "variant": variant, "model": plan["options"].get("model"),
+            "row": "aggregate", "variant": variant, "model": plan_training(plan).get("model"),
             "status": status, "error": error,
             "n_seeds": len(vrows), "n_finished": n_finished,
             "n_learned": len(top), "n_not_learned": n_finished - len(top),
@@ -288,7 +288,7 @@ def build_results(root: str | Path) -> dict[str, Any]:
     checksums = sorted({r["data_checksum"] for r in runs if r.get("data_checksum")})
     return {
         "schema": RESULTS_SCHEMA, "kind": "caprobe-results",
-        "model": plan["options"].get("model"), "data": plan["options"].get("data"),
+        "model": plan_training(plan).get("model"), "data": plan_training(plan).get("data"),
         "data_checksum": prov.get("data_checksum") or (checksums[0] if checksums else None),
         "variants": plan["variants"], "seeds": plan["seeds"],
         "reference": plan["options"].get("reference") or BASELINE,

@@ -1,5 +1,6 @@
-"""Run a comparison: counts, interleaved latency, training per (variant, seed), attention maps,
-results and the report; every piece saved atomically as soon as it is finished.
+"""Run a comparison: counts, interleaved latency, training per (variant, seed), attention maps
+and results; every piece saved atomically as soon as it is finished. (The HTML report is
+rendered from the saved folder afterwards: ``caprobe compare`` calls :mod:`caprobe.reporting`.)
 
 Order of work (so that a crash keeps the most useful part):
 
@@ -11,7 +12,7 @@ Order of work (so that a crash keeps the most useful part):
    once in worker processes (:mod:`caprobe.comparison.pool`), or in this process for one job;
 5. attention maps from the first finished checkpoint of each variant (one that learned when
    there is one);
-6. ``results.csv`` / ``results.json`` and ``report.html``.
+6. ``results.csv`` / ``results.json``.
 
 ``resume=True`` skips every finished piece (a failed or diverged piece is finished: it is
 recorded, not retried) and resumes an interrupted training from its checkpoint.
@@ -30,7 +31,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,7 +77,6 @@ class CompareOutcome:
 
     out: Path
     results: dict[str, Any]
-    report: Path | None
     results_csv: Path
     results_json: Path
     ran: list[str] = field(default_factory=list)  # pieces computed by this call
@@ -107,28 +107,6 @@ def threads_per_job(jobs: int) -> int:
 
 
 # --------------------------------------------------------------------------- adapters
-
-
-def train_config(options: CompareOptions, variant: str, seed: int):
-    """The :class:`caprobe.training.TrainConfig` of one piece (unset fields keep their defaults)."""
-    from caprobe.training import TrainConfig
-
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = {
-        "model": options.model, "attn": variant, "width": options.width,
-        "profile": options.profile, "data": options.data, "data_dir": options.data_dir,
-        "data_options": dict(options.data_options) or None, "image_size": options.image_size,
-        "train_subset": options.train_subset, "curve_subset": options.curve_subset,
-        "epochs": options.epochs, "steps": options.steps,
-        "batch_size": options.batch_size, "lr": options.lr, "seed": seed,
-        "device": options.device, "threads": options.threads,
-    }
-    kwargs = {k: v for k, v in given.items() if v is not None and k in names}
-    for k, v in (options.train_options or {}).items():
-        if k not in names:
-            raise CaprobeError(f"unknown training option {k!r}; valid: {', '.join(sorted(names))}")
-        kwargs[k] = v
-    return TrainConfig(**kwargs)
 
 
 @dataclass
@@ -168,7 +146,7 @@ def _resolved(options: CompareOptions, data: _DataInfo, variant: str, seed: int)
     from caprobe.training.config import resolve
     from caprobe.training.loop import training_device
 
-    config = train_config(options, variant, seed)
+    config = options.piece(variant, seed)
     return resolve(config, image_size=data.image_size,
                    device=training_device(config.device, config.amp))
 
@@ -176,9 +154,9 @@ def _resolved(options: CompareOptions, data: _DataInfo, variant: str, seed: int)
 def _build(options: CompareOptions, config, variant: str, num_classes: int):
     import caprobe
 
-    return caprobe.build_model(options.model, attn=variant, width=config.width,
+    return caprobe.build_model(options.training.model, attn=variant, width=config.width,
                                num_classes=num_classes, profile=config.profile,
-                               seed=options.seed)
+                               seed=options.training.seed)
 
 
 # --------------------------------------------------------------------------- progress
@@ -245,9 +223,9 @@ class _Progress:
 
 
 def run_compare(options: CompareOptions | None = None, out: str | Path | None = None, *,
-                resume: bool = False, given: dict[str, Any] | None = None,
-                progress: bool = True, console=None, argv: list[str] | None = None,
-                report: bool = True) -> CompareOutcome:
+                resume: bool = False, given: Collection[str] | None = None,
+                progress: bool = True, console=None,
+                argv: list[str] | None = None) -> CompareOutcome:
     """Run (or resume) a comparison and return its outcome.
 
     ``options``: what to compare (see :class:`CompareOptions`). ``resume=True`` continues the
@@ -258,9 +236,7 @@ def run_compare(options: CompareOptions | None = None, out: str | Path | None = 
         if out is None:
             raise CaprobeError("--resume needs the run folder to continue")
         saved = load_plan(out)
-        if given is None:
-            given = options.to_dict() if options is not None else {}
-        options = merge_for_resume(saved, given)
+        options = merge_for_resume(saved, options, given)
         plan = Plan(options=validate(options), variants=list(saved["variants"]),
                     seeds=list(saved["seeds"]), train_threads=saved.get("train_threads"))
         layout = Layout(out)
@@ -281,7 +257,7 @@ def run_compare(options: CompareOptions | None = None, out: str | Path | None = 
         if not resume:
             plan.save(layout)
         return _execute(plan, layout, progress=progress, console=console,
-                        argv=argv if argv is not None else list(sys.argv), report=report)
+                        argv=argv if argv is not None else list(sys.argv))
 
 
 def _stop_error(cause: str, fix: str, where: str, root: Path) -> CaprobeError:
@@ -320,13 +296,13 @@ def _session_start(layout: Layout, argv: list[str], resume: bool) -> dict[str, A
     return prov
 
 
-def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[str],
-             report: bool) -> CompareOutcome:
+def _execute(plan: Plan, layout: Layout, *, progress: bool, console,
+             argv: list[str]) -> CompareOutcome:
     options = plan.options
     prov = _session_start(layout, argv, resume=len(_read_sessions(layout)) > 1)
     ran: list[str] = []
     skipped: list[str] = []
-    data = _load_data(options, train_config(options, BASELINE, plan.seeds[0]))
+    data = _load_data(options, options.piece(BASELINE, plan.seeds[0]))
     config0 = _resolved(options, data, BASELINE, plan.seeds[0])
     env = _collect_env(options)
     prov.update(data=data.name, data_checksum=data.checksum, env=env,
@@ -337,7 +313,7 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
     todo = [(v, s) for v, s in pieces if not piece_done(layout, v, s)]
     jobs = options.jobs or default_jobs(len(todo))
     if plan.train_threads is None:  # the first session decides for the whole plan
-        plan.train_threads = options.threads or threads_per_job(
+        plan.train_threads = options.training.threads or threads_per_job(
             options.jobs or default_jobs(len(pieces)))
         plan.save(layout)
     threads = plan.train_threads
@@ -350,7 +326,7 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
     else:
         total = len(plan.variants)
         done = sum(layout.counts(v).exists() for v in plan.variants)
-    with torch_threads(options.threads), _Progress(progress, total, done, console) as bar:
+    with torch_threads(options.training.threads), _Progress(progress, total, done, console) as bar:
         # 1. counts
         for variant in plan.variants:
             bar.say(f"counting {variant}")
@@ -392,14 +368,7 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console, argv: list[
     prov["sessions"][-1]["finished_at"] = prov["finished_at"] = _now()
     prov["sessions"][-1]["ran"] = ran
     write_json(layout.provenance, prov)
-    report_path = None
-    if report and not ran and layout.report.is_file():
-        report_path = layout.report  # nothing new: the saved report is current
-    elif report:
-        from caprobe.reporting import render_report
-
-        report_path = render_report([layout.root], layout.report)
-    return CompareOutcome(out=layout.root, results=results, report=report_path,
+    return CompareOutcome(out=layout.root, results=results,
                           results_csv=layout.results_csv, results_json=layout.results_json,
                           ran=ran, skipped=skipped)
 
@@ -416,8 +385,8 @@ def _collect_env(options: CompareOptions) -> dict[str, Any]:
         from caprobe.measure.environment import collect_env
         from caprobe.runtime import resolve_device
 
-        return collect_env(resolve_device(options.latency_device or options.device),
-                           threads=options.threads)
+        return collect_env(resolve_device(options.latency_device or options.training.device),
+                           threads=options.training.threads)
     except CaprobeError:
         raise
     except Exception as exc:  # noqa: BLE001 - provenance must never stop a run
@@ -460,11 +429,12 @@ def _do_latency(options, config, data: _DataInfo, layout: Layout, variants: list
             failed[variant] = _failure(variant, exc)
     try:
         if models:
-            meta = {v: {"model": options.model, "attn": v} for v in models}
+            meta = {v: {"model": options.training.model, "attn": v} for v in models}
             results = time_variants(models, batch=options.latency_batch,
                                     input_size=data.input_size,
-                                    device=options.latency_device or options.device,
-                                    threads=options.threads, min_time=options.latency_min_time,
+                                    device=options.latency_device or options.training.device,
+                                    threads=options.training.threads,
+                                    min_time=options.latency_min_time,
                                     form=options.latency_form, baseline=BASELINE, meta=meta)
         else:
             results = []
@@ -515,7 +485,7 @@ def _piece(options: CompareOptions, layout: Layout, variant: str, seed: int,
     resume = is_run_dir(run_dir)
     if resume:
         threads = read_json(run_dir / CONFIG_FILE).get("threads")
-    config = dataclasses.replace(train_config(options, variant, seed), threads=threads)
+    config = dataclasses.replace(options.piece(variant, seed), threads=threads)
     return Piece(variant, seed, config, layout.root, resume)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from caprobe.comparison.layout import Layout
-from caprobe.comparison.plan import load_plan
+from caprobe.comparison.plan import load_plan, plan_training
 from caprobe.comparison.results import load_results, read_metrics
 from caprobe.errors import CaprobeError
 from caprobe.io import read_json
@@ -38,7 +38,7 @@ class RunRecords:
 
     @property
     def data(self) -> str | None:
-        return self.results.get("data") or self.plan["options"].get("data")
+        return self.results.get("data") or plan_training(self.plan).get("data")
 
     @property
     def data_checksum(self) -> str | None:
@@ -46,7 +46,7 @@ class RunRecords:
 
     @property
     def model(self) -> str | None:
-        return self.plan["options"].get("model")
+        return plan_training(self.plan).get("model")
 
 
 def load_run(root: str | Path) -> RunRecords:

@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from caprobe.comparison.plan import BASELINE
+from caprobe.comparison.plan import BASELINE, plan_training
 from caprobe.comparison.results import DID_NOT_LEARN
 from caprobe.formatting import (
     finite,
@@ -428,6 +428,7 @@ def provenance(run: RunRecords) -> list[tuple[str, str]]:
     prov = run.provenance or {}
     env = prov.get("env") or {}
     opts = run.plan.get("options", {})
+    training = plan_training(run.plan)
     sessions = prov.get("sessions") or []
     items: list[tuple[str, str]] = [("run folder", str(run.root))]
     for i, s in enumerate(sessions):
@@ -448,8 +449,8 @@ def provenance(run: RunRecords) -> list[tuple[str, str]]:
         ("threads", f"{env.get('threads', '–')} of {env.get('cpu_count', '–')} CPUs"),
         ("git commit", str(env.get("git_commit") or "none (not a git checkout)")),
         ("data", f"{run.data} (checksum {run.data_checksum or 'unknown'})"),
-        ("model", f"{opts.get('model')} · width {prov.get('width', opts.get('width'))} · "
-                  f"profile {prov.get('profile', opts.get('profile'))} · input "
+        ("model", f"{training.get('model')} · width {prov.get('width', training.get('width'))}"
+                  f" · profile {prov.get('profile', training.get('profile'))} · input "
                   f"{'×'.join(map(str, prov.get('input_size') or [])) or '–'}"),
         ("seeds", ", ".join(map(str, run.plan.get("seeds", [])))),
         ("options", json.dumps(opts, sort_keys=True)),
