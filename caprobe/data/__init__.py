@@ -16,6 +16,10 @@ corrupt cache file is rebuilt. Without ``data_dir`` the files are looked for in
 ``$CAPROBE_DATA/<name>`` or ``<cache dir>/data/<name>``; ``download=True`` fetches and verifies
 the official archive there. Bad data raise :class:`caprobe.errors.DataError` (one sentence
 naming the file or folder and the fix).
+
+Each kind is one :class:`~caprobe.data.base.Loader` in ``registry.LOADERS`` (``open``: cheap,
+finds the files and the cache key; ``decode``: builds the :class:`Dataset`);
+:func:`caprobe.data.cache.load_or_decode` is the one path from a loader to a data set.
 """
 
 from caprobe.data.augment import augment_batch, balanced_subset, to_input

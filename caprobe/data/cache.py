@@ -6,18 +6,29 @@ and the uint8 tensors, plus a sha256 over the tensors' bytes. On load everything
 a file that fails to load, carries another key, or whose tensors do not hash to the stored
 digest is reported as stale/corrupt and rebuilt, never trusted. Writes go to a temporary
 file in the same folder followed by a rename, so readers never see half a file.
+
+:func:`load_or_decode` is the one path from a located :class:`~caprobe.data.base.Loader` to a
+:class:`Dataset`; the cache status lands in ``info["cache"]`` (``hit``, ``built``,
+``rebuilt (why)``, or ``generated`` for a set that is never cached).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from caprobe.data.types import Dataset, Split
 from caprobe.io import atomic_writer
+
+if TYPE_CHECKING:
+    from caprobe.data.base import Loader, Progress
 
 CACHE_FORMAT = 1
 
@@ -72,3 +83,36 @@ def save(path: Path, key: str, tensors: dict[str, torch.Tensor], meta: dict) -> 
                "digest": tensor_digest(tensors)}
     with atomic_writer(path) as f:
         torch.save(payload, f)
+
+
+def load_or_decode(loader: Loader, cache_dir: str | os.PathLike | None,
+                   progress: Progress | None = None) -> Dataset:
+    """``loader``'s data set from its cache file, else decoded now (and cached)."""
+    if loader.key is None:
+        dataset, status, path = loader.decode(progress), "generated", None
+    else:
+        path = cache_file(cache_dir, loader.name, loader.key)
+        payload, status = load(path, loader.key)
+        if payload is not None:
+            t, meta = payload["tensors"], payload["meta"]
+            dataset = Dataset(
+                name=loader.name, train=Split(t["train_images"], t["train_labels"]),
+                test=Split(t["test_images"], t["test_labels"]), classes=list(meta["classes"]),
+                image_size=loader.image_size, checksum=meta["checksum"],
+                mean=tuple(meta["mean"]), std=tuple(meta["std"]), augment=loader.augment,
+                source=meta["source"], info=meta.get("info", {}))
+        else:
+            dataset = loader.decode(progress)
+            tensors = {"train_images": dataset.train.images, "train_labels": dataset.train.labels,
+                       "test_images": dataset.test.images, "test_labels": dataset.test.labels}
+            meta = {"classes": dataset.classes, "checksum": dataset.checksum,
+                    "mean": list(dataset.mean), "std": list(dataset.std),
+                    "source": dataset.source, "info": dataset.info}
+            try:
+                save(path, loader.key, tensors, meta)
+            except OSError as exc:
+                print(f"caprobe: warning: could not write the data cache {path} ({exc})",
+                      file=sys.stderr)
+            status = "built" if status == "missing" else f"rebuilt ({status})"
+    info = {**dataset.info, "cache": status, "cache_file": None if path is None else str(path)}
+    return dataclasses.replace(dataset, info=info)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from caprobe.data.registry import materialize, plan_dataset
+from caprobe.data.base import UnreadableImages
+from caprobe.data.registry import load_dataset
 
 
 def _split_report(labels: torch.Tensor, classes: list[str]) -> dict:
@@ -20,29 +21,25 @@ def check_dataset(name: str, *, data_dir: str | Path | None = None,
                   **options) -> dict:
     """A JSON-ready report. Unreadable images are listed under ``unreadable`` (then
     ``checksum`` is None and nothing is cached); layout problems raise DataError."""
-    plan = plan_dataset(name, data_dir=data_dir, cache_dir=cache_dir, download=download,
-                        image_size=image_size, seed=seed, **options)
-    dataset, built, status = materialize(plan, cache_dir=cache_dir, progress=progress,
-                                         allow_errors=True)
-    info = built.info if built is not None else dataset.info
-    report = {"data": plan.name, "found": info.get("root", plan.source),
-              "layout": info.get("layout"), "image_size": plan.image_size,
-              "augment": plan.augment}
-    if dataset is None:
-        assert built is not None
-        classes = built.classes
-        report.update({
-            "classes": classes, "num_classes": len(classes),
-            "splits": {"train": _split_report(built.train_labels, classes),
-                       "test": _split_report(built.test_labels, classes)},
-            "checksum": None, "mean": None, "std": None, "cache": "not written (bad images)",
-            "unreadable": [{"file": f, "reason": r} for f, r in built.errors]})
-        return report
+    try:
+        dataset = load_dataset(name, data_dir=data_dir, cache_dir=cache_dir,
+                               download=download, image_size=image_size, seed=seed,
+                               progress=progress, **options)
+        unreadable = []
+    except UnreadableImages as exc:
+        dataset, unreadable = exc.dataset, exc.unreadable
     classes = dataset.classes
+    report = {"data": dataset.name, "found": dataset.source,
+              "layout": dataset.info.get("layout"), "image_size": dataset.image_size,
+              "augment": dataset.augment, "classes": classes, "num_classes": len(classes),
+              "splits": {"train": _split_report(dataset.train.labels, classes),
+                         "test": _split_report(dataset.test.labels, classes)}}
+    if unreadable:
+        report.update({
+            "checksum": None, "mean": None, "std": None, "cache": "not written (bad images)",
+            "unreadable": [{"file": f, "reason": r} for f, r in unreadable]})
+        return report
     report.update({
-        "classes": classes, "num_classes": len(classes),
-        "splits": {"train": _split_report(dataset.train.labels, classes),
-                   "test": _split_report(dataset.test.labels, classes)},
         "checksum": dataset.checksum, "mean": list(dataset.mean), "std": list(dataset.std),
         "cache": dataset.info.get("cache"), "cache_file": dataset.info.get("cache_file"),
         "unreadable": []})

@@ -53,16 +53,21 @@ CIFAR profile, batch 32, SGD Nesterov lr 0.05, 2 epochs; top-1 on 1,000 test ima
 
 The training augmentation policy is ``"none"``: flips and crops change the label.
 :func:`label_from_positions` recomputes the labels from the metadata of
-``generate_positional(..., return_meta=True)``.
+``generate_positional(..., return_meta=True)``. :class:`Positional` is the generator as a
+data set (one of ``registry.LOADERS``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
+from caprobe.data.base import Loader, Progress
+from caprobe.data.types import Dataset, Split
 from caprobe.errors import DataError
 
 GENERATOR_VERSION = 4
@@ -292,3 +297,71 @@ def generated_digest(description: str, *arrays: np.ndarray) -> str:
     for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def _count(value: object, what: str) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 1 or n != float(value):
+        raise DataError(f"positional {what}={value!r} is not valid; give a positive integer")
+    return n
+
+
+def _flag(value: object, what: str) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise DataError(f"positional {what}={value!r} is not valid; give 1 or 0")
+
+
+class Positional(Loader):
+    """The generator as a data set: no files, and never cached (the generator is faster than a
+    cache round trip). ``shuffle_labels=1``: the negative control; the training labels are
+    permuted (a fixed stream of its own), the test labels stay true, so a model can only guess.
+    """
+
+    name = "positional"
+    augment = "none"
+    options = {"difficulty": "0..1 or easy/medium/hard", "grid": "cells per side, 2..10",
+               "n_train": "train images", "n_test": "test images",
+               "shuffle_labels": "1 = permuted training labels (control)"}
+    key = None
+    image_size = SIZE
+
+    @classmethod
+    def open(cls, *, data_dir: str | os.PathLike | None, cache_dir: str | os.PathLike | None,
+             download: bool, image_size: int | None, seed: int, **options) -> Positional:
+        # no files: data_dir, cache_dir and download do not apply
+        return cls(image_size=image_size, seed=seed, **options)
+
+    def __init__(self, *, image_size: int | None = None, seed: int = 0,
+                 difficulty: float | str | None = None, grid: int | str | None = None,
+                 n_train: int | str = DEFAULT_N_TRAIN, n_test: int | str = DEFAULT_N_TEST,
+                 shuffle_labels: bool | int | str = False):
+        if image_size not in (None, SIZE):
+            raise DataError(f"the positional set is generated at {SIZE}×{SIZE}; drop "
+                            f"--image-size {image_size} or set it to {SIZE}")
+        self.params = params_for(difficulty, grid)
+        self.seed = seed
+        self.n_train, self.n_test = _count(n_train, "n_train"), _count(n_test, "n_test")
+        self.shuffled = _flag(shuffle_labels, "shuffle_labels")
+        self.description = describe(self.params, self.n_train, self.n_test, seed)
+        if self.shuffled:
+            self.description += " with shuffled training labels"
+
+    def decode(self, progress: Progress | None = None) -> Dataset:
+        p, seed = self.params, self.seed
+        xtr, ytr = generate_positional(self.n_train, seed, split=0, params=p)
+        if self.shuffled:
+            ytr = ytr[label_permutation(self.n_train, seed)]
+        xte, yte = generate_positional(self.n_test, seed, split=1, params=p)
+        return self.dataset(
+            Split(torch.from_numpy(xtr), torch.from_numpy(ytr)),
+            Split(torch.from_numpy(xte), torch.from_numpy(yte)),
+            classes=class_names(p.grid),
+            checksum=generated_digest(self.description, xtr, ytr, xte, yte),
+            source=self.description, info={"layout": "generated", "params": p.__dict__})

@@ -11,11 +11,12 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from caprobe.data.base import Built, nhwc_to_tensor
 from caprobe.data.decode import RESIZE_TAG, decode_images
 from caprobe.data.sources import Source, is_image_name
+from caprobe.data.types import Split
 from caprobe.errors import DataError
 
 
@@ -99,9 +100,13 @@ def scan_tree(source: Source, root: str, test_name: str) -> TreeLayout:
     return TreeLayout(source, root, splits, train_classes, items)
 
 
-def build_tree(layout: TreeLayout, size: int, tag: str,
-               progress: Callable[[int, int], None] | None = None) -> Built:
-    """Decode both splits at ``size``; checksum = sha256 over (tag, relative names, file hashes)."""
+def decode_tree(layout: TreeLayout, size: int, tag: str,
+                progress: Callable[[int, int], None] | None = None
+                ) -> tuple[Split, Split, str, list[tuple[str, str]]]:
+    """Decode both splits at ``size``: ``(train, test, checksum, unreadable (file, reason))``.
+
+    checksum = sha256 over (tag, relative names, file hashes).
+    """
     source = layout.source
     prefix = f"{layout.root}/" if layout.root else ""
     names = layout.items["train"] + layout.items["test"]
@@ -113,16 +118,13 @@ def build_tree(layout: TreeLayout, size: int, tag: str,
         h.update(digest)
     labels = torch.tensor([label for _, label in names], dtype=torch.int64)
     n_train = len(layout.items["train"])
-    tensor = nhwc_to_tensor(images)
+    # N×H×W×3 → N×3×H×W
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
     del images
     # separate storages, so saving one split never drags the other along
-    return Built(
-        train_images=tensor[:n_train].clone(), train_labels=labels[:n_train].clone(),
-        test_images=tensor[n_train:].clone(), test_labels=labels[n_train:].clone(),
-        classes=list(layout.classes), checksum=h.hexdigest(),
-        errors=[(source.display(names[i][0]), reason) for i, reason in errors],
-        info={"layout": "image-folder tree", "root": source.display(layout.root),
-              "splits": dict(layout.splits)})
+    return (Split(tensor[:n_train].clone(), labels[:n_train].clone()),
+            Split(tensor[n_train:].clone(), labels[n_train:].clone()),
+            h.hexdigest(), [(source.display(names[i][0]), reason) for i, reason in errors])
 
 
 def top_entries(source: Source, limit: int = 8) -> str:
