@@ -216,3 +216,20 @@ def test_an_unknown_latency_device_is_refused_before_anything_is_written(tmp_pat
     assert result.exit_code == 2
     assert "unknown device 'tpu'" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_the_data_set_is_loaded_once_and_handed_to_the_trainings(tmp_path, monkeypatch):
+    import caprobe.data as data_module
+
+    calls = []
+    real = data_module.load_dataset
+
+    def counting(name, **kwargs):
+        calls.append(name)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(data_module, "load_dataset", counting)
+    outcome = run_compare(_options(tmp_path / "cache", seeds=2), tmp_path / "run",
+                          progress=False)
+    assert [r["status"] for r in outcome.results["runs"]] == ["finished"] * 4
+    assert calls == ["positional"]  # once for the plan, none for its four trainings

@@ -27,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import functools
+import json
 import os
 import signal
 import sys
@@ -60,6 +62,7 @@ from caprobe.runtime import (
 )
 
 if TYPE_CHECKING:
+    from caprobe.data import Dataset
     from caprobe.training import TrainConfig
 
 #: Trainings at once when --jobs is not given, on a machine with at least 2 cores and more
@@ -110,44 +113,38 @@ def threads_per_job(jobs: int) -> int:
 
 
 @dataclass
-class _DataInfo:
-    name: str
-    checksum: str | None
-    classes: list[str]
+class _Data:
+    """The comparison's data set, loaded once: the trainings in this process train on it, the
+    counts and latency take their input size from it, the maps their fixed test images."""
+
+    dataset: Dataset
     input_size: tuple[int, int]
-    mean: Any
-    std: Any
-    images: Any  # the fixed test images for the attention maps (uint8 N×3×H×W)
-    indices: list[int]
-    labels: Any
-    image_size: int
+    indices: list[int]  # the test images drawn in the attention-map section
+
+    @property
+    def map_images(self) -> Any:
+        return self.dataset.test.images[self.indices]
 
 
-def _load_data(options: CompareOptions, config) -> _DataInfo:
-    """The data set exactly as training loads it: size, classes, checksum, map images."""
+def _load_data(options: CompareOptions, config: TrainConfig) -> _Data:
+    """The data set exactly as training loads it."""
     from caprobe.data import load_dataset
 
     ds = load_dataset(config.data, **config.dataset_kwargs())
     test = ds.test
-    images = test.images
-    labels = getattr(test, "labels", None)
-    idx = _maps.pick_images(labels, options.map_images, len(images))
-    hw = tuple(int(v) for v in images.shape[-2:])
-    if options.input_size:
-        hw = (options.input_size, options.input_size)
-    return _DataInfo(name=config.data, checksum=getattr(ds, "checksum", None),
-                     classes=list(ds.classes), input_size=hw, mean=ds.mean, std=ds.std,
-                     images=images[idx] if idx else images[:0], indices=idx, labels=labels,
-                     image_size=int(getattr(ds, "image_size", hw[0])))
+    idx = _maps.pick_images(test.labels, options.map_images, len(test.images))
+    side = options.input_size
+    hw = (side, side) if side else tuple(int(v) for v in test.images.shape[-2:])
+    return _Data(dataset=ds, input_size=hw, indices=idx)
 
 
-def _resolved(options: CompareOptions, data: _DataInfo, variant: str, seed: int):
+def _resolved(options: CompareOptions, data: _Data, variant: str, seed: int):
     """The piece's TrainConfig with recipe defaults filled in (width, profile, ...)."""
     from caprobe.training.config import resolve
     from caprobe.training.loop import training_device
 
     config = options.piece(variant, seed)
-    return resolve(config, image_size=data.image_size,
+    return resolve(config, image_size=data.dataset.image_size,
                    device=training_device(config.device, config.amp))
 
 
@@ -305,8 +302,8 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console,
     data = _load_data(options, options.piece(BASELINE, plan.seeds[0]))
     config0 = _resolved(options, data, BASELINE, plan.seeds[0])
     env = _collect_env(options)
-    prov.update(data=data.name, data_checksum=data.checksum, env=env,
-                input_size=list(data.input_size), num_classes=len(data.classes),
+    prov.update(data=data.dataset.name, data_checksum=data.dataset.checksum, env=env,
+                input_size=list(data.input_size), num_classes=data.dataset.num_classes,
                 profile=config0.profile, width=config0.width)
 
     pieces = plan.pieces if options.train else []
@@ -352,7 +349,7 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console,
             bar.advance()
 
         _train([_piece(options, layout, v, s, threads) for v, s in todo], jobs, threads, bar,
-               trained)
+               data.dataset, trained)
         # 4. attention maps
         if options.train:
             bar.say("attention maps")
@@ -406,11 +403,11 @@ def _failure(variant: str, exc: BaseException) -> dict[str, Any]:
             "traceback": traceback.format_exc(limit=6)}
 
 
-def _do_counts(options, config, data: _DataInfo, layout: Layout, variant: str) -> None:
+def _do_counts(options, config, data: _Data, layout: Layout, variant: str) -> None:
     import caprobe
 
     try:
-        model = _build(options, config, variant, len(data.classes))
+        model = _build(options, config, variant, data.dataset.num_classes)
         counts = caprobe.count(model, data.input_size)
         record = {"variant": variant, **to_jsonable(counts), "input_size": list(data.input_size)}
     except Exception as exc:  # noqa: BLE001 - a failing variant is recorded, the rest go on
@@ -418,13 +415,13 @@ def _do_counts(options, config, data: _DataInfo, layout: Layout, variant: str) -
     write_json(layout.counts(variant), record)
 
 
-def _do_latency(options, config, data: _DataInfo, layout: Layout, variants: list[str]) -> None:
+def _do_latency(options, config, data: _Data, layout: Layout, variants: list[str]) -> None:
     from caprobe.measure.latency import time_variants
 
     models, failed = {}, {}
     for variant in variants:
         try:
-            models[variant] = _build(options, config, variant, len(data.classes))
+            models[variant] = _build(options, config, variant, data.dataset.num_classes)
         except Exception as exc:  # noqa: BLE001
             failed[variant] = _failure(variant, exc)
     try:
@@ -499,16 +496,20 @@ def _retry_later(piece: Piece, error: CaprobeError, cause: BaseException) -> Cap
     return error
 
 
-def train_piece(piece: Piece, progress: Any) -> None:
-    """Train one piece (here or in a worker). An outcome of the experiment (finished, diverged,
-    a config that cannot be built) is recorded in its folder; a failure of the machine leaves
-    the piece to retry and raises a :class:`CaprobeError` naming the cause and the fix."""
+def train_piece(piece: Piece, progress: Any, dataset: Dataset | None = None) -> None:
+    """Train one piece on ``dataset`` (None: this worker's copy, loaded by its first piece).
+    An outcome of the experiment (finished, diverged, a config that cannot be built) is
+    recorded in its folder; a failure of the machine leaves the piece to retry and raises a
+    :class:`CaprobeError` naming the cause and the fix."""
     from caprobe.training import train
 
     error = Layout(piece.root).error(piece.variant, piece.seed)
     error.unlink(missing_ok=True)  # the retry note of an earlier session
     try:
-        train(piece.config, out=piece.run_dir, resume=piece.resume, progress=progress)
+        if dataset is None:
+            dataset = _worker_dataset(piece.config)
+        train(piece.config, out=piece.run_dir, resume=piece.resume, progress=progress,
+              dataset=dataset)
     except Exception as exc:  # noqa: BLE001 - recorded; the other pieces go on
         if is_environmental(exc):
             error = _stop_error(*environmental_cause(exc), piece.where, piece.root)
@@ -544,14 +545,27 @@ def _killed(exc: WorkerDied, pieces: dict[str, Piece], root: Path) -> CaprobeErr
     return error
 
 
-def _train(todo: list[Piece], jobs: int, threads: int, bar: _Progress,
+@functools.cache
+def _load_once(name: str, kwargs: str) -> Dataset:
+    from caprobe.data import load_dataset
+
+    return load_dataset(name, **json.loads(kwargs))
+
+
+def _worker_dataset(config: TrainConfig) -> Dataset:
+    """A worker process's data set: every piece of a plan has the same, loaded once."""
+    return _load_once(config.data, json.dumps(config.dataset_kwargs(), sort_keys=True))
+
+
+def _train(todo: list[Piece], jobs: int, threads: int, bar: _Progress, dataset: Dataset,
            trained: Callable[[Piece], None]) -> None:
-    """Train ``todo`` in this order: here when one job runs at a time, else in ``jobs`` worker
-    processes of ``threads`` torch threads each; ``trained(piece)`` after each."""
+    """Train ``todo`` in this order: here on ``dataset`` when one job runs at a time, else in
+    ``jobs`` worker processes of ``threads`` torch threads each; ``trained(piece)`` after
+    each."""
     if min(jobs, len(todo)) <= 1:
         for i, piece in enumerate(todo, 1):
             bar.say(f"training {piece.variant} seed {piece.seed} ({i}/{len(todo)})")
-            train_piece(piece, bar.for_train())
+            train_piece(piece, bar.for_train(), dataset)
             trained(piece)
         return
     bar.say(f"training, {jobs} at a time")
@@ -571,10 +585,11 @@ def _load_trained(layout: Layout, variant: str, seed: int):
     return load_model(layout.run_dir(variant, seed))
 
 
-def _do_maps(data: _DataInfo, layout: Layout, plan: Plan) -> None:
+def _do_maps(data: _Data, layout: Layout, plan: Plan) -> None:
     record: dict[str, Any] = {
-        "schema": 1, "data": data.name,
-        "images": _maps.images_record(data.images, data.indices, data.labels, data.classes),
+        "schema": 1, "data": data.dataset.name,
+        "images": _maps.images_record(data.map_images, data.indices, data.dataset.test.labels,
+                                      data.dataset.classes),
         "variants": {},
     }
     for variant in plan.variants:
@@ -589,7 +604,8 @@ def _do_maps(data: _DataInfo, layout: Layout, plan: Plan) -> None:
             continue
         try:
             model = _load_trained(layout, variant, seed)
-            blocks = _maps.compute_maps(model, data.images, data.mean, data.std)
+            blocks = _maps.compute_maps(model, data.map_images, data.dataset.mean,
+                                        data.dataset.std)
             record["variants"][variant] = {"seed": seed, "blocks": blocks}
         except Exception as exc:  # noqa: BLE001
             record["variants"][variant] = {"error": _recordable(exc)}

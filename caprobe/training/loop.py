@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from caprobe.errors import CaprobeError
 from caprobe.io import atomic_write_text, read_json, read_jsonl, to_jsonable, write_json
@@ -27,6 +27,9 @@ from caprobe.runtime import torch_threads
 from caprobe.stats import chance_top1, did_learn
 from caprobe.training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from caprobe.training.config import TrainConfig, differences, resolve, validate
+
+if TYPE_CHECKING:
+    from caprobe.data import Dataset
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -239,7 +242,7 @@ class _Diverged(Exception):
 
 
 def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = False,
-          progress: Any = None,
+          progress: Any = None, dataset: Dataset | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
           on_start: Callable[[TrainConfig], None] | None = None) -> RunResult:
     """Train one model as ``config`` says; write the run folder ``out`` (if given).
@@ -249,7 +252,8 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
     ``progress``: None → own bar when stderr is a terminal, False → silent, a
     ``rich.progress.Progress`` → a task on it, removed when done. ``on_epoch(row)`` is called
     after each epoch's checkpoint with that epoch's metrics row; ``on_start(resolved_config)``
-    once everything is checked, before the first step.
+    once everything is checked, before the first step. ``dataset``: the data set ``config``
+    names, already loaded (a comparison loads it once for all its trainings); None loads it.
 
     Returns the :class:`RunResult` (status finished / diverged / failed). Ctrl-C saves the
     status "interrupted" (the last epoch's checkpoint stays valid) and re-raises.
@@ -278,7 +282,8 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
 
     device = training_device(config.device, config.amp)
     data_api = _data_api()
-    dataset = data_api.load_dataset(config.data, **config.dataset_kwargs())
+    if dataset is None:
+        dataset = data_api.load_dataset(config.data, **config.dataset_kwargs())
     cfg = resolve(config, image_size=int(dataset.image_size), device=device)
     if saved_config is not None:
         diffs = differences(saved_config, cfg.to_dict())
