@@ -32,7 +32,7 @@ def _explicit(ctx: typer.Context) -> set[str]:
 _NOT_OPTIONS = frozenset({"out", "resume", "as_json"})
 
 
-@app.command("compare", cls=multi_value_command("--attn", "-a"))
+@app.command("compare", cls=multi_value_command("--attn", "-a", "--runtime", "-r"))
 def compare(
     ctx: typer.Context,
     attn: Annotated[list[str] | None, typer.Option(
@@ -97,6 +97,13 @@ def compare(
     image_size: Annotated[int | None, typer.Option(
         "--image-size", help="Image size of the data set (resized once; default: its own, "
         "imagenette 128).")] = None,
+    runtimes: Annotated[list[str] | None, typer.Option(
+        "--runtime", "-r", help="Also time the trained models in these exported runtimes: "
+        "onnxruntime, executorch, openvino (each needs its extra, e.g. caprobe[onnx]).")] = None,
+    int8: Annotated[bool, typer.Option(
+        "--int8", help="Also quantise each trained model statically in each --runtime "
+        "(calibrated on the same first training images for every variant), evaluate it on "
+        "the test set and time it.")] = False,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Run folder to create (default runs/compare-<time>).")] = None,
     resume: Annotated[Path | None, typer.Option(
@@ -114,6 +121,7 @@ def compare(
         attn=list(attn or []), reference=reference, seeds=seeds, train=train, jobs=jobs,
         latency_batch=latency_batch, latency_min_time=latency_min_time,
         latency_device=latency_device, paper_form=paper_form, input_size=input_size,
+        runtimes=[r for r in runtimes or [] if r.strip()], int8=int8,
         training=TrainConfig(
             model=model, data=data, data_dir=str(data_dir) if data_dir is not None else None,
             data_options=parse_key_values(data_options, "--data-option", "n_train=512"),

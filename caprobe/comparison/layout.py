@@ -10,7 +10,10 @@
       variants/<slug>/seed-<s>/      the training run folder of (variant, seed)
       variants/<slug>/seed-<s>/error.json   that piece failed outside training (final), or
                                      the machine failed it ("retry": true)
+      variants/<slug>/latency-<R>[-int8].json  with --runtime R: its latency in runtime R
+      variants/<slug>/seed-<s>/int8-<R>.json   with --int8: that trained model's int8 top-1
       attention_maps.json            gates of a few fixed test images, for the report
+      runtimes.json                  with --runtime: the runtime records gathered
       results.csv / results.json     one row per variant x seed, plus aggregates
       report.html                    rendered from the records above only
 
@@ -29,6 +32,7 @@ RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 MAPS = "attention_maps.json"
 REPORT = "report.html"
+RUNTIMES = "runtimes.json"
 COUNTS = "counts.json"
 LATENCY = "latency.json"
 ERROR = "error.json"
@@ -83,6 +87,16 @@ class Layout:
 
     def latency(self, variant: str) -> Path:
         return self.variant_dir(variant) / LATENCY
+
+    def runtime_latency(self, variant: str, runtime: str, int8: bool) -> Path:
+        return self.variant_dir(variant) / f"latency-{runtime}{'-int8' if int8 else ''}.json"
+
+    def int8(self, variant: str, seed: int, runtime: str) -> Path:
+        return self.run_dir(variant, seed) / f"int8-{runtime}.json"
+
+    @property
+    def runtimes(self) -> Path:
+        return self.root / RUNTIMES
 
     def run_dir(self, variant: str, seed: int) -> Path:
         return self.variant_dir(variant) / f"seed-{seed}"

@@ -56,6 +56,10 @@ class CompareOptions:
     paper_form: bool = False  # time the models as built instead of caprobe.deploy(model)
     input_size: int | None = None  # counts and latency; None: the data's image size
     map_images: int = 4  # fixed test images drawn in the attention-map section
+    #: exported runtimes the trained models are also timed in (caprobe.runtimes), and, with
+    #: ``int8``, quantised in and evaluated (:mod:`caprobe.comparison.shipped`)
+    runtimes: list[str] = field(default_factory=list)
+    int8: bool = False
 
     @property
     def latency_form(self) -> str:
@@ -165,6 +169,7 @@ def validate(options: CompareOptions) -> CompareOptions:
     extra = [options.reference] if options.reference != BASELINE else []
     variants = canonical_variants([*options.attn, *extra] if options.attn else options.attn)
     options.attn = variants[1:]
+    _check_runtimes(options)
     training = options.training
     if training.attn is not None:
         raise CaprobeError("the training template names an attention module; give the "
@@ -174,6 +179,24 @@ def validate(options: CompareOptions) -> CompareOptions:
     _check_model(training.model)
     validate_training(options.piece(BASELINE, training.seed))  # the trainings' own checks
     return options
+
+
+def _check_runtimes(options: CompareOptions) -> None:
+    """Canonical runtime names, each installed; ``int8`` only with a runtime and trainings."""
+    from caprobe.runtimes import RUNTIMES, backend, check_runtime
+
+    names = list(dict.fromkeys(check_runtime(r) for r in options.runtimes))
+    if "eager" in names:
+        raise CaprobeError("compare times eager PyTorch already; --runtime takes "
+                           f"{', '.join(RUNTIMES)}")
+    for name in names:
+        backend(name)  # a missing extra: one line naming it
+    options.runtimes = names
+    if options.int8 and not names:
+        raise CaprobeError("--int8 quantises the trained models in an exported runtime; add "
+                           f"--runtime with one of {', '.join(RUNTIMES)}")
+    if options.int8 and not options.train:
+        raise CaprobeError("--int8 evaluates the trained models; drop --no-train")
 
 
 def _check_model(model: str) -> None:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from caprobe.comparison import maps as _maps
+from caprobe.comparison import shipped
 from caprobe.comparison.layout import Layout
 from caprobe.comparison.plan import (
     BASELINE,
@@ -358,6 +359,13 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console,
             else:
                 _do_maps(data, layout, plan)
                 ran.append("maps")
+        # 5. the trained models in the exported runtimes (timed alone: no training is left)
+        for runtime in options.runtimes:
+            bar.say(f"{runtime}: latency{' and int8 accuracy' if options.int8 else ''}")
+            _do_runtime(options, config0, data, layout, plan, runtime, ran, skipped)
+        if options.runtimes:
+            write_json(layout.runtimes, shipped.summary(
+                layout, plan.variants, plan.seeds, options.runtimes, options.int8))
         bar.say("done")
 
     results = write_results(layout.root)
@@ -585,6 +593,64 @@ def _load_trained(layout: Layout, variant: str, seed: int):
     return load_model(layout.run_dir(variant, seed))
 
 
+def _drawing_seed(layout: Layout, variant: str, seeds: list[int]) -> int | None:
+    """The seed whose trained model stands for ``variant`` (its maps, its runtime latency):
+    the first that learned, else the first finished, else None."""
+    states = {s: piece_state(layout, variant, s) for s in seeds}
+    finished = [s for s in seeds if states[s]["status"] == "finished"]
+    learned = [s for s in finished if states[s]["result"].get("learned") is not False]
+    return (learned or finished or [None])[0]
+
+
+def _do_runtime(options: CompareOptions, config: TrainConfig, data: _Data, layout: Layout,
+                plan: Plan, runtime: str, ran: list[str], skipped: list[str]) -> None:
+    """Step 5 for one runtime (see :mod:`caprobe.comparison.shipped`)."""
+    import torch
+
+    for int8 in (False, True) if options.int8 else (False,):
+        key = f"latency:{runtime}{'-int8' if int8 else ''}"
+        if all(layout.runtime_latency(v, runtime, int8).is_file() for v in plan.variants):
+            skipped.append(key)
+            continue
+        models, failed = {}, {}
+        for variant in plan.variants:
+            seed = _drawing_seed(layout, variant, plan.seeds) if options.train else None
+            try:
+                models[variant] = (_load_trained(layout, variant, seed) if seed is not None
+                                   else _build(options, config, variant,
+                                               data.dataset.num_classes))
+            except Exception as exc:  # noqa: BLE001
+                failed[variant] = _failure(variant, exc)
+        shipped.time_in_runtime(
+            models, layout, runtime=runtime, int8=int8, input_size=data.input_size,
+            batch=options.latency_batch, threads=options.training.threads,
+            min_time=options.latency_min_time, failure=_failure,
+            meta={v: {"model": options.training.model, "attn": v} for v in models})
+        for variant, record in failed.items():
+            write_json(layout.runtime_latency(variant, runtime, int8), record)
+        ran.append(key)
+    if not options.int8:
+        return
+    calibration = shipped.calibration_batches(data.dataset)
+    threads = options.training.threads or torch.get_num_threads()
+    for variant in plan.variants:
+        for seed in plan.seeds:
+            path = layout.int8(variant, seed, runtime)
+            state = piece_state(layout, variant, seed)
+            if path.is_file() or state["status"] != "finished":
+                continue
+            try:
+                record = shipped.int8_record(
+                    _load_trained(layout, variant, seed), data.dataset, runtime=runtime,
+                    threads=threads, calibration=calibration,
+                    fp32_top1=state["result"].get("top1"),
+                    learned=state["result"].get("learned"))
+            except Exception as exc:  # noqa: BLE001 - recorded, the others go on
+                record = {**_failure(variant, exc), "runtime": runtime}
+            write_json(path, {"variant": variant, "seed": seed, **record})
+            ran.append(f"int8:{runtime}:{variant}:{seed}")
+
+
 def _do_maps(data: _Data, layout: Layout, plan: Plan) -> None:
     record: dict[str, Any] = {
         "schema": 1, "data": data.dataset.name,
@@ -595,10 +661,7 @@ def _do_maps(data: _Data, layout: Layout, plan: Plan) -> None:
     for variant in plan.variants:
         if variant == BASELINE:
             continue
-        states = {s: piece_state(layout, variant, s) for s in plan.seeds}
-        finished = [s for s in plan.seeds if states[s]["status"] == "finished"]
-        learned = [s for s in finished if states[s]["result"].get("learned") is not False]
-        seed = (learned or finished or [None])[0]  # a run that learned draws the maps
+        seed = _drawing_seed(layout, variant, plan.seeds)
         if seed is None:
             record["variants"][variant] = {"error": "no finished training to draw maps from"}
             continue

@@ -1,0 +1,137 @@
+"""``caprobe compare --runtime R --int8``: the trained models timed in an exported runtime,
+quantised there and evaluated on the test set; records on disk, resumable, bad requests one
+line (exit 2). ONNX Runtime stands for the three (its export is the quickest); the export
+round trips of every runtime are tested in test_runtimes.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_runtimes import _available
+from typer.testing import CliRunner
+
+import caprobe
+from caprobe.cli import app
+from caprobe.comparison import Layout
+from caprobe.comparison.shipped import calibration_batches, runtime_top1
+from caprobe.data import load_dataset
+from caprobe.training import evaluate
+
+runner = CliRunner()
+
+TINY = ["--width", "0.25", "--data-option", "n_train=48", "--data-option", "n_test=40",
+        "--steps", "4", "--batch-size", "16", "--seeds", "1", "--threads", "1",
+        "--min-time", "0.02"]
+
+
+class _Oracle:
+    """A session that knows each test image's label: 100 % exactly, unless runtime_top1 pairs
+    an output row with the wrong label or feeds a padding row into the count."""
+
+    def __init__(self, dataset) -> None:
+        from caprobe.data.augment import to_input
+
+        x = to_input(dataset.test.images, dataset.mean, dataset.std)
+        self.labels = {row.numpy().tobytes(): int(y)
+                       for row, y in zip(x, dataset.test.labels, strict=True)}
+        self.classes = dataset.num_classes
+        self.padding = 0
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], self.classes)
+        for i, row in enumerate(x):
+            if not row.any():
+                self.padding += 1
+                continue
+            out[i, self.labels[row.numpy().tobytes()]] = 1.0
+        return out
+
+
+class _Eager:
+    """A session that runs the model itself: runtime_top1's batching, padding and labels."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(x)
+
+
+def test_runtime_top1_equals_the_training_evaluation_on_a_padded_last_batch(tmp_path):
+    dataset = load_dataset("positional", n_train=48, n_test=40, cache_dir=str(tmp_path))
+    model = caprobe.build_model("mobilenetv2", attn="ca", width=0.25, profile="cifar",
+                                num_classes=dataset.num_classes, seed=3).eval()
+    for m in model.modules():  # a model that is not at chance: BN statistics of the data
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+    expected = evaluate(model, dataset.test.images, dataset.test.labels,
+                        num_classes=dataset.num_classes, mean=dataset.mean, std=dataset.std,
+                        device="cpu", batch_size=64)["test_top1"]
+    # 40 test images in batches of 16: the last batch holds 8 and 8 zero images of padding
+    assert runtime_top1(_Eager(caprobe.deploy(model)), dataset, batch=16) == \
+        pytest.approx(expected, abs=1e-9)
+    oracle = _Oracle(dataset)
+    assert len(oracle.labels) == 40  # every test image distinct
+    assert runtime_top1(oracle, dataset, batch=16) == 100.0 and oracle.padding == 8
+    batches = calibration_batches(dataset, count=40, batch=16)
+    assert [tuple(b.shape) for b in batches] == [(16, 3, 16, 16)] * 2  # whole batches only
+    assert torch.equal(batches[0], calibration_batches(dataset, count=16, batch=16)[0])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _available("onnxruntime"), reason="the onnx extra is not installed")
+def test_compare_times_quantises_and_evaluates_in_the_runtime(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["compare", "--attn", "ca", "--runtime", "onnxruntime",
+                                 "--int8", "--out", str(out), "--json", *TINY])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert {"latency:onnxruntime", "latency:onnxruntime-int8", "int8:onnxruntime:none:0",
+            "int8:onnxruntime:ca:0"} <= set(payload["ran"])
+    layout = Layout(out)
+    summary = json.loads(layout.runtimes.read_text())
+    assert summary["runtimes"] == ["onnxruntime"] and summary["int8"] is True
+    rows = {(r["precision"], r["variant"]): r for r in summary["latency"]}
+    assert set(rows) == {(p, v) for p in ("fp32", "int8") for v in ("none", "ca")}
+    for (precision, variant), row in rows.items():
+        saved = json.loads(layout.runtime_latency(variant, "onnxruntime",
+                                                  precision == "int8").read_text())
+        assert saved["runtime"] == "onnxruntime" and saved["median_ms"] == row["median_ms"] > 0
+        assert saved["env"]["runtime"]["precision"] == precision
+        assert (row["overhead"] is None) == (variant == "none")
+    assert "QuantizeLinear" in rows["int8", "ca"]["coverage"]["ops"]
+    assert "QuantizeLinear" not in rows["fp32", "ca"]["coverage"]["ops"]
+    for variant in ("none", "ca"):
+        record = json.loads(layout.int8(variant, 0, "onnxruntime").read_text())
+        trained = json.loads((layout.run_dir(variant, 0) / "result.json").read_text())
+        assert record["fp32_top1"] == trained["top1"] and record["learned"] == trained["learned"]
+        assert record["delta_top1"] == pytest.approx(record["top1"] - trained["top1"])
+        assert 0 <= record["top1"] <= 100 and record["test_images"] == 40
+        assert record["calibration_images"] == 32  # 48 training images: one whole batch of 32
+    acc = {r["variant"]: r for r in summary["int8_accuracy"]}
+    # four steps learn nothing: no int8 figure is read from a run that did not learn
+    assert all(r["n"] + r["n_not_learned"] == 1 for r in acc.values())
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("variants/*/**/*.json")}
+    again = runner.invoke(app, ["compare", "--resume", str(out), "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["ran"] == []
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--runtime", "tflite"], "unknown runtime 'tflite'"),
+    (["--runtime", "eager"], "compare times eager PyTorch already"),
+    (["--int8"], "--int8 quantises the trained models in an exported runtime"),
+    (["--runtime", "onnxruntime", "--int8", "--no-train"], "drop --no-train"),
+])
+def test_compare_runtime_bad_requests(tmp_path, args, needle):
+    result = runner.invoke(app, ["compare", "--attn", "ca", *args,
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not (tmp_path / "o").exists()
