@@ -37,7 +37,7 @@ def _aggs(root) -> dict[str, dict]:
 
 
 def _verdicts(root) -> dict[str, dict]:
-    return {r["variant"]: verdict(r) for r in _rows(load_runs([root])) if r["variant"] != "none"}
+    return {r.variant: verdict(r) for r in _rows(load_runs([root])) if r.variant != "none"}
 
 
 # --------------------------------------------------------------------------- the flag

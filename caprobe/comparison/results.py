@@ -27,6 +27,7 @@ from typing import Any
 
 from caprobe.comparison.layout import Layout
 from caprobe.comparison.plan import BASELINE, load_plan, plan_training
+from caprobe.comparison.rows import AggregateRow, MetricsRow, RunRow
 from caprobe.io import atomic_write_text, read_json, read_jsonl, write_json
 from caprobe.stats import chance_top1, did_learn
 
@@ -34,11 +35,7 @@ RESULTS_SCHEMA = 2  # 2: runs carry learned / chance_top1, aggregates n_learned 
 FINISHED = "finished"
 DID_NOT_LEARN = "did not learn"  # aggregate status: no finished run of the variant learned
 
-RUN_COLUMNS = [
-    "row", "variant", "seed", "status", "learned", "error", "top1", "chance_top1", "top5",
-    "test_loss", "train_loss", "epochs_done", "steps_done", "wall_time_s", "images_per_s",
-    "data_checksum", "run_dir",
-]
+RUN_COLUMNS = RunRow.columns()
 
 
 def _read(path: Path) -> Any | None:
@@ -50,9 +47,9 @@ def _read(path: Path) -> Any | None:
         return None
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+def read_metrics(run_dir: Path) -> list[MetricsRow]:
     """Rows of a training's ``metrics.jsonl`` (one per epoch); a torn last line is ignored."""
-    return read_jsonl(run_dir / "metrics.jsonl")
+    return [MetricsRow.from_dict(row) for row in read_jsonl(run_dir / "metrics.jsonl")]
 
 
 def piece_state(layout: Layout, variant: str, seed: int) -> dict[str, Any]:
@@ -116,11 +113,11 @@ def _record_learned(result: dict[str, Any], run_dir: Path) -> bool | None:
     top-1, class count and the run's ``metrics.jsonl`` (None when that is impossible)."""
     if "learned" in result or result.get("status") != FINISHED:
         return result.get("learned")
-    losses = [row.get("train_loss") for row in read_metrics(run_dir)]
+    losses = [row.train_loss for row in read_metrics(run_dir)]
     return did_learn(result.get("top1"), _record_classes(result), losses)
 
 
-def run_rows(root: str | Path, plan: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def run_rows(root: str | Path, plan: dict[str, Any] | None = None) -> list[RunRow]:
     """One row per planned (variant, seed) training piece; ``learned`` is None unless the
     training finished (or when its record cannot tell)."""
     layout = Layout(root)
@@ -132,35 +129,43 @@ def run_rows(root: str | Path, plan: dict[str, Any] | None = None) -> list[dict[
         variant, seed = piece["variant"], piece["seed"]
         state = piece_state(layout, variant, seed)
         result = state["result"] or {}
-        rows.append({
-            "row": "run", "variant": variant, "seed": seed, "status": state["status"],
-            "learned": _record_learned(result, layout.run_dir(variant, seed)),
-            "error": state["error"], "top1": _num(result.get("top1")),
-            "chance_top1": _num(chance_top1(_record_classes(result))),
-            "top5": _num(result.get("top5")),
-            "test_loss": _num(result.get("test_loss")),
-            "train_loss": _num(result.get("train_loss")),
-            "epochs_done": result.get("epochs_done"), "steps_done": result.get("steps_done"),
-            "wall_time_s": _num(result.get("wall_time_s")),
-            "images_per_s": _num(result.get("images_per_s")),
-            "data_checksum": result.get("data_checksum"),
-            "run_dir": piece["run_dir"],
-        })
+        rows.append(RunRow(
+            variant=variant, seed=seed, status=state["status"],
+            learned=_record_learned(result, layout.run_dir(variant, seed)),
+            error=state["error"], top1=_num(result.get("top1")),
+            chance_top1=_num(chance_top1(_record_classes(result))),
+            top5=_num(result.get("top5")),
+            test_loss=_num(result.get("test_loss")),
+            train_loss=_num(result.get("train_loss")),
+            epochs_done=result.get("epochs_done"), steps_done=result.get("steps_done"),
+            wall_time_s=_num(result.get("wall_time_s")),
+            images_per_s=_num(result.get("images_per_s")),
+            data_checksum=result.get("data_checksum"),
+            run_dir=piece["run_dir"],
+        ))
     return rows
 
 
-def _finished(row: dict[str, Any]) -> bool:
-    return row["status"] == FINISHED and row["top1"] is not None
+def _finished(row: RunRow) -> bool:
+    return row.status == FINISHED and row.top1 is not None
 
 
-def _learned(row: dict[str, Any]) -> bool:
+def _learned(row: RunRow) -> bool:
     """Finished and not flagged as not learned (unknown, in older records, counts as learned)."""
-    return _finished(row) and row.get("learned") is not False
+    return _finished(row) and row.learned is not False
 
 
-def _status(variant_rows: list[dict[str, Any]], train: bool, counts: dict | None,
+def _mean(values: list[float | None]) -> float | None:
+    """The mean of the known values; None when none is known."""
+    import numpy as np
+
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+def _status(variant_rows: list[RunRow], train: bool, counts: dict | None,
             latency: dict | None) -> tuple[str, str | None]:
-    errors = [r["error"] for r in variant_rows if r.get("error")]
+    errors = [r.error for r in variant_rows if r.error]
     for rec in (counts, latency):
         if rec and rec.get("error"):
             errors.append(rec["error"])
@@ -170,7 +175,7 @@ def _status(variant_rows: list[dict[str, Any]], train: bool, counts: dict | None
             return "failed", error
         return ("ok" if counts and latency else "incomplete"), error
     finished = [r for r in variant_rows if _finished(r)]
-    statuses = [r["status"] for r in variant_rows]
+    statuses = [r.status for r in variant_rows]
     n = len(statuses)
     done = statuses.count(FINISHED)
     if finished and not any(map(_learned, finished)):
@@ -189,7 +194,7 @@ def _status(variant_rows: list[dict[str, Any]], train: bool, counts: dict | None
 
 
 def aggregate_rows(root: str | Path, plan: dict[str, Any] | None = None,
-                   runs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                   runs: list[RunRow] | None = None) -> list[AggregateRow]:
     """One row per variant: costs, latency, top-1 statistics and paired deltas.
 
     ``n_finished`` counts the finished runs; ``n_learned`` those of them that enter the
@@ -204,7 +209,7 @@ def aggregate_rows(root: str | Path, plan: dict[str, Any] | None = None,
     counts = {v: _read(layout.counts(v)) for v in plan["variants"]}
     latency = {v: _read(layout.latency(v)) for v in plan["variants"]}
     base_counts = counts.get(BASELINE) or {}
-    learned = {v: {r["seed"]: r for r in runs if r["variant"] == v and _learned(r)}
+    learned = {v: {r.seed: r for r in runs if r.variant == v and _learned(r)}
                for v in plan["variants"]}
     reference = plan["options"].get("reference") or BASELINE
 
@@ -212,8 +217,8 @@ def aggregate_rows(root: str | Path, plan: dict[str, Any] | None = None,
         seeds = sorted(set(learned.get(against, {})) & set(learned[variant]))
         if variant == against or not seeds:
             return {}
-        d = paired_delta([learned[against][s]["top1"] for s in seeds],
-                         [learned[variant][s]["top1"] for s in seeds])
+        d = paired_delta([learned[against][s].top1 for s in seeds],
+                         [learned[variant][s].top1 for s in seeds])
         return {f"{prefix}_mean": d.mean, f"{prefix}_std": _num(d.std),
                 f"{prefix}_ci_low": d.ci_low, f"{prefix}_ci_high": d.ci_high,
                 f"{prefix.removesuffix('_top1')}_n": d.n}
@@ -221,13 +226,13 @@ def aggregate_rows(root: str | Path, plan: dict[str, Any] | None = None,
     for variant in plan["variants"]:
         c = counts[variant] or {}
         lat = latency[variant] or {}
-        vrows = [r for r in runs if r["variant"] == variant]
+        vrows = [r for r in runs if r.variant == variant]
         status, error = _status(vrows, train, counts[variant], latency[variant])
         used = list(learned[variant].values())
-        top = [r["top1"] for r in used]
+        top = [r.top1 for r in used]
         n_finished = sum(map(_finished, vrows))
-        row: dict[str, Any] = {
-            "row": "aggregate", "variant": variant, "model": plan_training(plan).get("model"),
+        row: dict[str, Any] = {  # AggregateRow's fields; those not set keep their defaults
+            "variant": variant, "model": plan_training(plan).get("model"),
             "status": status, "error": error,
             "n_seeds": len(vrows), "n_finished": n_finished,
             "n_learned": len(top), "n_not_learned": n_finished - len(top),
@@ -243,14 +248,8 @@ def aggregate_rows(root: str | Path, plan: dict[str, Any] | None = None,
             "latency_device": lat.get("device"),
             "latency_form": lat.get("form"),
             "latency_overhead": _num(lat.get("overhead")),
-            "latency_overhead_ci_low": None, "latency_overhead_ci_high": None,
             "images_per_s": _num(lat.get("images_per_s")),
-            "top1_mean": None, "top1_std": None, "top1_ci_low": None, "top1_ci_high": None,
-            "delta_top1_mean": None, "delta_top1_std": None,
-            "delta_top1_ci_low": None, "delta_top1_ci_high": None, "delta_n": 0,
-            "reference": reference, "ref_delta_top1_mean": None, "ref_delta_top1_std": None,
-            "ref_delta_top1_ci_low": None, "ref_delta_top1_ci_high": None, "ref_delta_n": 0,
-            "top5_mean": None, "test_loss_mean": None, "train_wall_time_s": None,
+            "reference": reference,
         }
         ci = lat.get("overhead_ci")
         if isinstance(ci, (list, tuple)) and len(ci) == 2:
@@ -258,15 +257,14 @@ def aggregate_rows(root: str | Path, plan: dict[str, Any] | None = None,
         if top:
             import numpy as np
 
-            row["top1_mean"] = float(np.mean(top))
+            row["top1_mean"] = _mean(top)
             row["top1_std"] = float(np.std(top, ddof=1)) if len(top) > 1 else None
             interval = mean_ci(top)
             if interval is not None:
                 row["top1_ci_low"], row["top1_ci_high"] = interval
-            for key, col in (("top5", "top5_mean"), ("test_loss", "test_loss_mean")):
-                vals = [r[key] for r in used if r[key] is not None]
-                row[col] = float(np.mean(vals)) if vals else None
-        walls = [r["wall_time_s"] for r in vrows if r["wall_time_s"] is not None]
+            row["top5_mean"] = _mean([r.top5 for r in used])
+            row["test_loss_mean"] = _mean([r.test_loss for r in used])
+        walls = [r.wall_time_s for r in vrows if r.wall_time_s is not None]
         if n_finished and walls:
             row["train_wall_time_s"] = float(sum(walls))
         row.update(paired(BASELINE, variant, "delta_top1"))
@@ -274,7 +272,8 @@ def aggregate_rows(root: str | Path, plan: dict[str, Any] | None = None,
             row.update(paired(reference, variant, "ref_delta_top1"))
         if variant == BASELINE:
             row.update(params_delta_pct=None, madds_delta_pct=None)
-        out.append({k: (_num(v) if isinstance(v, float) else v) for k, v in row.items()})
+        out.append(AggregateRow(**{k: (_num(v) if isinstance(v, float) else v)
+                                   for k, v in row.items()}))
     return out
 
 
@@ -285,7 +284,7 @@ def build_results(root: str | Path) -> dict[str, Any]:
     runs = run_rows(root, plan)
     aggs = aggregate_rows(root, plan, runs)
     prov = _read(layout.provenance) or {}
-    checksums = sorted({r["data_checksum"] for r in runs if r.get("data_checksum")})
+    checksums = sorted({r.data_checksum for r in runs if r.data_checksum})
     return {
         "schema": RESULTS_SCHEMA, "kind": "caprobe-results",
         "model": plan_training(plan).get("model"), "data": plan_training(plan).get("data"),
@@ -293,7 +292,7 @@ def build_results(root: str | Path) -> dict[str, Any]:
         "variants": plan["variants"], "seeds": plan["seeds"],
         "reference": plan["options"].get("reference") or BASELINE,
         "train": plan["options"].get("train", True),
-        "runs": runs, "aggregates": aggs,
+        "runs": [r.to_dict() for r in runs], "aggregates": [a.to_dict() for a in aggs],
     }
 
 

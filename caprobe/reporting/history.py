@@ -13,6 +13,7 @@ from typing import Any
 
 from caprobe.comparison.layout import PLAN
 from caprobe.comparison.results import load_results
+from caprobe.comparison.rows import AggregateRow
 from caprobe.errors import CaprobeError
 from caprobe.io import atomic_write_text
 from caprobe.reporting import plots
@@ -44,17 +45,16 @@ def collect(reports_dir: str | Path) -> list[dict[str, Any]]:
             except CaprobeError:
                 continue
             data.add(str(res.get("data")))
-            for agg in res.get("aggregates", []):
-                rows.append({"label": f"{res.get('model')} {agg['variant']}",
-                             "top1": agg.get("top1_mean"),
-                             "latency": agg.get("latency_median_ms"),
-                             "status": agg.get("status")})
+            for agg in map(AggregateRow.from_dict, res["aggregates"]):
+                rows.append({"label": f"{res.get('model')} {agg.variant}",
+                             "top1": agg.top1_mean, "latency": agg.latency_median_ms,
+                             "status": agg.status})
         report = folder / "report.html"
         nightlies.append({
             "name": folder.name, "date": m.group(1), "rows": rows,
             "data": ", ".join(sorted(data)) or "–",
             "report": f"{folder.name}/report.html" if report.is_file() else None,
-            "failed": sum(1 for r in rows if r["status"] not in ("ok", None)),
+            "failed": sum(1 for r in rows if r["status"] != "ok"),
         })
     return nightlies
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
+
+if TYPE_CHECKING:
+    from caprobe.comparison.rows import AggregateRow
+    from caprobe.reporting.records import VariantRow
 
 matplotlib.use("Agg", force=False)
 
@@ -98,33 +102,34 @@ def _ok(*values: Any) -> bool:
                for v in values)
 
 
-def accuracy_vs_cost(rows: list[dict], *, cost: str, xlabel: str, prefix: str,
-                     xscale: float = 1.0, xerr: str | None = None) -> str | None:
-    """Scatter of top-1 (mean, CI bars) against a cost column; the Pareto front marked."""
-    pts = [r for r in rows if _ok(r.get(cost), r.get("top1_mean"))]
+def accuracy_vs_cost(rows: list[VariantRow], *, cost: Callable[[AggregateRow], float | None],
+                     xlabel: str, prefix: str, xscale: float = 1.0,
+                     xerr: Callable[[AggregateRow], float | None] | None = None) -> str | None:
+    """Scatter of top-1 (mean, CI bars) against a cost of each row (``cost``; ``xerr`` the
+    width of its horizontal bar); the Pareto front marked."""
+    pts = [r for r in rows if _ok(cost(r.agg), r.agg.top1_mean)]
     if not pts:
         return None
     with matplotlib.rc_context(_rc()):
         fig, ax = _figure()
-        xy = [(r[cost] * xscale, r["top1_mean"]) for r in pts]
+        xy = [(cost(r.agg) * xscale, r.agg.top1_mean) for r in pts]
         front = pareto_front(xy)
         if len(front) > 1:
             fx, fy = zip(*(xy[i] for i in front), strict=True)
             ax.plot(fx, fy, "--", color="#999999", lw=1, zorder=1, label="Pareto front")
         for r, (x, y), i in zip(pts, xy, range(len(pts)), strict=True):
-            lo, hi = r.get("top1_ci_low"), r.get("top1_ci_high")
+            lo, hi = r.agg.top1_ci_low, r.agg.top1_ci_high
             yerr = [[y - lo], [hi - y]] if _ok(lo, hi) else None
-            xe = None
-            if xerr and _ok(r.get(xerr)):
-                xe = [[r[xerr] * xscale / 2], [r[xerr] * xscale / 2]]
-            ax.errorbar([x], [y], yerr=yerr, xerr=xe, fmt="o", color=r.get("_color", color(i)),
+            width = xerr(r.agg) if xerr else None
+            xe = [[width * xscale / 2], [width * xscale / 2]] if _ok(width) else None
+            ax.errorbar([x], [y], yerr=yerr, xerr=xe, fmt="o", color=r.color,
                         ms=7 if i in front else 5, mfc=None if i in front else "white",
                         capsize=3, zorder=3)
             if len(pts) <= ANNOTATE_MAX:
-                ax.annotate(text(r["_label"]), (x, y), textcoords="offset points",
+                ax.annotate(text(r.label), (x, y), textcoords="offset points",
                             xytext=(6, 5), fontsize=8)
             else:  # many points: name them in a legend instead of colliding labels
-                ax.plot([], [], "o", color=r.get("_color", color(i)), label=text(r["_label"]))
+                ax.plot([], [], "o", color=r.color, label=text(r.label))
         ax.set_xlabel(xlabel)
         ax.set_ylabel("top-1 accuracy (%)")
         if len(pts) > ANNOTATE_MAX:

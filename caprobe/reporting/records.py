@@ -10,6 +10,7 @@ from typing import Any
 from caprobe.comparison.layout import Layout
 from caprobe.comparison.plan import load_plan, plan_training
 from caprobe.comparison.results import load_results, read_metrics
+from caprobe.comparison.rows import AggregateRow, MetricsRow, RunRow
 from caprobe.errors import CaprobeError
 from caprobe.io import read_json
 
@@ -28,13 +29,24 @@ class RunRecords:
     root: Path
     plan: dict[str, Any]
     results: dict[str, Any]
+    runs: list[RunRow]  # results["runs"] as typed rows
+    aggregates: list[AggregateRow]  # results["aggregates"] as typed rows
     provenance: dict[str, Any]
     counts: dict[str, dict | None]
     latency: dict[str, dict | None]
-    metrics: dict[str, dict[int, list[dict]]]  # variant -> seed -> metrics rows
+    metrics: dict[str, dict[int, list[MetricsRow]]]  # variant -> seed -> metrics rows
     maps: dict[str, Any] | None
     name: str = ""
     labels: dict[str, str] = field(default_factory=dict)  # variant -> label on the page
+
+    @property
+    def trained(self) -> bool:
+        """Whether the comparison trained (not ``--no-train``)."""
+        return self.plan["options"].get("train", True)
+
+    def seed_runs(self, variant: str) -> list[RunRow]:
+        """The per-seed run rows of ``variant``."""
+        return [x for x in self.runs if x.variant == variant]
 
     @property
     def data(self) -> str | None:
@@ -58,14 +70,17 @@ def load_run(root: str | Path) -> RunRecords:
     provenance = _read(layout.provenance) or {}
     counts = {v: _read(layout.counts(v)) for v in plan["variants"]}
     latency = {v: _read(layout.latency(v)) for v in plan["variants"]}
-    metrics: dict[str, dict[int, list[dict]]] = {}
+    metrics: dict[str, dict[int, list[MetricsRow]]] = {}
     if plan["options"].get("train", True):
         for v in plan["variants"]:
             metrics[v] = {s: read_metrics(layout.run_dir(v, s)) for s in plan["seeds"]}
     maps = _read(layout.maps)
-    return RunRecords(root=root, plan=plan, results=results, provenance=provenance,
-                      counts=counts, latency=latency, metrics=metrics, maps=maps,
-                      name=root.resolve().name, labels={v: v for v in plan["variants"]})
+    return RunRecords(root=root, plan=plan, results=results,
+                      runs=[RunRow.from_dict(r) for r in results["runs"]],
+                      aggregates=[AggregateRow.from_dict(a) for a in results["aggregates"]],
+                      provenance=provenance, counts=counts, latency=latency, metrics=metrics,
+                      maps=maps, name=root.resolve().name,
+                      labels={v: v for v in plan["variants"]})
 
 
 def load_runs(roots: list[str | Path]) -> list[RunRecords]:
@@ -97,3 +112,17 @@ def load_runs(roots: list[str | Path]) -> list[RunRecords]:
             prefix = run.model if by_model else name
             run.labels = {v: f"{prefix} {v}" for v in run.plan["variants"]}
     return runs
+
+
+@dataclass(frozen=True)
+class VariantRow:
+    """One variant of one run on the page: its aggregate row, label, colour and run."""
+
+    agg: AggregateRow
+    label: str
+    color: str
+    run: RunRecords
+
+    @property
+    def variant(self) -> str:
+        return self.agg.variant

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import math
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from caprobe.comparison.plan import BASELINE, plan_training
 from caprobe.comparison.results import DID_NOT_LEARN
+from caprobe.comparison.rows import AggregateRow, MetricsRow, RunRow
 from caprobe.formatting import (
     finite,
     fmt_acc,
@@ -26,11 +28,14 @@ from caprobe.formatting import (
 )
 from caprobe.io import atomic_write_text
 from caprobe.reporting import plots
-from caprobe.reporting.records import RunRecords, load_runs
+from caprobe.reporting.records import RunRecords, VariantRow, load_runs
 from caprobe.stats import at_chance
 
-ACC_KEYS = ("test_top1", "top1", "val_top1", "test_acc", "accuracy", "acc")
-LOSS_KEYS = ("train_loss", "loss", "test_loss")
+#: the training curves: panel title and the metrics.jsonl column it plots
+CURVES: tuple[tuple[str, Callable[[MetricsRow], float | None]], ...] = (
+    ("train loss", lambda m: m.train_loss),
+    ("test top-1 (%)", lambda m: m.test_top1),
+)
 
 
 # --------------------------------------------------------------------------- templates
@@ -78,20 +83,18 @@ def _device_word(device: Any) -> str:
 # --------------------------------------------------------------------------- rows
 
 
-def _rows(runs: list[RunRecords]) -> list[dict[str, Any]]:
+def _rows(runs: list[RunRecords]) -> list[VariantRow]:
     """Aggregate rows of every run with their page label, colour and run."""
     out = []
     i = 0
     for k, run in enumerate(runs):
         grey = plots.BASELINE_GREYS[k % len(plots.BASELINE_GREYS)]
-        for agg in run.results.get("aggregates", []):
-            row = dict(agg)
-            row["_label"] = run.labels.get(agg["variant"], agg["variant"])
-            row["_color"] = grey if agg["variant"] == BASELINE else plots.color(i + 1)
-            row["_run"] = run
-            if agg["variant"] != BASELINE:
+        for agg in run.aggregates:
+            color = grey if agg.variant == BASELINE else plots.color(i + 1)
+            out.append(VariantRow(agg=agg, label=run.labels.get(agg.variant, agg.variant),
+                                  color=color, run=run))
+            if agg.variant != BASELINE:
                 i += 1
-            out.append(row)
     return out
 
 
@@ -107,92 +110,84 @@ def _value_attr(value: Any) -> str:
     return str(value)
 
 
-def reference_of(rows: list[dict[str, Any]]) -> str | None:
+def reference_of(rows: list[VariantRow]) -> str | None:
     """The variant the ``ref_delta_*`` columns compare with (``compare --reference``): its
     name when every run that has one agrees, "reference" when they differ, None without."""
-    refs = {r.get("reference") for r in rows} - {None, BASELINE}
+    refs = {r.agg.reference for r in rows} - {None, BASELINE}
     return refs.pop() if len(refs) == 1 else ("reference" if refs else None)
 
 
-def _delta_extra(r: dict[str, Any], prefix: str) -> str:
-    d_ci = _interval(r.get(f"{prefix}_ci_low"), r.get(f"{prefix}_ci_high"), fmt_delta)
-    return d_ci or ("no CI: 1 pair" if finite(r.get(f"{prefix}_mean")) else "")
+def _delta_extra(mean: float | None, lo: float | None, hi: float | None) -> str:
+    d_ci = _interval(lo, hi, fmt_delta)
+    return d_ci or ("no CI: 1 pair" if finite(mean) else "")
 
 
-def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def table_rows(rows: list[VariantRow]) -> list[dict[str, Any]]:
     """The summary table: display text plus the raw number from results.json per cell."""
     reference = reference_of(rows)
     out = []
     for r in rows:
-        train = r["_run"].plan["options"].get("train", True)
-        seeds = f"{r.get('n_finished', 0)}/{r.get('n_seeds', 0)}" if train else "–"
-        learned = f"{r['n_learned']}/{r['n_finished']} learned" if r.get("n_not_learned") else ""
-        lat = fmt_ms(r.get("latency_median_ms"))
-        if finite(r.get("latency_iqr_ms")):
-            lat += f" ± {fmt_ms(r['latency_iqr_ms'])}"
-        over = fmt_ratio_pct(r.get("latency_overhead"))
-        over_ci = _interval(r.get("latency_overhead_ci_low"), r.get("latency_overhead_ci_high"),
-                            fmt_ratio_pct)
-        top_ci = _interval(r.get("top1_ci_low"), r.get("top1_ci_high"), fmt_acc)
-        if finite(r.get("top1_mean")) and not top_ci:
-            top_ci = "no CI: 1 seed" if r.get("n_learned") == 1 else ""
+        a = r.agg
+        train = r.run.trained
+        seeds = f"{a.n_finished}/{a.n_seeds}" if train else "–"
+        learned = f"{a.n_learned}/{a.n_finished} learned" if a.n_not_learned else ""
+        lat = fmt_ms(a.latency_median_ms)
+        if finite(a.latency_iqr_ms):
+            lat += f" ± {fmt_ms(a.latency_iqr_ms)}"
+        over = fmt_ratio_pct(a.latency_overhead)
+        over_ci = _interval(a.latency_overhead_ci_low, a.latency_overhead_ci_high, fmt_ratio_pct)
+        top_ci = _interval(a.top1_ci_low, a.top1_ci_high, fmt_acc)
+        if finite(a.top1_mean) and not top_ci:
+            top_ci = "no CI: 1 seed" if a.n_learned == 1 else ""
         cells = [
-            _cell("params", fmt_count(r.get("params")), r.get("params")),
-            _cell("params_delta_pct", fmt_pct(r.get("params_delta_pct")),
-                  r.get("params_delta_pct")),
-            _cell("madds", fmt_count(r.get("madds")), r.get("madds")),
-            _cell("madds_delta_pct", fmt_pct(r.get("madds_delta_pct")),
-                  r.get("madds_delta_pct")),
-            _cell("latency_median_ms", lat, r.get("latency_median_ms")),
-            _cell("latency_overhead", over, r.get("latency_overhead"), over_ci),
-            _cell("top1_mean", fmt_acc(r.get("top1_mean")), r.get("top1_mean"), top_ci),
-            _cell("delta_top1_mean", fmt_delta(r.get("delta_top1_mean")),
-                  r.get("delta_top1_mean"), _delta_extra(r, "delta_top1")),
-            *([_cell("ref_delta_top1_mean", fmt_delta(r.get("ref_delta_top1_mean")),
-                     r.get("ref_delta_top1_mean"), _delta_extra(r, "ref_delta_top1"))]
+            _cell("params", fmt_count(a.params), a.params),
+            _cell("params_delta_pct", fmt_pct(a.params_delta_pct), a.params_delta_pct),
+            _cell("madds", fmt_count(a.madds), a.madds),
+            _cell("madds_delta_pct", fmt_pct(a.madds_delta_pct), a.madds_delta_pct),
+            _cell("latency_median_ms", lat, a.latency_median_ms),
+            _cell("latency_overhead", over, a.latency_overhead, over_ci),
+            _cell("top1_mean", fmt_acc(a.top1_mean), a.top1_mean, top_ci),
+            _cell("delta_top1_mean", fmt_delta(a.delta_top1_mean), a.delta_top1_mean,
+                  _delta_extra(a.delta_top1_mean, a.delta_top1_ci_low, a.delta_top1_ci_high)),
+            *([_cell("ref_delta_top1_mean", fmt_delta(a.ref_delta_top1_mean),
+                     a.ref_delta_top1_mean,
+                     _delta_extra(a.ref_delta_top1_mean, a.ref_delta_top1_ci_low,
+                                  a.ref_delta_top1_ci_high))]
               if reference else []),
-            _cell("seeds", seeds, r.get("n_finished") if train else None, learned),
+            _cell("seeds", seeds, a.n_finished if train else None, learned),
         ]
-        out.append({"label": r["_label"], "variant": r["variant"], "color": r["_color"],
-                    "long": len(str(r["_label"])) > 22,
-                    "cells": cells, "status": r.get("status") or "", "error": r.get("error"),
-                    "failed": (r.get("status") or "") not in ("ok", ""),
-                    "not_learned": bool(r.get("n_not_learned"))})
+        out.append({"label": r.label, "variant": a.variant, "color": r.color,
+                    "long": len(r.label) > 22,
+                    "cells": cells, "status": a.status, "error": a.error,
+                    "failed": a.status != "ok",
+                    "not_learned": bool(a.n_not_learned)})
     return out
 
 
-def _variant_runs(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """The per-seed run rows of an aggregate row's variant."""
-    return [x for x in r["_run"].results.get("runs", []) if x["variant"] == r["variant"]]
+def _baseline_of(run: RunRecords) -> AggregateRow | None:
+    """The baseline's aggregate row in ``run`` (None when there is none)."""
+    return next((a for a in run.aggregates if a.variant == BASELINE), None)
 
 
-def _baseline_of(r: dict[str, Any]) -> dict[str, Any]:
-    """The baseline's aggregate row in the same run as ``r`` (empty when there is none)."""
-    aggs = r["_run"].results.get("aggregates", [])
-    base = next((a for a in aggs if a["variant"] == BASELINE), None)
-    return {**base, "_run": r["_run"]} if base else {}
-
-
-def _why_not_learned(r: dict[str, Any]) -> str:
-    """Why the variant's flagged runs did not learn: top-1 at chance, a flat loss, or both."""
-    flags = [at_chance(x.get("top1"), x.get("chance_top1"))
-             for x in _variant_runs(r) if x.get("learned") is False]
+def _why_not_learned(runs: list[RunRow]) -> str:
+    """Why the flagged runs did not learn: top-1 at chance, a flat loss, or both."""
+    flags = [at_chance(x.top1, x.chance_top1) for x in runs if x.learned is False]
     reasons = (["final top-1 at chance"] if any(flags) else []) \
         + (["training loss did not fall"] if not all(flags) else [])
     return " or ".join(reasons)
 
 
-def _none_learned(r: dict[str, Any]) -> str:
+def _none_learned(a: AggregateRow, run: RunRecords) -> str:
     """For a did-not-learn row: did not learn in any of its 3 runs (final top-1 at chance)."""
-    n = r.get("n_not_learned") or 0
-    what = "run" if n == r.get("n_seeds") else "finished run"
+    n = a.n_not_learned
+    what = "run" if n == a.n_seeds else "finished run"
     runs = f"its one {what}" if n == 1 else f"any of its {n} {what}s"
-    return f"did not learn in {runs} ({_why_not_learned(r)})"
+    return f"did not learn in {runs} ({_why_not_learned(run.seed_runs(a.variant))})"
 
 
-def _left_out(r: dict[str, Any], who: str = "") -> list[str]:
+def _left_out(a: AggregateRow, who: str = "") -> list[str]:
     """["1 of 3 runs did not learn and is left out"] when some, not all, runs were left out."""
-    k, n = r.get("n_not_learned") or 0, r.get("n_finished") or 0
+    k, n = a.n_not_learned, a.n_finished
     if not k or k == n:
         return []
     return [f"{who}{k} of {n} runs did not learn and {'is' if k == 1 else 'are'} left out"]
@@ -203,31 +198,31 @@ def _left_out(r: dict[str, Any], who: str = "") -> list[str]:
 CEILING_TOP1 = 99.5
 
 
-def _at_ceiling(r: dict[str, Any], base: dict[str, Any]) -> list[str]:
+def _at_ceiling(a: AggregateRow, base: AggregateRow) -> list[str]:
     """["both at the ceiling ..."] when neither the variant nor the baseline has room above."""
-    tops = (r.get("top1_mean"), base.get("top1_mean"))
+    tops = (a.top1_mean, base.top1_mean)
     if all(finite(t) and t >= CEILING_TOP1 for t in tops):
         return [f"both at the task's ceiling (≥ {CEILING_TOP1:g} % top-1): this data set "
                 "cannot separate them"]
     return []
 
 
-def _cost(r: dict[str, Any]) -> str:
-    dev = _device_word(r.get("latency_device"))
+def _cost(a: AggregateRow) -> str:
+    dev = _device_word(a.latency_device)
     costs = []
-    if finite(r.get("params_delta_pct")):
-        costs.append(f"{fmt_pct(r['params_delta_pct'])} params")
-    if finite(r.get("madds_delta_pct")):
-        costs.append(f"{fmt_pct(r['madds_delta_pct'])} MAdds")
-    if finite(r.get("latency_overhead")):
-        costs.append(f"{fmt_ratio_pct(r['latency_overhead'])} {dev} latency".replace("  ", " "))
+    if finite(a.params_delta_pct):
+        costs.append(f"{fmt_pct(a.params_delta_pct)} params")
+    if finite(a.madds_delta_pct):
+        costs.append(f"{fmt_pct(a.madds_delta_pct)} MAdds")
+    if finite(a.latency_overhead):
+        costs.append(f"{fmt_ratio_pct(a.latency_overhead)} {dev} latency".replace("  ", " "))
     return ", ".join(costs) if costs else "unknown cost"
 
 
-def _delta_claim(r: dict[str, Any], cost: str) -> tuple[str, str]:
+def _delta_claim(a: AggregateRow, cost: str) -> tuple[str, str]:
     """The paired top-1 claim (no final full stop) and its tone."""
-    d, n = r["delta_top1_mean"], r.get("delta_n")
-    lo, hi = r.get("delta_top1_ci_low"), r.get("delta_top1_ci_high")
+    d, n = a.delta_top1_mean, a.delta_n
+    lo, hi = a.delta_top1_ci_low, a.delta_top1_ci_high
     if not (finite(lo) and finite(hi)):
         return f"{d:+.1f} top-1 for {cost} (one seed: no interval can be given)", "neutral"
     if lo <= 0 <= hi:
@@ -237,10 +232,10 @@ def _delta_claim(r: dict[str, Any], cost: str) -> tuple[str, str]:
             "good" if lo > 0 else "bad")
 
 
-def _ref_claim(r: dict[str, Any]) -> str:
+def _ref_claim(a: AggregateRow) -> str:
     """The paired top-1 delta against the chosen reference, in the words of :func:`_delta_claim`."""
-    d, n = r["ref_delta_top1_mean"], r.get("ref_delta_n")
-    lo, hi = r.get("ref_delta_top1_ci_low"), r.get("ref_delta_top1_ci_high")
+    d, n = a.ref_delta_top1_mean, a.ref_delta_n
+    lo, hi = a.ref_delta_top1_ci_low, a.ref_delta_top1_ci_high
     if not (finite(lo) and finite(hi)):
         return f"Δ {d:+.1f} top-1 (one seed: no interval can be given)"
     if lo <= 0 <= hi:
@@ -249,92 +244,75 @@ def _ref_claim(r: dict[str, Any]) -> str:
     return f"Δ {d:+.1f} ± {(hi - lo) / 2:.1f} top-1 (paired over {n} seeds, 95% CI)"
 
 
-def verdict(r: dict[str, Any]) -> dict[str, str]:
+def verdict(r: VariantRow) -> dict[str, str]:
     """One sentence: what a module buys and what it costs against the baseline.
 
     Only runs that learned count: a variant none of whose runs learned gets no accuracy
     verdict, and a baseline that did not learn leaves nothing to pair with.
     """
-    label, cost = r["_label"], _cost(r)
-    base = _baseline_of(r)
+    a, label, cost = r.agg, r.label, _cost(r.agg)
+    base = _baseline_of(r.run)
     tone = "bad"
-    if not r["_run"].plan["options"].get("train", True):
+    if not r.run.trained:
         text, tone = f"{label}: costs {cost}; accuracy not measured (--no-train).", "neutral"
-    elif str(r.get("status") or "").startswith(DID_NOT_LEARN):
-        text = f"{label}: {_none_learned(r)}; no accuracy verdict; costs {cost}."
-    elif finite(r.get("delta_top1_mean")):
-        claim, tone = _delta_claim(r, cost)
-        notes = _left_out(r) + _left_out(base, "baseline: ") + _at_ceiling(r, base)
+    elif a.status.startswith(DID_NOT_LEARN):
+        text = f"{label}: {_none_learned(a, r.run)}; no accuracy verdict; costs {cost}."
+    elif finite(a.delta_top1_mean):
+        claim, tone = _delta_claim(a, cost)
+        notes = _left_out(a)
+        if base is not None:
+            notes += _left_out(base, "baseline: ") + _at_ceiling(a, base)
         text = f"{label}: {claim}" + (f" ({'; '.join(notes)})" if notes else "") + "."
-        if finite(r.get("ref_delta_top1_mean")):
-            text += f" {label} vs {r['reference']}: {_ref_claim(r)}."
-    elif str(base.get("status") or "").startswith(DID_NOT_LEARN):
-        text = (f"{label}: no top-1 delta: the baseline {_none_learned(base)}, so there is "
+        if finite(a.ref_delta_top1_mean):
+            text += f" {label} vs {a.reference}: {_ref_claim(a)}."
+    elif base is not None and base.status.startswith(DID_NOT_LEARN):
+        text = (f"{label}: no top-1 delta: the baseline {_none_learned(base, r.run)}, so there is "
                 f"nothing to pair with; costs {cost}.")
     else:
-        status = r.get("status") or "not trained"
-        if status == "ok" and r.get("n_finished"):
+        status = a.status
+        if status == "ok" and a.n_finished:
             status = "no seed where both it and the baseline finished and learned"
         text = f"{label}: no paired top-1 ({status}); costs {cost}."
         tone = "bad" if status not in ("ok", "pending") else "neutral"
-    if r.get("error"):
-        text += f" Error: {r['error']}"
+    if a.error:
+        text += f" Error: {a.error}"
     return {"label": label, "text": text, "tone": tone}
 
 
-def _learned_text(run: dict[str, Any]) -> str:
-    if run.get("status") != "finished":
+def _learned_text(run: RunRow) -> str:
+    if run.status != "finished":
         return "–"
-    return {True: "yes", False: "did not learn"}.get(run.get("learned"), "unknown")
+    return {True: "yes", False: "did not learn"}.get(run.learned, "unknown")
 
 
-def seed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def seed_rows(rows: list[VariantRow]) -> list[dict[str, Any]]:
     """Every training run (variant × seed) with its top-1, chance level and learned flag."""
-    return [{"label": r["_label"], "color": r["_color"], "seed": x["seed"],
-             "status": x.get("status") or "", "top1": fmt_acc(x.get("top1")),
-             "top1_value": _value_attr(x.get("top1")), "chance": fmt_acc(x.get("chance_top1")),
-             "learned": _learned_text(x), "not_learned": x.get("learned") is False}
-            for r in rows for x in _variant_runs(r)]
+    return [{"label": r.label, "color": r.color, "seed": x.seed,
+             "status": x.status, "top1": fmt_acc(x.top1),
+             "top1_value": _value_attr(x.top1), "chance": fmt_acc(x.chance_top1),
+             "learned": _learned_text(x), "not_learned": x.learned is False}
+            for r in rows for x in r.run.seed_runs(r.variant)]
 
 
 # --------------------------------------------------------------------------- series
 
 
-def _metric_key(rows: list[dict], prefs: tuple[str, ...], needle: tuple[str, ...]) -> str | None:
-    keys: list[str] = []
-    for row in rows:
-        for k, v in row.items():
-            if finite(v) and k not in keys:
-                keys.append(k)
-    for k in prefs:
-        if k in keys:
-            return k
-    for k in keys:
-        if any(n in k for n in needle):
-            return k
-    return None
-
-
-def curve_series(rows: list[dict[str, Any]]) -> list[dict]:
+def curve_series(rows: list[VariantRow]) -> list[dict]:
+    """Per variant, every :data:`CURVES` metric per epoch: mean, lowest and highest seed."""
     series = []
     for r in rows:
-        run: RunRecords = r["_run"]
-        per_seed = [m for m in run.metrics.get(r["variant"], {}).values() if m]
+        per_seed = [m for m in r.run.metrics.get(r.variant, {}).values() if m]
         if not per_seed:
             continue
-        flat = [row for m in per_seed for row in m]
         metrics = {}
-        for title, prefs, needle in (("train loss", LOSS_KEYS, ("loss",)),
-                                     ("test top-1 (%)", ACC_KEYS, ("top1", "acc"))):
-            key = _metric_key(flat, prefs, needle)
-            if key is None:
-                continue
+        for title, value in CURVES:
             by_epoch: dict[float, list[float]] = {}
             for m in per_seed:
                 for i, row in enumerate(m):
-                    x = row.get("epoch", i + 1)
-                    if finite(row.get(key)) and finite(x):
-                        by_epoch.setdefault(float(x), []).append(float(row[key]))
+                    x = i + 1 if row.epoch is None else row.epoch
+                    y = value(row)
+                    if finite(y) and finite(x):
+                        by_epoch.setdefault(float(x), []).append(float(y))
             if not by_epoch:
                 continue
             xs = sorted(by_epoch)
@@ -345,26 +323,26 @@ def curve_series(rows: list[dict[str, Any]]) -> list[dict]:
                 "hi": [max(by_epoch[x]) for x in xs],
             }
         if metrics:
-            series.append({"label": r["_label"], "color": r["_color"], "metrics": metrics})
+            series.append({"label": r.label, "color": r.color, "metrics": metrics})
     return series
 
 
-def latency_rows(rows: list[dict[str, Any]]) -> list[dict]:
+def latency_rows(rows: list[VariantRow]) -> list[dict]:
     out = []
     for r in rows:
-        rec = r["_run"].latency.get(r["variant"]) or {}
+        rec = r.run.latency.get(r.variant) or {}
         samples = [s for s in rec.get("samples_ms") or [] if finite(s)]
         if samples:
-            out.append({"_label": r["_label"], "_color": r["_color"], "samples": samples})
+            out.append({"_label": r.label, "_color": r.color, "samples": samples})
     return out
 
 
-def stage_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict]]:
+def stage_table(rows: list[VariantRow]) -> tuple[list[str], list[dict]]:
     """Stages in model order and, per variant, its attention MAdds and share per stage."""
     stages: list[str] = []
     per: list[dict] = []
     for r in rows:
-        c = r["_run"].counts.get(r["variant"]) or {}
+        c = r.run.counts.get(r.variant) or {}
         by = c.get("by_stage") or []
         for s in by:
             if s.get("stage") not in stages:
@@ -373,7 +351,7 @@ def stage_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict]]:
     out = []
     for p in per:
         r = p["r"]
-        if r["variant"] == BASELINE or not p["by"]:
+        if r.variant == BASELINE or not p["by"]:
             continue
         values, cells = [], []
         for st in stages:
@@ -382,8 +360,8 @@ def stage_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict]]:
             values.append(am)
             share = f" ({100 * am / m:.1f}%)" if am and m else ""
             cells.append({"text": (fmt_count(am) + share) if am else "0", "value": am})
-        total = (r["_run"].counts.get(r["variant"]) or {}).get("attention_madds")
-        out.append({"_label": r["_label"], "_color": r["_color"], "values": values,
+        total = (r.run.counts.get(r.variant) or {}).get("attention_madds")
+        out.append({"_label": r.label, "_color": r.color, "values": values,
                     "cells": cells, "total": fmt_count(total), "total_value": total})
     return stages, out
 
@@ -463,7 +441,7 @@ def provenance(run: RunRecords) -> list[tuple[str, str]]:
 
 def build_context(runs: list[RunRecords]) -> dict[str, Any]:
     rows = _rows(runs)
-    any_train = any(r.plan["options"].get("train", True) for r in runs)
+    any_train = any(r.trained for r in runs)
     one_seed = all(len(r.plan.get("seeds", [])) == 1 for r in runs)
     fig: list[dict[str, Any]] = []
 
@@ -473,14 +451,15 @@ def build_context(runs: list[RunRecords]) -> dict[str, Any]:
 
     not_trained = "no accuracy: the comparison ran with --no-train"
     add("acc-latency", "Accuracy vs latency",
-        plots.accuracy_vs_cost(rows, cost="latency_median_ms", xlabel="median latency (ms)",
-                               prefix="acclat", xerr="latency_iqr_ms"),
+        plots.accuracy_vs_cost(rows, cost=lambda a: a.latency_median_ms,
+                               xlabel="median latency (ms)", prefix="acclat",
+                               xerr=lambda a: a.latency_iqr_ms),
         not_trained if not any_train else "no variant has both top-1 and latency",
         "Filled markers lie on the Pareto front (no other variant is both faster and more "
         "accurate); bars: 95% CI of top-1 over seeds and the latency IQR.")
     add("acc-madds", "Accuracy vs multiply-adds",
-        plots.accuracy_vs_cost(rows, cost="madds", xlabel="MAdds (millions)", xscale=1e-6,
-                               prefix="accmadds"),
+        plots.accuracy_vs_cost(rows, cost=lambda a: a.madds, xlabel="MAdds (millions)",
+                               xscale=1e-6, prefix="accmadds"),
         not_trained if not any_train else "no variant has both top-1 and counts",
         "Dashed line: the Pareto front of accuracy against multiply-adds.")
     add("curves", "Training curves", plots.training_curves(curve_series(rows), prefix="curves"),
@@ -495,9 +474,9 @@ def build_context(runs: list[RunRecords]) -> dict[str, Any]:
         plots.stage_madds(stages, stage_rows, prefix="stages"),
         "no per-stage counts were saved")
     first = runs[0]
-    variants = [r for r in rows if r["variant"] != BASELINE]
+    variants = [r for r in rows if r.variant != BASELINE]
     models = ", ".join(dict.fromkeys(str(r.model) for r in runs))
-    names = ", ".join(str(r["_label"]) for r in variants) or "none"
+    names = ", ".join(r.label for r in variants) or "none"
     title = f"Does attention pay for itself in {models} on {first.data}?"
     return {
         "title": title,
@@ -512,7 +491,7 @@ def build_context(runs: list[RunRecords]) -> dict[str, Any]:
         "any_train": any_train,
         "table": table_rows(rows),
         "reference": reference_of(rows),
-        "latency_forms": sorted({str(r["latency_form"]) for r in rows if r.get("latency_form")}),
+        "latency_forms": sorted({str(r.agg.latency_form) for r in rows if r.agg.latency_form}),
         "seed_rows": seed_rows(rows),
         "figures": fig,
         "stages": stages,
