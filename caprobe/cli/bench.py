@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from caprobe.cli.app import app
-from caprobe.cli.options import multi_value_command, parse_input_size
+from caprobe.cli.options import default_num_classes, multi_value_command, parse_input_size
 from caprobe.errors import CaprobeError, require_positive
 from caprobe.formatting import fmt_ms, fmt_number
 
@@ -72,41 +73,47 @@ def _table(results, title: str):
 
 @app.command("bench", cls=_MultiValueCommand)
 def bench(
-    model: list[str] = typer.Option(["mobilenetv2"], "--model", "-m",
-                                    help="Model name(s), e.g. mobilenetv2 mobilenext_ca."),
-    attn: list[str] | None = typer.Option(None, "--attn", "-a",
-                                          help="Attention variants to compare, e.g. none se "
-                                          "cbam ca (the none baseline is always added)."),
-    batch: list[int] = typer.Option([1], "--batch", "-b", help="Batch size(s), e.g. 1 32."),
-    input_size: str | None = typer.Option(None, "--input-size",
-                                          help="Input size: 224 or HxW (default: profile's)."),
-    profile: str = typer.Option("imagenet", "--profile", help="imagenet or cifar."),
-    width: float = typer.Option(1.0, "--width", help="Width multiplier."),
-    num_classes: int | None = typer.Option(None, "--num-classes",
-                                           help="Classifier outputs (default: profile's)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (CUDA only)."),
-    channels_last: bool = typer.Option(False, "--channels-last",
-                                       help="Use the channels-last memory format."),
-    threads: int | None = typer.Option(None, "--threads",
-                                       help="CPU threads (torch.set_num_threads); recorded."),
-    min_time: float = typer.Option(1.0, "--min-time",
-                                   help="Timed seconds per variant (warm-up comes on top)."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile each model first; "
-                                 "compile time is reported apart."),
-    paper_form: bool = typer.Option(False, "--paper-form", help="Time the models as built (the "
-                                    "trainable form, the papers' math; in an exported runtime "
-                                    "the papers' equations in plain operators) instead of "
-                                    "their deployed form, caprobe.deploy(model)."),
-    runtime: list[str] = typer.Option(["eager"], "--runtime", "-r", help="Where to time: eager "
-                                      "(PyTorch) and/or onnxruntime, executorch (XNNPACK), "
-                                      "openvino; each needs its extra (onnx, executorch or "
-                                      "openvino: pip install caprobe with it)."),
-    int8: bool = typer.Option(False, "--int8", help="Time the exported runtimes in static int8 "
-                              "(calibrated on random batches: latency only)."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of results only."),
-    out: Path | None = typer.Option(None, "--out", help="Also save the JSON results here "
-                                    "(written atomically)."),
+    model: Annotated[list[str], typer.Option(
+        "--model", "-m", help="Model name(s), e.g. mobilenetv2 mobilenext_ca.")
+    ] = ["mobilenetv2"],  # noqa: B006 - typer hands the command a fresh list
+    attn: Annotated[list[str] | None, typer.Option(
+        "--attn", "-a", help="Attention variants to compare, e.g. none se cbam ca (the none "
+        "baseline is always added).")] = None,
+    batch: Annotated[list[int], typer.Option(
+        "--batch", "-b", help="Batch size(s), e.g. 1 32.")] = [1],  # noqa: B006 - as --model
+    input_size: Annotated[str | None, typer.Option(
+        "--input-size", help="Input size: 224 or HxW (default: profile's).")] = None,
+    profile: Annotated[str, typer.Option("--profile", help="imagenet or cifar.")] = "imagenet",
+    width: Annotated[float, typer.Option("--width", help="Width multiplier.")] = 1.0,
+    num_classes: Annotated[int | None, typer.Option(
+        "--num-classes", help="Classifier outputs (default: profile's).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="fp32, bf16 or fp16 (CUDA only).")] = "fp32",
+    channels_last: Annotated[bool, typer.Option(
+        "--channels-last", help="Use the channels-last memory format.")] = False,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="CPU threads (torch.set_num_threads); recorded.")] = None,
+    min_time: Annotated[float, typer.Option(
+        "--min-time", help="Timed seconds per variant (warm-up comes on top).")] = 1.0,
+    compile: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile each model first; compile time is reported "
+        "apart.")] = False,
+    paper_form: Annotated[bool, typer.Option(
+        "--paper-form", help="Time the models as built (the trainable form, the papers' "
+        "math; in an exported runtime the papers' equations in plain operators) instead of "
+        "their deployed form, caprobe.deploy(model).")] = False,
+    runtime: Annotated[list[str], typer.Option(
+        "--runtime", "-r", help="Where to time: eager (PyTorch) and/or onnxruntime, "
+        "executorch (XNNPACK), openvino; each needs its extra (onnx, executorch or openvino: "
+        "pip install caprobe with it).")] = ["eager"],  # noqa: B006 - as --model
+    int8: Annotated[bool, typer.Option(
+        "--int8", help="Time the exported runtimes in static int8 (calibrated on random "
+        "batches: latency only).")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print a JSON list of results only.")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Also save the JSON results here (written atomically).")] = None,
 ) -> None:
     """Time attention variants interleaved (A B C A B C ...) and report latency with spread
     and the overhead over the none baseline with a confidence interval."""
@@ -120,7 +127,7 @@ def bench(
     require_positive(min_time, "--min-time")
     require_positive(width, "--width")
     hw = parse_input_size(input_size, profile)
-    classes = num_classes if num_classes is not None else (10 if profile == "cifar" else 1000)
+    classes = num_classes if num_classes is not None else default_num_classes(profile)
     from caprobe.runtimes import check_runtime, runtime_notes
 
     runtimes = list(dict.fromkeys(check_runtime(r) for r in runtime if r.strip()))

@@ -7,6 +7,17 @@ from typing import Any
 
 from caprobe.errors import CaprobeError, input_hw
 
+#: Classifier outputs of a model built without ``--num-classes``, per input profile: the
+#: class count of the data set each layout was designed for (ImageNet-1k at 224 px,
+#: CIFAR-10 at 32 px), so a fresh model's head, parameters and latency are the papers'.
+PROFILE_NUM_CLASSES = {"imagenet": 1000, "cifar": 10}
+
+
+def default_num_classes(profile: str) -> int:
+    """Classifier outputs for ``profile`` when ``--num-classes`` is not given (any profile but
+    cifar gets ImageNet's)."""
+    return PROFILE_NUM_CLASSES.get(profile, PROFILE_NUM_CLASSES["imagenet"])
+
 
 def parse_input_size(text: str | None, profile: str) -> tuple[int, int]:
     """``"224"``, ``"160x224"`` or ``"160,224"`` → (H, W); None → the profile's size."""

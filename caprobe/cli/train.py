@@ -5,10 +5,11 @@ Thin over :func:`caprobe.training.train`; torch is imported inside the command b
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -20,6 +21,15 @@ from caprobe.formatting import fmt_number
 _PANEL_DATA = "Data"
 _PANEL_RECIPE = "Recipe"
 _PANEL_RUN = "Run"
+
+
+_T = TypeVar("_T")
+
+
+def _given(value: _T | None, current: _T) -> _T:
+    """An option's value where it was given (not None), else ``current``: the default of a
+    fresh run, the saved value of a resumed one."""
+    return current if value is None else value
 
 
 def _default_out(model: str, attn: str | None) -> Path:
@@ -136,18 +146,8 @@ def train_command(
                      rich_help_panel=_PANEL_RUN)] = False,
 ) -> None:
     """Train one model on a data set; write config, metrics, result and checkpoints."""
-    given = {
-        "model": model, "attn": attn, "width": width, "profile": profile, "data": data,
-        "data_dir": data_dir, "cache_dir": cache_dir,
-        "data_options": (parse_key_values(data_option, "--data-option", "difficulty=0.7")
-                         if data_option else None),
-        "image_size": image_size, "train_subset": train_subset, "curve_subset": curve_subset,
-        "epochs": epochs, "steps": steps,
-        "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-        "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing, "seed": seed,
-        "device": device, "threads": threads, "amp": amp, "channels_last": channels_last,
-    }
-    given = {k: v for k, v in given.items() if v is not None}
+    data_options = (parse_key_values(data_option, "--data-option", "difficulty=0.7")
+                    if data_option else None)
 
     from caprobe.runtime import (
         environmental_cause,
@@ -157,6 +157,7 @@ def train_command(
     )
     from caprobe.training import TrainConfig, is_run_dir, train
 
+    base = TrainConfig()  # a fresh run: the options given over the defaults
     if resume is not None:
         if not is_run_dir(resume):
             raise CaprobeError(f"{resume} is not a caprobe training run (no config.json); "
@@ -166,12 +167,30 @@ def train_command(
                                "the run in its own folder")
         from caprobe.io import read_json
 
-        saved = read_json(Path(resume) / "config.json")
-        config = TrainConfig.from_dict({**saved, **given})
+        base = TrainConfig.from_dict(read_json(Path(resume) / "config.json"))
+    config = dataclasses.replace(
+        base, model=_given(model, base.model), attn=_given(attn, base.attn),
+        width=_given(width, base.width), profile=_given(profile, base.profile),
+        data=_given(data, base.data), data_dir=_given(data_dir, base.data_dir),
+        cache_dir=_given(cache_dir, base.cache_dir),
+        data_options=_given(data_options, base.data_options),
+        image_size=_given(image_size, base.image_size),
+        train_subset=_given(train_subset, base.train_subset),
+        curve_subset=_given(curve_subset, base.curve_subset),
+        epochs=_given(epochs, base.epochs), steps=_given(steps, base.steps),
+        batch_size=_given(batch_size, base.batch_size), lr=_given(lr, base.lr),
+        weight_decay=_given(weight_decay, base.weight_decay),
+        warmup_epochs=_given(warmup_epochs, base.warmup_epochs),
+        label_smoothing=_given(label_smoothing, base.label_smoothing),
+        seed=_given(seed, base.seed), device=_given(device, base.device),
+        threads=_given(threads, base.threads), amp=_given(amp, base.amp),
+        channels_last=_given(channels_last, base.channels_last))
+    if resume is not None:
         run_dir = Path(resume)
+    elif out is not None:
+        run_dir = out
     else:
-        config = TrainConfig(**given)
-        run_dir = out if out is not None else _default_out(config.model, config.attn)
+        run_dir = _default_out(config.model, config.attn)
 
     import sys
 
