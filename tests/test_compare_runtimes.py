@@ -111,6 +111,15 @@ def test_compare_times_quantises_and_evaluates_in_the_runtime(tmp_path):
         assert record["delta_top1"] == pytest.approx(record["top1"] - trained["top1"])
         assert 0 <= record["top1"] <= 100 and record["test_images"] == 40
         assert record["calibration_images"] == 32  # 48 training images: one whole batch of 32
+    gates = json.loads(layout.gate_error("ca").read_text())
+    assert not layout.gate_error("none").exists() and summary["gate_error"]["ca"] == gates
+    if _available("executorch"):
+        assert "gates:ca" in payload["ran"] and set(gates["gates"]) == {"h", "w"}
+        assert all(g["blocks"] == 16 and g["min_db"] <= g["median_db"]
+                   for g in gates["gates"].values())  # one CA block in each of 16 blocks
+        assert len(gates["blocks"]) == 32 and all(b["quantized"] for b in gates["blocks"])
+    else:  # recorded, not raised: the rest of the plan went on
+        assert "executorch extra" in gates["error"]
     acc = {r["variant"]: r for r in summary["int8_accuracy"]}
     # four steps learn nothing: no int8 figure is read from a run that did not learn
     assert all(r["n"] + r["n_not_learned"] == 1 for r in acc.values())

@@ -103,7 +103,12 @@ class AttentionModule(nn.Module):
 
 class GraphAttention(nn.Module):
     """Base of the graph forms :meth:`AttentionModule.graph_form` returns: inference only,
-    weights as constant modules, so an exporter sees a static graph."""
+    weights as constant modules, so an exporter sees a static graph. Each calls its
+    non-linearity module ``self.gate`` once per gate, in the order :attr:`gates` names them
+    (what :func:`caprobe.runtimes.gate_error.gate_sqnr` taps)."""
+
+    #: the gates' names, in the order ``forward`` calls ``self.gate``
+    gates: tuple[str, ...] = ()
 
     def __init__(self, spec: str) -> None:
         super().__init__()

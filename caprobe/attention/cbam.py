@@ -96,6 +96,8 @@ class GraphCBAM(GraphAttention):
     pools), the shared MLP as 1×1 convs; the spatial gate's k×k conv (BN folded) on the channel
     max and mean."""
 
+    gates = ("channel", "spatial")
+
     def __init__(self, mlp: nn.Sequential, spatial: nn.Conv2d, gate: nn.Module,
                  spec: str = "cbam") -> None:
         super().__init__(spec)

@@ -168,6 +168,8 @@ class GraphCoordAttention(GraphAttention):
         self.conv1_h = conv1 if conv_h is not None else None
         self.conv1_w = copy.deepcopy(conv1) if conv_w is not None else None
         self.conv_h, self.conv_w, self.act, self.gate = conv_h, conv_w, act, gate
+        self.gates = tuple(name for name, conv in (("h", conv_h), ("w", conv_w))
+                           if conv is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[2], x.shape[3]

@@ -64,6 +64,8 @@ class GraphECA(GraphAttention):
     """ECA's graph form: the pooled channel vector laid out along W (N×1×1×C) so that the
     k-tap conv across channels is a 1×k conv2d (zero padding k // 2), then back to N×C×1×1."""
 
+    gates = ("channel",)
+
     def __init__(self, conv: nn.Conv2d, gate: nn.Module, spec: str = "eca") -> None:
         super().__init__(spec)
         self.conv, self.gate = conv, gate

@@ -66,6 +66,8 @@ class GraphSqueezeExcite(GraphAttention):
     """SE's graph form: a mean over H and W together (kept 4-D: a global average pool in every
     runtime), the FCs as 1×1 convs, ``x · g``."""
 
+    gates = ("channel",)
+
     def __init__(self, fc1: nn.Conv2d, fc2: nn.Conv2d, act: nn.Module, gate: nn.Module,
                  spec: str = "se") -> None:
         super().__init__(spec)

@@ -12,6 +12,7 @@
                                      the machine failed it ("retry": true)
       variants/<slug>/latency-<R>[-int8].json  with --runtime R: its latency in runtime R
       variants/<slug>/seed-<s>/int8-<R>.json   with --int8: that trained model's int8 top-1
+      variants/<slug>/gate_error.json          with --int8: each gate's int8 SQNR
       attention_maps.json            gates of a few fixed test images, for the report
       runtimes.json                  with --runtime: the runtime records gathered
       results.csv / results.json     one row per variant x seed, plus aggregates
@@ -93,6 +94,9 @@ class Layout:
 
     def int8(self, variant: str, seed: int, runtime: str) -> Path:
         return self.run_dir(variant, seed) / f"int8-{runtime}.json"
+
+    def gate_error(self, variant: str) -> Path:
+        return self.variant_dir(variant) / "gate_error.json"
 
     @property
     def runtimes(self) -> Path:

@@ -363,6 +363,9 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console,
         for runtime in options.runtimes:
             bar.say(f"{runtime}: latency{' and int8 accuracy' if options.int8 else ''}")
             _do_runtime(options, config0, data, layout, plan, runtime, ran, skipped)
+        if options.int8:
+            bar.say("int8 error of each gate")
+            _do_gate_error(data, layout, plan, ran, skipped)
         if options.runtimes:
             write_json(layout.runtimes, shipped.summary(
                 layout, plan.variants, plan.seeds, options.runtimes, options.int8))
@@ -649,6 +652,27 @@ def _do_runtime(options: CompareOptions, config: TrainConfig, data: _Data, layou
                 record = {**_failure(variant, exc), "runtime": runtime}
             write_json(path, {"variant": variant, "seed": seed, **record})
             ran.append(f"int8:{runtime}:{variant}:{seed}")
+
+
+def _do_gate_error(data: _Data, layout: Layout, plan: Plan, ran: list[str],
+                   skipped: list[str]) -> None:
+    """Each attention variant's per-gate int8 error, from its drawing seed's model."""
+    calibration = shipped.calibration_batches(data.dataset)
+    for variant in plan.variants:
+        path = layout.gate_error(variant)
+        seed = _drawing_seed(layout, variant, plan.seeds)
+        if variant == BASELINE or seed is None:
+            continue
+        if path.is_file():
+            skipped.append(f"gates:{variant}")
+            continue
+        try:
+            record = {"variant": variant, "seed": seed, **shipped.gate_record(
+                _load_trained(layout, variant, seed), data.dataset, calibration)}
+        except Exception as exc:  # noqa: BLE001 - recorded (a missing extra included)
+            record = _failure(variant, exc)
+        write_json(path, record)
+        ran.append(f"gates:{variant}")
 
 
 def _do_maps(data: _Data, layout: Layout, plan: Plan) -> None:

@@ -11,7 +11,9 @@ For each runtime R (``caprobe.runtimes``):
   same images for every variant and seed), and the whole test set is run through it
   → ``variants/<v>/seed-<s>/int8-<R>.json``: int8 top-1, the fp32 top-1 of the training
   (eager PyTorch, the deployed form: the exported fp32 graphs equal it to 1e-5, see
-  ``caprobe export``), their difference, and the runtime's op coverage.
+  ``caprobe export``), their difference, and the runtime's op coverage;
+- **per-gate error** (``--int8``, once per variant, its drawing seed): the SQNR of every
+  gate, int8 against fp32 (:func:`gate_record`) → ``variants/<v>/gate_error.json``.
 
 Each record is written atomically as soon as it is computed; ``--resume`` computes only the
 missing ones. :func:`summary` gathers them per (runtime, variant), with the paired interval
@@ -124,6 +126,38 @@ def int8_record(model: torch.nn.Module, dataset: Dataset, *, runtime: str, threa
     }
 
 
+#: test images the per-gate error is measured on (the first ones; two evaluation batches)
+GATE_IMAGES = 64
+
+
+def gate_record(model: torch.nn.Module, dataset: Dataset,
+                calibration: list[torch.Tensor]) -> dict[str, Any]:
+    """The int8 error of every gate of ``model`` (:func:`caprobe.runtimes.gate_error.gate_sqnr`:
+    XNNPACK's pt2e quantizer simulated in PyTorch), on the first :data:`GATE_IMAGES` test
+    images, calibrated as the int8 models are; per gate name, the median and the lowest SQNR
+    over the blocks."""
+    from caprobe.data.augment import to_input
+    from caprobe.runtimes.gate_error import gate_sqnr
+
+    batch = calibration[0].shape[0]
+    images = dataset.test.images[: min(GATE_IMAGES, len(dataset.test)) // batch * batch]
+    inputs = list(to_input(images, dataset.mean, dataset.std).split(batch)) or calibration[:1]
+    blocks = gate_sqnr(model, calibration, inputs)
+    by_gate: dict[str, list[float]] = {}
+    for row in blocks:
+        by_gate.setdefault(row["gate"], []).append(row["sqnr_db"])
+    return {"quantizer": "pt2e XNNPACKQuantizer (symmetric, per-channel), simulated in PyTorch",
+            "images": sum(x.shape[0] for x in inputs), "blocks": blocks,
+            "gates": {g: {"median_db": _median(v), "min_db": min(v), "blocks": len(v)}
+                      for g, v in by_gate.items()}}
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def summary(layout: Layout, variants: list[str], seeds: list[int], runtimes: list[str],
             int8: bool) -> dict[str, Any]:
     """Every runtime record of a run folder, gathered: latency rows per (runtime, precision,
@@ -161,9 +195,14 @@ def summary(layout: Layout, variants: list[str], seeds: list[int], runtimes: lis
                 "delta_mean": _mean(deltas),
                 "delta_ci_low": ci[0] if ci else None, "delta_ci_high": ci[1] if ci else None,
                 "errors": [r["error"] for r in saved if r.get("error")]})
+    gates = {}
+    for variant in variants if int8 else []:
+        path = layout.gate_error(variant)
+        if path.is_file():
+            gates[variant] = read_json(path)
     return {"schema": 1, "kind": "caprobe-runtimes", "runtimes": runtimes, "int8": int8,
             "calibration_images": CALIBRATION_IMAGES, "latency": latency,
-            "int8_accuracy": accuracy}
+            "int8_accuracy": accuracy, "gate_error": gates}
 
 
 def _mean(values: list[float]) -> float | None:

@@ -56,8 +56,8 @@ def coverage(lowered: torch.fx.GraphModule) -> dict[str, Any]:
             "outside": dict(sorted(outside.items()))}
 
 
-def _quantize(model: torch.nn.Module, example: torch.Tensor,
-              calibration: list[torch.Tensor]) -> torch.nn.Module:
+def quantize(model: torch.nn.Module, example: torch.Tensor,
+             calibration: list[torch.Tensor]) -> torch.fx.GraphModule:
     """pt2e static int8 with the XNNPACK quantizer (symmetric, per-channel weights): the
     activation ranges observed on ``calibration``."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -81,7 +81,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if calibration is not None:
-                model = _quantize(model, example, calibration)
+                model = quantize(model, example, calibration)
             program = torch.export.export(model, (example,), strict=False)
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
             info = coverage(edge.exported_program().graph_module)
