@@ -9,13 +9,14 @@ import json
 
 import pytest
 import torch
+from test_report_support import make_run
 from test_runtimes import _available
 from typer.testing import CliRunner
 
 import caprobe
 from caprobe.cli import app
 from caprobe.comparison import Layout
-from caprobe.comparison.shipped import calibration_batches, runtime_top1
+from caprobe.comparison.shipped import calibration_batches, runtime_top1, summary
 from caprobe.data import load_dataset
 from caprobe.training import evaluate
 
@@ -124,6 +125,10 @@ def test_compare_times_quantises_and_evaluates_in_the_runtime(tmp_path):
     # four steps learn nothing: no int8 figure is read from a run that did not learn
     assert all(r["n"] + r["n_not_learned"] == 1 for r in acc.values())
 
+    html = (out / "report.html").read_text()
+    assert html.count('<tr data-runtime="onnxruntime" data-precision=') == 4
+    assert '<a href="#runtimes">' in html and "Gate error in int8" in html
+
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("variants/*/**/*.json")}
     again = runner.invoke(app, ["compare", "--resume", str(out), "--json"])
     assert again.exit_code == 0, again.output
@@ -144,3 +149,58 @@ def test_compare_runtime_bad_requests(tmp_path, args, needle):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def _latency(variant: str, median: float, overhead: float | None) -> dict:
+    return {"variant": variant, "runtime": "executorch", "median_ms": median, "iqr_ms": 0.1,
+            "overhead": overhead, "overhead_ci": [overhead - 0.05, overhead + 0.1]
+            if overhead else None,
+            "env": {"runtime": {"coverage": {"delegated_nodes": 90, "partitions": 1,
+                                             "outside": {}},
+                                "settings": {"threadpool_threads": 2}}}}
+
+
+def test_the_report_shows_the_saved_runtime_records(tmp_path):
+    """runtimes.json gathers the per-piece records (the learned seeds only) and the report
+    draws its three tables from it, with the numbers as saved."""
+    root = make_run(tmp_path / "r", variants=("none", "ca"), seeds=(0, 1, 2))
+    layout = Layout(root)
+    for variant, median, overhead in (("none", 1.0, None), ("ca", 1.25, 1.25)):
+        for int8 in (False, True):
+            layout.runtime_latency(variant, "executorch", int8).write_text(
+                json.dumps(_latency(variant, median / (2 if int8 else 1), overhead)))
+    deltas = {("none", 0): -0.2, ("none", 1): -0.4, ("none", 2): -0.3,
+              ("ca", 0): -1.0, ("ca", 1): -2.0, ("ca", 2): None}  # ca seed 2 did not learn
+    for (variant, seed), delta in deltas.items():
+        layout.int8(variant, seed, "executorch").write_text(json.dumps({
+            "variant": variant, "seed": seed, "top1": 60.0 + (delta or 0), "fp32_top1": 60.0,
+            "delta_top1": delta if delta is not None else 0.0,
+            "learned": delta is not None}))
+    layout.gate_error("ca").write_text(json.dumps({"variant": "ca", "seed": 0, "gates": {
+        "h": {"median_db": 41.25, "min_db": 30.5, "blocks": 16},
+        "w": {"median_db": 40.0, "min_db": 29.0, "blocks": 16}}}))
+    layout.runtimes.write_text(json.dumps(summary(layout, ["none", "ca"], [0, 1, 2],
+                                                  ["executorch"], int8=True)))
+    saved = json.loads(layout.runtimes.read_text())
+    acc = {r["variant"]: r for r in saved["int8_accuracy"]}
+    assert acc["ca"]["n"] == 2 and acc["ca"]["n_not_learned"] == 1
+    assert acc["ca"]["delta_mean"] == pytest.approx(-1.5)
+    assert acc["none"]["delta_mean"] == pytest.approx(-0.3) and acc["none"]["n"] == 3
+    lo, hi = acc["none"]["delta_ci_low"], acc["none"]["delta_ci_high"]
+    assert lo < -0.3 < hi and (hi - lo) / 2 == pytest.approx(4.303 * 0.1 / 3 ** 0.5, rel=1e-3)
+
+    result = runner.invoke(app, ["report", str(root)])
+    assert result.exit_code == 0, result.output
+    html = (root / "report.html").read_text()
+    section = html[html.index('<section id="runtimes">'):]
+    assert section.count('data-precision="int8"') == 2
+    assert "+25.0%" in section and "[+20.0%, +35.0%]" in section  # ca's overhead and its CI
+    assert "-1.50" in section and "(1 did not learn)" in section
+    assert "41.2" in section and "29.0" in section  # gate h median, gate w lowest
+    assert "XNNPACK took 90 nodes in 1 partition(s); nothing left out" in section
+
+
+def test_a_run_without_runtimes_has_no_runtime_section(tmp_path):
+    root = make_run(tmp_path / "r", variants=("none", "ca"))
+    assert runner.invoke(app, ["report", str(root)]).exit_code == 0
+    assert 'id="runtimes"' not in (root / "report.html").read_text()

@@ -176,7 +176,8 @@ def summary(layout: Layout, variants: list[str], seeds: list[int], runtimes: lis
                     "median_ms": record.get("median_ms"), "iqr_ms": record.get("iqr_ms"),
                     "overhead": record.get("overhead"),
                     "overhead_ci": record.get("overhead_ci"),
-                    "coverage": info.get("coverage"), "error": record.get("error")})
+                    "coverage": info.get("coverage"), "settings": info.get("settings"),
+                    "error": record.get("error")})
         if not int8:
             continue
         for variant in variants:

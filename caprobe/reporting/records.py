@@ -36,6 +36,8 @@ class RunRecords:
     latency: dict[str, dict | None]
     metrics: dict[str, dict[int, list[MetricsRow]]]  # variant -> seed -> metrics rows
     maps: dict[str, Any] | None
+    #: runtimes.json of a run with --runtime (caprobe.comparison.shipped.summary), else None
+    runtimes: dict[str, Any] | None = None
     name: str = ""
     labels: dict[str, str] = field(default_factory=dict)  # variant -> label on the page
 
@@ -79,7 +81,7 @@ def load_run(root: str | Path) -> RunRecords:
                       runs=[RunRow.from_dict(r) for r in results["runs"]],
                       aggregates=[AggregateRow.from_dict(a) for a in results["aggregates"]],
                       provenance=provenance, counts=counts, latency=latency, metrics=metrics,
-                      maps=maps, name=root.resolve().name,
+                      maps=maps, runtimes=_read(layout.runtimes), name=root.resolve().name,
                       labels={v: v for v in plan["variants"]})
 
 

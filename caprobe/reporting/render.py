@@ -23,6 +23,7 @@ from caprobe.formatting import (
     fmt_count,
     fmt_delta,
     fmt_ms,
+    fmt_number,
     fmt_pct,
     fmt_ratio_pct,
 )
@@ -366,6 +367,48 @@ def stage_table(rows: list[VariantRow]) -> tuple[list[str], list[dict]]:
     return stages, out
 
 
+def runtime_tables(runs: list[RunRecords]) -> dict[str, list[dict[str, Any]]]:
+    """The runtime section's three tables from each run's ``runtimes.json``: latency per
+    (runtime, precision, variant) with the overhead over ``none`` and what the runtime did
+    with the graph; int8 top-1 against fp32 per (runtime, variant); each gate's int8 SQNR."""
+    from caprobe.runtimes import coverage_note
+
+    latency, accuracy, gates = [], [], []
+    for run in runs:
+        saved = run.runtimes or {}
+        for r in saved.get("latency", []):
+            ci = r.get("overhead_ci")
+            latency.append({
+                "runtime": r["runtime"], "precision": r["precision"],
+                "label": run.labels.get(r["variant"], r["variant"]),
+                "median": fmt_ms(r.get("median_ms")), "median_value": _value_attr(
+                    r.get("median_ms")),
+                "overhead": fmt_ratio_pct(r.get("overhead"), missing=""),
+                "ci": (f"[{fmt_ratio_pct(ci[0])}, {fmt_ratio_pct(ci[1])}]" if ci else ""),
+                "note": (r["error"] if r.get("error") else coverage_note(
+                    r["runtime"], r.get("coverage") or {}, r.get("settings") or {}))})
+        for r in saved.get("int8_accuracy", []):
+            accuracy.append({
+                "runtime": r["runtime"], "label": run.labels.get(r["variant"], r["variant"]),
+                "n": r["n"], "not_learned": r.get("n_not_learned", 0),
+                "fp32": fmt_acc(r.get("top1_fp32_mean")),
+                "int8": fmt_acc(r.get("top1_int8_mean")),
+                "delta": fmt_delta(r.get("delta_mean")),
+                "delta_value": _value_attr(r.get("delta_mean")),
+                "ci": _interval(r.get("delta_ci_low"), r.get("delta_ci_high"), fmt_delta),
+                "errors": "; ".join(r.get("errors") or [])})
+        for variant, record in (saved.get("gate_error") or {}).items():
+            label = run.labels.get(variant, variant)
+            if record.get("error"):
+                gates.append({"label": label, "gate": "–", "median": "–", "min": "–",
+                              "blocks": "", "error": record["error"]})
+            for gate, g in (record.get("gates") or {}).items():
+                gates.append({"label": label, "gate": gate, "blocks": g["blocks"],
+                              "median": fmt_number(g.get("median_db"), ".1f"),
+                              "min": fmt_number(g.get("min_db"), ".1f"), "error": ""})
+    return {"latency": latency, "accuracy": accuracy, "gates": gates}
+
+
 def map_figures(runs: list[RunRecords]) -> list[dict]:
     figs = []
     n = 0
@@ -497,6 +540,7 @@ def build_context(runs: list[RunRecords]) -> dict[str, Any]:
         "stages": stages,
         "stage_rows": stage_rows,
         "maps": map_figures(runs),
+        "runtimes": runtime_tables(runs) if any(r.runtimes for r in runs) else None,
         "provenance": [{"name": r.name, "entries": provenance(r)} for r in runs],
     }
 
