@@ -104,6 +104,21 @@ def compare(
         "--int8", help="Also quantise each trained model statically in each --runtime "
         "(calibrated on the same first training images for every variant), evaluate it on "
         "the test set and time it.")] = False,
+    executor: Annotated[str, typer.Option(
+        "--executor", help="Where the trainings run: local (this machine, --jobs worker "
+        "processes) or slurm (one job array through submitit; needs caprobe[slurm] and a "
+        "run folder every node sees).")] = "local",
+    slurm_partition: Annotated[str | None, typer.Option(
+        "--slurm-partition", help="Slurm partition of the pieces (default: the cluster's "
+        "default).")] = None,
+    slurm_time: Annotated[int, typer.Option(
+        "--slurm-time", help="Time limit of each piece in minutes; a piece warned before it "
+        "requeues itself and continues from its checkpoint.")] = 60,
+    slurm_gpus_per_piece: Annotated[int, typer.Option(
+        "--slurm-gpus-per-piece", help="GPUs of each piece.")] = 0,
+    slurm_cpus_per_piece: Annotated[int | None, typer.Option(
+        "--slurm-cpus-per-piece", help="CPUs of each piece (default: the plan's threads per "
+        "training).", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Run folder to create (default runs/compare-<time>).")] = None,
     resume: Annotated[Path | None, typer.Option(
@@ -115,9 +130,13 @@ def compare(
     """Run the ablation: counts, latency and training of every variant x seed, then results
     (CSV/JSON) and a self-contained HTML report."""
     from caprobe.comparison import CompareOptions, run_compare
+    from caprobe.comparison.slurm import SlurmOptions
     from caprobe.training import TrainConfig
 
     options = CompareOptions(
+        executor=executor, slurm=SlurmOptions(
+            partition=slurm_partition, time_min=slurm_time, gpus_per_piece=slurm_gpus_per_piece,
+            cpus_per_piece=slurm_cpus_per_piece),
         attn=list(attn or []), reference=reference, seeds=seeds, train=train, jobs=jobs,
         latency_batch=latency_batch, latency_min_time=latency_min_time,
         latency_device=latency_device, paper_form=paper_form, input_size=input_size,
@@ -274,3 +293,34 @@ def report(
         out = Path("report.html")
     path = render_report(list(runs), out)
     typer.echo(str(path))
+
+
+@app.command("status")
+def status(
+    run: Annotated[Path, typer.Argument(help="Run folder written by caprobe compare.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON only.")] = False,
+) -> None:
+    """Where each training piece of a run stands: done, running, queued (Slurm job ids),
+    failed or not submitted."""
+    from caprobe.comparison import Layout, load_plan
+    from caprobe.comparison.slurm import status_rows
+
+    plan = load_plan(run)
+    rows = status_rows(Layout(run), [(p["variant"], p["seed"]) for p in plan["pieces"]])
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"caprobe status: {run}", title_justify="left")
+    for name in ("variant", "seed", "status", "job", "tries"):
+        table.add_column(name, justify="right" if name in ("seed", "tries") else "left")
+    for r in rows:
+        table.add_row(r["variant"], str(r["seed"]), r["status"], r["job_id"] or "–",
+                      str(r["attempts"]))
+    console = Console()
+    console.print(table)
+    counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(
+        r["status"] for r in rows)}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items()), highlight=False)

@@ -19,6 +19,7 @@ from caprobe.errors import CaprobeError, require_positive
 from caprobe.io import read_json, to_jsonable, write_json
 
 if TYPE_CHECKING:
+    from caprobe.comparison.slurm import SlurmOptions
     from caprobe.training.config import TrainConfig
 
 BASELINE = "none"
@@ -60,6 +61,10 @@ class CompareOptions:
     #: ``int8``, quantised in and evaluated (:mod:`caprobe.comparison.shipped`)
     runtimes: list[str] = field(default_factory=list)
     int8: bool = False
+    #: where the trainings run: "local" (this machine: worker processes, ``jobs``) or
+    #: "slurm" (one submitit job array; :mod:`caprobe.comparison.slurm`)
+    executor: str = "local"
+    slurm: SlurmOptions = field(default_factory=lambda: _slurm_options())
 
     @property
     def latency_form(self) -> str:
@@ -84,12 +89,25 @@ class CompareOptions:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in raw.items() if k in names}
         kwargs["training"] = TrainConfig.from_dict(raw.get("training") or {})
+        kwargs["slurm"] = _slurm_options(raw.get("slurm"))
         return cls(**kwargs)
+
+
+def _slurm_options(raw: dict[str, Any] | None = None) -> SlurmOptions:
+    from caprobe.comparison.slurm import SlurmOptions
+
+    return SlurmOptions(**(raw or {}))
+
+
+EXECUTORS = ("local", "slurm")
 
 
 def option_path(name: str) -> str:
     """Where an option lives: ``"jobs"`` (a field of CompareOptions) or ``"training.epochs"``
-    (a field of its training template). The CLI's parameters are named after the fields."""
+    (a field of its training template). The CLI's parameters are named after the fields;
+    its ``slurm_*`` parameters make up ``"slurm"`` (:class:`SlurmOptions`)."""
+    if name.startswith("slurm_"):
+        return "slurm"
     if name in {f.name for f in dataclasses.fields(CompareOptions)}:
         return name
     from caprobe.training.config import TrainConfig
@@ -121,7 +139,7 @@ def plan_training(plan: dict[str, Any]) -> dict[str, Any]:
 
 #: options that only say how to run, never compared on --resume: the new command's value
 #: (when given) is used for the new session
-NOT_COMPARED: frozenset[str] = frozenset({"jobs"})
+NOT_COMPARED: frozenset[str] = frozenset({"jobs", "executor", "slurm"})
 
 
 def canonical_variants(attn: list[str] | tuple[str, ...]) -> list[str]:
@@ -170,6 +188,13 @@ def validate(options: CompareOptions) -> CompareOptions:
     variants = canonical_variants([*options.attn, *extra] if options.attn else options.attn)
     options.attn = variants[1:]
     _check_runtimes(options)
+    if options.executor not in EXECUTORS:
+        raise CaprobeError(f"unknown --executor {options.executor!r}; choose local or slurm")
+    if options.executor == "slurm":
+        from caprobe.comparison.slurm import check_available
+
+        check_available()
+        require_positive(options.slurm.time_min, "--slurm-time")
     training = options.training
     if training.attn is not None:
         raise CaprobeError("the training template names an attention module; give the "

@@ -349,8 +349,13 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console,
             ran.append(piece.key)
             bar.advance()
 
-        _train([_piece(options, layout, v, s, threads) for v, s in todo], jobs, threads, bar,
-               data.dataset, trained)
+        todo_pieces = [_piece(options, layout, v, s, threads) for v, s in todo]
+        if options.executor == "slurm" and todo_pieces:
+            from caprobe.comparison import slurm
+
+            slurm.run_pieces(todo_pieces, layout, options.slurm, threads, bar.say, trained)
+        else:
+            _train(todo_pieces, jobs, threads, bar, data.dataset, trained)
         # 4. attention maps
         if options.train:
             bar.say("attention maps")

@@ -1,0 +1,251 @@
+"""``compare --executor slurm``: the trainings of a plan as one submitit job array.
+
+Counts and latency run where the command runs, before submission (alone on that machine, as
+with the local executor; a login node that cannot be timed on should use ``--no-train`` on
+a compute node for the cost side). Each array task trains one piece in the shared run folder
+(:func:`caprobe.comparison.run.train_piece`: the same code, records and atomic writes as a
+local worker). The submitting command follows the run folder and the queue and can be
+stopped at any time: the jobs go on, ``caprobe status RUN`` shows them and
+``caprobe compare --resume RUN`` follows them again, submitting only the pieces that are
+neither finished nor still queued or running.
+
+Preemption and time limits: Slurm's warning signal (``USR2``, ``signal_delay_s`` before the
+limit, or ``scancel --signal=USR2``) makes submitit call :meth:`PieceTask.checkpoint`; the
+task requeues itself and, once it runs again, continues from the training's last epoch
+checkpoint (``train(resume=True)``), so the final weights equal an uninterrupted run's.
+Every try is a line of ``attempts.jsonl`` in the piece's folder.
+
+``slurm.json`` in the run folder maps each submitted piece to its job id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from caprobe.comparison.layout import Layout
+from caprobe.comparison.results import piece_done
+from caprobe.errors import CaprobeError
+from caprobe.io import atomic_write_text, read_json, write_json
+
+JOBS = "slurm.json"
+ATTEMPTS = "attempts.jsonl"
+#: Slurm job states in which a job will still run (or is running): its piece is not resubmitted
+LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED",
+                         "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "SIGNALING",
+                         "STAGE_OUT"})
+#: seconds between two looks at the run folder and the queue while following
+POLL_S = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlurmOptions:
+    """Where and how the pieces run on the cluster (they say how to run, not what is
+    computed: ``--resume`` may change them)."""
+
+    partition: str | None = None  # None: the cluster's default partition
+    time_min: int = 60  # each piece's time limit; a piece past it requeues itself
+    gpus_per_piece: int = 0
+    cpus_per_piece: int | None = None  # None: the plan's threads per training
+    #: seconds before the time limit at which Slurm warns the piece (USR2), so that it can
+    #: requeue itself: submitit's default
+    signal_delay_s: int = 90
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check_available() -> None:
+    """One line when submitit or Slurm is missing."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError as exc:
+        raise CaprobeError("--executor slurm needs the slurm extra (submitit is not "
+                           "installed); pip install 'caprobe[slurm]'") from exc
+    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
+        raise CaprobeError("--executor slurm: there is no Slurm on this machine (sbatch and "
+                           "squeue not found); run on the cluster's login node, or use "
+                           "--executor local")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def _log_attempt(run_dir: Path, **fields: Any) -> None:
+    """Append one line to the piece's attempt log (written whole: read, extend, rename)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ATTEMPTS
+    old = path.read_text() if path.is_file() else ""
+    atomic_write_text(path, old + json.dumps({"at": _now(), **fields}) + "\n")
+
+
+def attempts(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / ATTEMPTS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _job_id() -> str:
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", "?")
+
+
+class PieceTask:
+    """One array task: train one piece; requeued (with its checkpoint) on Slurm's warning."""
+
+    def __init__(self, piece: Any) -> None:
+        self.piece = piece
+        self.requeued = False  # set by checkpoint(): the exit that follows is no failure
+
+    def __call__(self) -> str:
+        from caprobe.comparison.run import train_piece
+        from caprobe.training.loop import is_run_dir
+
+        piece = dataclasses.replace(self.piece, resume=is_run_dir(self.piece.run_dir))
+        _log_attempt(piece.run_dir, event="start", job=_job_id(), host=socket.gethostname(),
+                     resume=piece.resume)
+        try:
+            train_piece(piece, False)
+        except BaseException as exc:
+            if not self.requeued:
+                _log_attempt(piece.run_dir, event="failed", job=_job_id(),
+                             error=f"{type(exc).__name__}: {exc}")
+            raise
+        _log_attempt(piece.run_dir, event="end", job=_job_id())
+        return self.piece.key
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """submitit's checkpointing protocol: requeue this task; it resumes from the run
+        folder's last checkpoint when it runs again."""
+        import submitit
+
+        self.requeued = True
+        _log_attempt(self.piece.run_dir, event="requeued", job=_job_id())
+        return submitit.helpers.DelayedSubmission(PieceTask(self.piece))
+
+
+def load_jobs(layout: Layout) -> dict[str, dict[str, Any]]:
+    path = layout.root / JOBS
+    return read_json(path).get("pieces", {}) if path.is_file() else {}
+
+
+def job_states(job_ids: list[str]) -> dict[str, str]:
+    """``{job id: state}`` of the given jobs that are still in the queue (``squeue``; a job
+    that left it is absent). Array tasks are reported as ``ARRAY_TASK``."""
+    if not job_ids:
+        return {}
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)],
+                         capture_output=True, text=True, timeout=60)
+    states = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            states[parts[0]] = parts[1]
+    return states
+
+
+def submit(pieces: list[Any], layout: Layout, options: SlurmOptions, threads: int) -> None:
+    """Submit ``pieces`` as one job array; record their job ids in ``slurm.json``."""
+    import submitit
+
+    folder = layout.root / "slurm"
+    executor = submitit.SlurmExecutor(folder=folder)
+    executor.update_parameters(
+        job_name=f"caprobe-{layout.root.name}", time=options.time_min,
+        cpus_per_task=options.cpus_per_piece or threads, partition=options.partition,
+        gpus_per_node=options.gpus_per_piece or None, signal_delay_s=options.signal_delay_s,
+        array_parallelism=len(pieces))
+    try:
+        jobs = executor.submit_array([PieceTask(p) for p in pieces])
+    except Exception as exc:  # noqa: BLE001 - sbatch's own message, on one line
+        raise CaprobeError(f"sbatch refused the job array ({' '.join(str(exc).split())[:300]});"
+                           " check --slurm-partition and --slurm-time, then continue with "
+                           f"caprobe compare --resume {layout.root}") from exc
+    recorded = load_jobs(layout)
+    for piece, job in zip(pieces, jobs, strict=True):
+        recorded[piece.key] = {"job_id": str(job.job_id), "submitted_at": _now()}
+    write_json(layout.root / JOBS, {"schema": 1, "pieces": recorded})
+
+
+def run_pieces(todo: list[Any], layout: Layout, options: SlurmOptions, threads: int,
+               say: Callable[[str], None], trained: Callable[[Any], None]) -> None:
+    """Submit what is neither finished nor queued, then follow every piece of ``todo`` until
+    it is finished; a piece whose job left the queue without a result stops the follow with
+    one line (the other jobs go on)."""
+    check_available()
+    recorded = load_jobs(layout)
+    live = job_states([recorded[p.key]["job_id"] for p in todo if p.key in recorded])
+    waiting = [p for p in todo if live.get(recorded.get(p.key, {}).get("job_id")) in LIVE_STATES]
+    submit_now = [p for p in todo if p not in waiting]
+    if submit_now:
+        submit(submit_now, layout, options, threads)
+    follow(todo, layout, say, trained)
+
+
+def follow(todo: list[Any], layout: Layout, say: Callable[[str], None],
+           trained: Callable[[Any], None], poll_s: float = POLL_S) -> None:
+    pending = {p.key: p for p in todo}
+    jobs = load_jobs(layout)
+    while pending:
+        for key, piece in list(pending.items()):
+            if piece_done(layout, piece.variant, piece.seed):
+                trained(pending.pop(key))
+        if not pending:
+            break
+        states = job_states([jobs[k]["job_id"] for k in pending if k in jobs])
+        lost = [p for k, p in pending.items() if states.get(jobs.get(k, {}).get("job_id"))
+                not in LIVE_STATES and not piece_done(layout, p.variant, p.seed)]
+        if lost:
+            piece = lost[0]
+            job = jobs.get(piece.key, {}).get("job_id", "?")
+            raise CaprobeError(
+                f"the Slurm job {job} of {piece.where} ended without a result (see "
+                f"{layout.root / 'slurm'}/{job}_0_log.err and its error.json); continue with "
+                f"caprobe compare --resume {layout.root}, which submits it again")
+        running = sum(states.get(jobs[k]["job_id"]) == "RUNNING" for k in pending)
+        say(f"slurm: {running} running, {len(pending) - running} queued, "
+            f"{len(todo) - len(pending)}/{len(todo)} done")
+        time.sleep(poll_s)
+
+
+def status_rows(layout: Layout, pieces: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """One row per training piece: done / running / queued / failed / not submitted, with
+    its job id and its number of tries."""
+    from caprobe.comparison.results import piece_state
+
+    jobs = load_jobs(layout)
+    states = job_states([j["job_id"] for j in jobs.values()]) if jobs and shutil.which(
+        "squeue") else {}
+    rows = []
+    for variant, seed in pieces:
+        key = f"train:{variant}:{seed}"
+        job = jobs.get(key, {}).get("job_id")
+        state = piece_state(layout, variant, seed)["status"]
+        queue = states.get(job)
+        if piece_done(layout, variant, seed):
+            status = "done" if state == "finished" else state
+        elif queue == "RUNNING":
+            status = "running"
+        elif queue in LIVE_STATES:
+            status = "queued"
+        elif job is not None:
+            status = "failed"
+        else:
+            status = "not submitted"
+        rows.append({"variant": variant, "seed": seed, "status": status, "job_id": job,
+                     "queue_state": queue,
+                     "attempts": sum(a["event"] == "start"
+                                     for a in attempts(layout.run_dir(variant, seed)))})
+    return rows
