@@ -16,14 +16,13 @@ import typer
 from caprobe.cli.app import app
 from caprobe.cli.options import default_num_classes, parse_input_size
 from caprobe.errors import CaprobeError, require_positive
+from caprobe.runtimes import CALIBRATION_IMAGES
 
 if TYPE_CHECKING:
     import torch
 
 #: Inputs the exported outputs are compared on: this many random batches (fixed seeds).
 RANDOM_INPUTS = 2
-#: Calibration images for ``--int8`` by default: the first this many training images.
-CALIB_IMAGES = 32
 
 
 def _images(dataset, split: str, count: int, size: tuple[int, int]):
@@ -181,7 +180,7 @@ def export(
         "--calib-data", help="Data set whose first training images calibrate --int8 (default "
         "for a run folder: its data set).")] = None,
     calib_images: Annotated[int, typer.Option(
-        "--calib-images", help="How many training images calibrate --int8.")] = CALIB_IMAGES,
+        "--calib-images", help="How many training images calibrate --int8.")] = CALIBRATION_IMAGES,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the export record as JSON.")] = False,
 ) -> None:

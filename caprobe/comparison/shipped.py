@@ -7,7 +7,8 @@ For each runtime R (``caprobe.runtimes``):
   (:func:`caprobe.measure.latency.time_variants` with ``runtime=R``; int8 with ``--int8``)
   → ``variants/<v>/latency-<R>[-int8].json``;
 - **int8 accuracy** (``--int8``): every finished seed's trained model is quantised
-  statically in R, calibrated on the first :data:`CALIBRATION_IMAGES` training images (the
+  statically in R, calibrated on the first
+  :data:`caprobe.runtimes.CALIBRATION_IMAGES` training images (the
   same images for every variant and seed), and the whole test set is run through it
   → ``variants/<v>/seed-<s>/int8-<R>.json``: int8 top-1, the fp32 top-1 of the training
   (eager PyTorch, the deployed form: the exported fp32 graphs equal it to 1e-5, see
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from caprobe.comparison.layout import Layout
 from caprobe.io import read_json, to_jsonable, write_json
+from caprobe.runtimes import CALIBRATION_IMAGES
 from caprobe.stats import mean_ci
 
 if TYPE_CHECKING:
@@ -37,11 +39,6 @@ if TYPE_CHECKING:
 
     from caprobe.data import Dataset
 
-#: Training images that calibrate each int8 model: the first ones of the training split,
-#: the same for every variant and seed. 256 is the order ONNX Runtime's and NNCF's examples
-#: use (NNCF's default subset is 300); the activation ranges are MinMax, so more images can
-#: only widen them.
-CALIBRATION_IMAGES = 256
 #: Batch of the exported evaluation graph (the shapes are static; the last batch is padded
 #: with zeros and its padding dropped).
 EVAL_BATCH = 32

@@ -99,6 +99,11 @@ def backend(name: str) -> Any:
 #: the XNNPACK quantizer, symmetric per-channel, then lowered to XNNPACK) and OpenVINO (NNCF
 #: ``quantize``; the precision each op runs in is read from the compiled model).
 INT8_RUNTIMES = ("onnxruntime", "executorch", "openvino")
+#: Training images that calibrate an int8 model by default (``export --calib-images``, and
+#: every variant and seed of ``compare --int8``): the first ones of the training split. 256
+#: is the order ONNX Runtime's and NNCF's examples use (NNCF's default subset is 300); the
+#: activation ranges are MinMax, so more images can only widen them.
+CALIBRATION_IMAGES = 256
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, path: str | Path, runtime: str,
