@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import caprobe.cli
-from caprobe.cli.options import spread_multi_values
+from caprobe.cli.options import split_commas, spread_multi_values
 
 FAST = ["--input-size", "32", "--min-time", "0.02", "--width", "0.35", "--threads", "1"]
 
@@ -21,6 +21,16 @@ def invoke(*args: str):
 
 
 _GREEDY = ("--model", "-m", "--attn", "-a", "--batch", "-b")
+
+
+def test_comma_separated_lists_split_but_a_spec_keeps_its_options():
+    assert split_commas(["se,cbam,ca"], specs=True) == ["se", "cbam", "ca"]
+    assert split_commas(["se,ca:act=relu,reduction=16,cbam", "ca_h"], specs=True) == [
+        "se", "ca:act=relu,reduction=16", "cbam", "ca_h"]
+    assert split_commas(["ca:act=relu", "reduction=16"], specs=True) == [
+        "ca:act=relu", "reduction=16"]  # separate values stay separate
+    assert split_commas(["onnxruntime,executorch"]) == ["onnxruntime", "executorch"]
+    assert split_commas([""], specs=True) == [""] and split_commas(None) is None
 
 
 def test_spread_multi_values():

@@ -93,6 +93,7 @@ def test_each_piece_is_the_template_with_its_variant_and_seed():
 
 @pytest.mark.parametrize(("args", "needle"), [
     (["--attn", "nope"], "unknown attention"),
+    (["--attn", "se,nope"], "unknown attention 'nope'"),  # a comma list is split first
     (["--attn"], "no attention variants"),
     (["--attn", "--seeds", "2"], "no attention variants"),
     ([], "no attention variants"),

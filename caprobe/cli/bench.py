@@ -13,7 +13,12 @@ from typing import Annotated
 import typer
 
 from caprobe.cli.app import app
-from caprobe.cli.options import default_num_classes, multi_value_command, parse_input_size
+from caprobe.cli.options import (
+    default_num_classes,
+    multi_value_command,
+    parse_input_size,
+    split_commas,
+)
 from caprobe.errors import CaprobeError, require_positive
 from caprobe.formatting import fmt_ms, fmt_number
 
@@ -33,7 +38,7 @@ def _variants(model: str, attns: list[str] | None) -> list[tuple[str, str, str]]
     if attns is None:
         backbone, spec = resolve_name(model, None)
         return [(spec, backbone, spec)]
-    wanted = [a.strip() for a in attns if a.strip()]
+    wanted = [a.strip() for a in split_commas(attns, specs=True) if a.strip()]
     if not wanted:
         raise CaprobeError("--attn was given without any attention name; pass e.g. "
                            "--attn none se ca")
@@ -130,7 +135,7 @@ def bench(
     classes = num_classes if num_classes is not None else default_num_classes(profile)
     from caprobe.runtimes import check_runtime, runtime_notes
 
-    runtimes = list(dict.fromkeys(check_runtime(r) for r in runtime if r.strip()))
+    runtimes = list(dict.fromkeys(check_runtime(r) for r in split_commas(runtime) if r.strip()))
     if not runtimes:
         raise CaprobeError("--runtime was given without a name; pass e.g. --runtime eager "
                            "onnxruntime")

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from caprobe.cli.app import app
-from caprobe.cli.options import multi_value_command, parse_key_values
+from caprobe.cli.options import multi_value_command, parse_key_values, split_commas
 from caprobe.errors import CaprobeError
 from caprobe.formatting import finite, fmt_count, fmt_number, fmt_pct, fmt_ratio_pct
 
@@ -37,7 +37,8 @@ def compare(
     ctx: typer.Context,
     attn: Annotated[list[str] | None, typer.Option(
         "--attn", "-a", help="Attention specs to compare with the baseline 'none' "
-        "(always included), e.g. --attn se cbam ca \"ca:act=relu\".")] = None,
+        "(always included), e.g. --attn se cbam ca \"ca:act=relu\" (or --attn se,cbam,ca).")
+    ] = None,
     reference: Annotated[str, typer.Option(
         "--reference", help="Also give paired top-1 deltas against this variant, e.g. "
         "--reference se for 'does CA beat SE?' (added to --attn when missing).")] = "none",
@@ -137,10 +138,11 @@ def compare(
         executor=executor, slurm=SlurmOptions(
             partition=slurm_partition, time_min=slurm_time, gpus_per_piece=slurm_gpus_per_piece,
             cpus_per_piece=slurm_cpus_per_piece),
-        attn=list(attn or []), reference=reference, seeds=seeds, train=train, jobs=jobs,
+        attn=split_commas(attn, specs=True) or [], reference=reference, seeds=seeds,
+        train=train, jobs=jobs,
         latency_batch=latency_batch, latency_min_time=latency_min_time,
         latency_device=latency_device, paper_form=paper_form, input_size=input_size,
-        runtimes=[r for r in runtimes or [] if r.strip()], int8=int8,
+        runtimes=[r for r in split_commas(runtimes) or [] if r.strip()], int8=int8,
         training=TrainConfig(
             model=model, data=data, data_dir=str(data_dir) if data_dir is not None else None,
             data_options=parse_key_values(data_options, "--data-option", "n_train=512"),

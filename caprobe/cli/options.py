@@ -86,6 +86,25 @@ def spread_multi_values(args: list[str], greedy: tuple[str, ...]) -> list[str]:
     return out
 
 
+def split_commas(values: list[str] | None, *, specs: bool = False) -> list[str] | None:
+    """A list option's values with comma-separated ones split: ``--attn se,cbam,ca`` as
+    ``--attn se cbam ca``. With ``specs``, a part holding ``=`` is an option of the
+    attention spec before it (``ca:act=relu,reduction=16`` stays one spec: spec names never
+    hold ``=``). An empty value stays (the command says the list is empty)."""
+    if values is None:
+        return None
+    out: list[str] = []
+    for value in values:
+        parts: list[str] = []
+        for part in value.split(","):
+            if specs and parts and "=" in part and ":" not in part and ":" in parts[-1]:
+                parts[-1] += "," + part
+            else:
+                parts.append(part)
+        out += parts
+    return out
+
+
 def multi_value_command(*greedy: str) -> type:
     """A Typer command class whose ``greedy`` options take several space-separated values."""
     import typer.core
