@@ -14,9 +14,10 @@ nox.options.reuse_existing_virtualenvs = True
 TORCH = "torch==2.13.0"
 
 
-def install(session: nox.Session, extras: str = "test") -> None:
+def install(session: nox.Session, extras: str | None = "test") -> None:
+    """torch first (the CPU build), then the project with ``extras`` (None: none)."""
     session.install(TORCH)
-    session.install("-e", f".[{extras}]")
+    session.install("-e", f".[{extras}]" if extras else ".")
 
 
 @nox.session
@@ -146,7 +147,7 @@ def nightly(session: nox.Session) -> None:
     import datetime
     from pathlib import Path
 
-    install(session)
+    install(session, None)
     data_args = _cifar10_args(session)
     out = Path("reports") / f"nightly-{datetime.date.today():%Y-%m-%d}"
     cuda = session.run("python", "-c", "import torch; print(torch.cuda.is_available())",
@@ -164,7 +165,7 @@ def report_smoke(session: nox.Session) -> None:
     import shutil
     from pathlib import Path
 
-    install(session)
+    install(session, None)  # compare and report need no extra
     out = Path("reports") / "smoke"
     shutil.rmtree(out, ignore_errors=True)
     _ablation(session, out, ["--data", "positional"], SMOKE_BUDGET)

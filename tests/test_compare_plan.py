@@ -123,3 +123,23 @@ def test_resume_refuses_other_options_and_non_runs(tmp_path):
     line = _one_line_exit_2(runner.invoke(
         app, ["compare", "--attn", "se", "--out", str(tmp_path / "r")]))
     assert "--resume" in line
+
+
+def test_resume_keeps_the_plans_reference_and_other_slurm_options(tmp_path):
+    from caprobe.comparison.slurm import SlurmOptions
+
+    Plan.from_options(CompareOptions(attn=["se"], reference="ca", executor="local",
+                                     slurm=SlurmOptions(partition="gpu", gpus_per_piece=1))
+                      ).save(Layout(tmp_path))
+    saved = load_plan(tmp_path)
+    # --attn se --reference ca: the plan holds se and the reference ca; not a difference
+    same = merge_for_resume(saved, CompareOptions(attn=["se"], reference="ca"),
+                            {"attn", "reference"})
+    assert same.attn == ["se", "ca"]
+    # --attn se alone: the plan's reference still counts
+    assert merge_for_resume(saved, CompareOptions(attn=["se"]), {"attn"}).attn == ["se", "ca"]
+    # --slurm-time 120 changes that field only; the partition and GPUs stay the plan's
+    later = merge_for_resume(saved, CompareOptions(slurm=SlurmOptions(time_min=120)),
+                             {option_path("slurm_time_min")})
+    assert later.slurm == SlurmOptions(partition="gpu", gpus_per_piece=1, time_min=120)
+    assert option_path("slurm_partition") == "slurm.partition"

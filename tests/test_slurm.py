@@ -197,23 +197,26 @@ def test_status_of_a_local_run_and_of_a_non_run(tmp_path):
     assert bad.exit_code == 2 and "not a caprobe compare run" in bad.stderr
 
 
-def test_interrupted_follow_leaves_the_jobs(monkeypatch, tmp_path):
-    """Ctrl-C while following raises KeyboardInterrupt out of follow (the CLI says how to go
-    on); nothing is cancelled: follow never calls scancel."""
-    calls = []
-    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd) or
-                        subprocess.CompletedProcess(cmd, 0, "1_0 RUNNING\n", ""))
+def test_a_queue_that_cannot_be_read_is_one_line_not_every_job_gone(monkeypatch):
+    """If squeue fails, the jobs are not taken for gone (which would submit live pieces a
+    second time); squeue's "invalid job id" does mean they all left the queue."""
+    replies = {"error": (1, "slurm_load_jobs error: Socket timed out on send/recv operation"),
+               "gone": (1, "slurm_load_jobs error: Invalid job id specified"),
+               "live": (0, "")}
+    answer = {}
 
-    class _Piece:
-        key, variant, seed, where = "train:ca:0", "ca", 0, "training ca seed 0"
+    def fake(cmd, **kw):
+        code, err = replies[answer["kind"]]
+        out = "7_0 PREEMPTED\n7_1 COMPLETED\n" if code == 0 else ""
+        return subprocess.CompletedProcess(cmd, code, out, err)
 
-    layout = Layout(tmp_path)
-    (tmp_path / "slurm.json").write_text(json.dumps(
-        {"schema": 1, "pieces": {"train:ca:0": {"job_id": "1_0"}}}))
-
-    def say(text):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        slurm_module.follow([_Piece()], layout, say, lambda p: None, poll_s=0)
-    assert all(cmd[0] == "squeue" for cmd in calls)
+    monkeypatch.setattr(subprocess, "run", fake)
+    answer["kind"] = "error"
+    with pytest.raises(CaprobeError, match="squeue failed .*Socket timed out"):
+        slurm_module.job_states(["7_0"])
+    answer["kind"] = "gone"
+    assert slurm_module.job_states(["7_0"]) == {}
+    answer["kind"] = "live"
+    states = slurm_module.job_states(["7_0", "7_1"])
+    assert slurm_module.is_live(states["7_0"])  # preempted, to be requeued: still live
+    assert not slurm_module.is_live(states["7_1"]) and not slurm_module.is_live(None)

@@ -112,7 +112,7 @@ def compare(
     slurm_partition: Annotated[str | None, typer.Option(
         "--slurm-partition", help="Slurm partition of the pieces (default: the cluster's "
         "default).")] = None,
-    slurm_time: Annotated[int, typer.Option(
+    slurm_time_min: Annotated[int, typer.Option(
         "--slurm-time", help="Time limit of each piece in minutes; a piece warned before it "
         "requeues itself and continues from its checkpoint.")] = 60,
     slurm_gpus_per_piece: Annotated[int, typer.Option(
@@ -136,7 +136,7 @@ def compare(
 
     options = CompareOptions(
         executor=executor, slurm=SlurmOptions(
-            partition=slurm_partition, time_min=slurm_time, gpus_per_piece=slurm_gpus_per_piece,
+            partition=slurm_partition, time_min=slurm_time_min, gpus_per_piece=slurm_gpus_per_piece,
             cpus_per_piece=slurm_cpus_per_piece),
         attn=split_commas(attn, specs=True) or [], reference=reference, seeds=seeds,
         train=train, jobs=jobs,

@@ -15,6 +15,9 @@
       variants/<slug>/gate_error.json          with --int8: each gate's int8 SQNR
       attention_maps.json            gates of a few fixed test images, for the report
       runtimes.json                  with --runtime: the runtime records gathered
+      slurm.json, slurm/             with --executor slurm: each piece's job id; submitit's
+                                     job files and logs (variants/<slug>/seed-<s>/attempts.jsonl:
+                                     every try of the piece)
       results.csv / results.json     one row per variant x seed, plus aggregates
       report.html                    rendered from the records above only
 

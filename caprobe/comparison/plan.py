@@ -105,9 +105,9 @@ EXECUTORS = ("local", "slurm")
 def option_path(name: str) -> str:
     """Where an option lives: ``"jobs"`` (a field of CompareOptions) or ``"training.epochs"``
     (a field of its training template). The CLI's parameters are named after the fields;
-    its ``slurm_*`` parameters make up ``"slurm"`` (:class:`SlurmOptions`)."""
+    its ``slurm_X`` parameters are ``"slurm.X"`` (:class:`SlurmOptions`)."""
     if name.startswith("slurm_"):
-        return "slurm"
+        return f"slurm.{name.removeprefix('slurm_')}"
     if name in {f.name for f in dataclasses.fields(CompareOptions)}:
         return name
     from caprobe.training.config import TrainConfig
@@ -308,15 +308,22 @@ def merge_for_resume(saved: dict[str, Any], requested: CompareOptions | None = N
         given = option_paths()
     requested = dataclasses.replace(requested,
                                     training=dataclasses.replace(requested.training))
-    if "attn" in given:
-        requested.attn = canonical_variants(requested.attn)[1:]
+    if "attn" in given:  # as validate() lists them: the reference is among the variants
+        from caprobe.attention import canonical
+
+        reference = canonical(
+            requested.reference if "reference" in given else saved_opts.reference)
+        extra = [reference] if reference != BASELINE else []
+        requested.attn = canonical_variants([*requested.attn, *extra])[1:]
     if "training.data_dir" in given and requested.training.data_dir is not None:
         requested.training.data_dir = str(Path(requested.training.data_dir).expanduser())
     diffs = []
     for path in sorted(given):
         value, before = option_value(requested, path), option_value(saved_opts, path)
-        if path in NOT_COMPARED:
-            setattr(saved_opts, path, value)
+        head, _, field_name = path.partition(".")
+        if head in NOT_COMPARED:  # how to run: the new command's value, field by field
+            setattr(saved_opts, head, dataclasses.replace(getattr(saved_opts, head), **{
+                field_name: value}) if field_name else value)
         elif (to_jsonable(value) != to_jsonable(before)
               and not _same_number(value, before)):
             diffs.append(f"{path.removeprefix('training.')}={_show(value)} "

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from caprobe.comparison import maps as _maps
-from caprobe.comparison import shipped
+from caprobe.comparison import shipped, slurm
 from caprobe.comparison.layout import Layout
 from caprobe.comparison.plan import (
     BASELINE,
@@ -351,10 +351,14 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console,
 
         todo_pieces = [_piece(options, layout, v, s, threads) for v, s in todo]
         if options.executor == "slurm" and todo_pieces:
-            from caprobe.comparison import slurm
-
             slurm.run_pieces(todo_pieces, layout, options.slurm, threads, bar.say, trained)
         else:
+            live = slurm.live_pieces(layout, todo_pieces) if todo_pieces else []
+            if live:  # a piece trained here and on the cluster at once would publish twice
+                raise CaprobeError(
+                    f"{len(live)} piece(s) of {layout.root} still have queued or running Slurm "
+                    f"jobs ({', '.join(live[:3])}); continue with --executor slurm, or cancel "
+                    "them (caprobe status shows their job ids)")
             _train(todo_pieces, jobs, threads, bar, data.dataset, trained)
         # 4. attention maps
         if options.train:

@@ -131,7 +131,8 @@ def gate_record(model: torch.nn.Module, dataset: Dataset,
                 calibration: list[torch.Tensor]) -> dict[str, Any]:
     """The int8 error of every gate of ``model`` (:func:`caprobe.runtimes.gate_error.gate_sqnr`:
     XNNPACK's pt2e quantizer simulated in PyTorch), on the first :data:`GATE_IMAGES` test
-    images, calibrated as the int8 models are; per gate name, the median and the lowest SQNR
+    images (whole batches; the first calibration batch when the test set holds less than
+    one), calibrated as the int8 models are; per gate name, the median and the lowest SQNR
     over the blocks."""
     from caprobe.data.augment import to_input
     from caprobe.runtimes.gate_error import gate_sqnr

@@ -9,10 +9,12 @@ stopped at any time: the jobs go on, ``caprobe status RUN`` shows them and
 ``caprobe compare --resume RUN`` follows them again, submitting only the pieces that are
 neither finished nor still queued or running.
 
-Preemption and time limits: Slurm's warning signal (``USR2``, ``signal_delay_s`` before the
-limit, or ``scancel --signal=USR2``) makes submitit call :meth:`PieceTask.checkpoint`; the
-task requeues itself and, once it runs again, continues from the training's last epoch
-checkpoint (``train(resume=True)``), so the final weights equal an uninterrupted run's.
+Time limits: Slurm's warning signal (``USR2``, ``signal_delay_s`` before the limit, or
+``scancel --signal=USR2``) makes submitit call :meth:`PieceTask.checkpoint`; the task
+requeues itself (up to :data:`MAX_REQUEUES` times) and, once it runs again, continues from
+the training's last epoch checkpoint (``train(resume=True)``), so the final weights equal an
+uninterrupted run's. A preemption that Slurm requeues (``PreemptMode=REQUEUE``) restarts the
+task, which resumes from that checkpoint the same way.
 Every try is a line of ``attempts.jsonl`` in the piece's folder.
 
 ``slurm.json`` in the run folder maps each submitted piece to its job id.
@@ -40,10 +42,14 @@ from caprobe.io import atomic_write_text, read_json, write_json
 
 JOBS = "slurm.json"
 ATTEMPTS = "attempts.jsonl"
-#: Slurm job states in which a job will still run (or is running): its piece is not resubmitted
-LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED",
-                         "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "SIGNALING",
-                         "STAGE_OUT"})
+#: Slurm job states after which a job will not run again; a job still in the queue in any
+#: other state (pending, running, requeued, preempted, suspended, held, ...) is live: its
+#: piece is not submitted again
+DONE_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY",
+                         "NODE_FAIL", "BOOT_FAIL", "DEADLINE"})
+#: A submitit job may requeue itself on Slurm's warning at most this many times (submitit's
+#: default, 3, would end a long training that meets its time limit a fourth time)
+MAX_REQUEUES = 1000
 #: seconds between two looks at the run folder and the queue while following
 POLL_S = 1.0
 
@@ -141,13 +147,27 @@ def load_jobs(layout: Layout) -> dict[str, dict[str, Any]]:
     return read_json(path).get("pieces", {}) if path.is_file() else {}
 
 
+def is_live(state: str | None) -> bool:
+    return state is not None and state not in DONE_STATES
+
+
 def job_states(job_ids: list[str]) -> dict[str, str]:
     """``{job id: state}`` of the given jobs that are still in the queue (``squeue``; a job
-    that left it is absent). Array tasks are reported as ``ARRAY_TASK``."""
+    that left it is absent; array tasks as ``JOB_TASK``). A queue that cannot be read is one
+    line (never "every job is gone": that would submit live pieces again)."""
     if not job_ids:
         return {}
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)],
-                         capture_output=True, text=True, timeout=60)
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CaprobeError(f"squeue cannot be read ({exc}); check the Slurm controller, then "
+                           "run the command again") from exc
+    if out.returncode != 0:
+        if "invalid job id" in out.stderr.lower():
+            return {}  # none of them is known any more: all left the queue
+        raise CaprobeError(f"squeue failed ({' '.join(out.stderr.split())[:200]}); check the "
+                           "Slurm controller, then run the command again")
     states = {}
     for line in out.stdout.splitlines():
         parts = line.split()
@@ -161,7 +181,7 @@ def submit(pieces: list[Any], layout: Layout, options: SlurmOptions, threads: in
     import submitit
 
     folder = layout.root / "slurm"
-    executor = submitit.SlurmExecutor(folder=folder)
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=MAX_REQUEUES)
     executor.update_parameters(
         job_name=f"caprobe-{layout.root.name}", time=options.time_min,
         cpus_per_task=options.cpus_per_piece or threads, partition=options.partition,
@@ -185,13 +205,23 @@ def run_pieces(todo: list[Any], layout: Layout, options: SlurmOptions, threads: 
     it is finished; a piece whose job left the queue without a result stops the follow with
     one line (the other jobs go on)."""
     check_available()
-    recorded = load_jobs(layout)
-    live = job_states([recorded[p.key]["job_id"] for p in todo if p.key in recorded])
-    waiting = [p for p in todo if live.get(recorded.get(p.key, {}).get("job_id")) in LIVE_STATES]
-    submit_now = [p for p in todo if p not in waiting]
+    waiting = set(live_pieces(layout, todo))
+    # a piece may have finished since the plan listed what is left
+    submit_now = [p for p in todo if p.key not in waiting
+                  and not piece_done(layout, p.variant, p.seed)]
     if submit_now:
         submit(submit_now, layout, options, threads)
     follow(todo, layout, say, trained)
+
+
+def live_pieces(layout: Layout, pieces: list[Any]) -> list[str]:
+    """Keys of ``pieces`` whose recorded Slurm job is still queued or running."""
+    recorded = load_jobs(layout)
+    ids = [recorded[p.key]["job_id"] for p in pieces if p.key in recorded]
+    if not ids:
+        return []
+    states = job_states(ids)
+    return [p.key for p in pieces if is_live(states.get(recorded.get(p.key, {}).get("job_id")))]
 
 
 def follow(todo: list[Any], layout: Layout, say: Callable[[str], None],
@@ -205,8 +235,8 @@ def follow(todo: list[Any], layout: Layout, say: Callable[[str], None],
         if not pending:
             break
         states = job_states([jobs[k]["job_id"] for k in pending if k in jobs])
-        lost = [p for k, p in pending.items() if states.get(jobs.get(k, {}).get("job_id"))
-                not in LIVE_STATES and not piece_done(layout, p.variant, p.seed)]
+        lost = [p for k, p in pending.items() if not is_live(states.get(jobs.get(k, {}).get(
+            "job_id"))) and not piece_done(layout, p.variant, p.seed)]
         if lost:
             piece = lost[0]
             job = jobs.get(piece.key, {}).get("job_id", "?")
@@ -221,13 +251,14 @@ def follow(todo: list[Any], layout: Layout, say: Callable[[str], None],
 
 
 def status_rows(layout: Layout, pieces: list[tuple[str, int]]) -> list[dict[str, Any]]:
-    """One row per training piece: done / running / queued / failed / not submitted, with
-    its job id and its number of tries."""
+    """One row per training piece: done (or its final status), running, queued, failed (its
+    job left the queue without a result), or for a piece never submitted its own state
+    (pending, partial, interrupted); with its job id and number of tries."""
     from caprobe.comparison.results import piece_state
 
     jobs = load_jobs(layout)
-    states = job_states([j["job_id"] for j in jobs.values()]) if jobs and shutil.which(
-        "squeue") else {}
+    readable = shutil.which("squeue") is not None
+    states = job_states([j["job_id"] for j in jobs.values()]) if jobs and readable else {}
     rows = []
     for variant, seed in pieces:
         key = f"train:{variant}:{seed}"
@@ -236,14 +267,16 @@ def status_rows(layout: Layout, pieces: list[tuple[str, int]]) -> list[dict[str,
         queue = states.get(job)
         if piece_done(layout, variant, seed):
             status = "done" if state == "finished" else state
+        elif job is None:
+            status = state  # never submitted: pending, partial or interrupted
+        elif not readable:
+            status = "unknown (no squeue here)"
         elif queue == "RUNNING":
             status = "running"
-        elif queue in LIVE_STATES:
+        elif is_live(queue):
             status = "queued"
-        elif job is not None:
-            status = "failed"
         else:
-            status = "not submitted"
+            status = "failed"
         rows.append({"variant": variant, "seed": seed, "status": status, "job_id": job,
                      "queue_state": queue,
                      "attempts": sum(a["event"] == "start"
