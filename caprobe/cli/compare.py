@@ -100,14 +100,14 @@ def compare(
         "imagenette 128).")] = None,
     runtimes: Annotated[list[str] | None, typer.Option(
         "--runtime", "-r", help="Also time the trained models in these exported runtimes: "
-        "onnxruntime, executorch, openvino (each needs its extra, e.g. caprobe[onnx]).")] = None,
+        "onnxruntime, executorch, openvino (each needs its extra, e.g. caprobe\\[onnx]).")] = None,
     int8: Annotated[bool, typer.Option(
         "--int8", help="Also quantise each trained model statically in each --runtime "
         "(calibrated on the same first training images for every variant), evaluate it on "
         "the test set and time it.")] = False,
     executor: Annotated[str, typer.Option(
         "--executor", help="Where the trainings run: local (this machine, --jobs worker "
-        "processes) or slurm (one job array through submitit; needs caprobe[slurm] and a "
+        "processes) or slurm (one job array through submitit; needs caprobe\\[slurm] and a "
         "run folder every node sees).")] = "local",
     slurm_partition: Annotated[str | None, typer.Option(
         "--slurm-partition", help="Slurm partition of the pieces (default: the cluster's "
