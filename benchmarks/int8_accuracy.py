@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from caprobe.comparison import Layout, load_plan
     from caprobe.comparison.shipped import calibration_batches, int8_record
     from caprobe.data import load_dataset
+    from caprobe.formatting import fmt_ratio_pct
     from caprobe.stats import mean_ci
     from caprobe.training import load_model
 
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {runtime:11s} {variant:6s} seed {seed}: int8 {rec['top1']:6.2f} "
                       f"fp32 {rec['fp32_top1']:6.2f} Δ {rec['delta_top1']:+.2f} "
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            if not records:
+                print(f"  {runtime:11s} {variant:6s}: no finished seed that learned")
+                continue
             deltas = [r["delta_top1"] for r in records]
             ci = mean_ci(deltas) if len(deltas) > 1 else None
             rows.append({
@@ -104,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                                      threads=args.threads, min_time=args.min_time,
                                      runtime=runtime, int8=True, baseline="none"):
                 ci = res.overhead_ci
-                over = (f"{100 * (res.overhead - 1):+.0f} % [{100 * (ci[0] - 1):+.0f}, "
-                        f"{100 * (ci[1] - 1):+.0f}]" if res.overhead is not None else "–")
+                over = (f"{fmt_ratio_pct(res.overhead)} [{fmt_ratio_pct(ci[0])}, "
+                        f"{fmt_ratio_pct(ci[1])}]" if res.overhead is not None else "–")
                 print(f"  {runtime:11s} {res.label:6s} {res.median_ms:7.3f} ms  {over}",
                       flush=True)
                 latency.append({"runtime": runtime, "variant": res.label,

@@ -76,8 +76,12 @@ def piece_state(layout: Layout, variant: str, seed: int) -> dict[str, Any]:
 def piece_done(layout: Layout, variant: str, seed: int) -> bool:
     """Finished pieces (finished, diverged, failed) are never run again; interrupted and
     partial ones (a piece the machine failed is one) resume from their checkpoint."""
-    return piece_state(layout, variant, seed)["status"] not in ("pending", "partial",
-                                                                 "interrupted")
+    return is_final(piece_state(layout, variant, seed)["status"])
+
+
+def is_final(status: str) -> bool:
+    """Whether a piece of this :func:`piece_state` status is finished (never run again)."""
+    return status not in ("pending", "partial", "interrupted")
 
 
 def _num(value: Any) -> float | None:

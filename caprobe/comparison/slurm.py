@@ -254,7 +254,7 @@ def status_rows(layout: Layout, pieces: list[tuple[str, int]]) -> list[dict[str,
     """One row per training piece: done (or its final status), running, queued, failed (its
     job left the queue without a result), or for a piece never submitted its own state
     (pending, partial, interrupted); with its job id and number of tries."""
-    from caprobe.comparison.results import piece_state
+    from caprobe.comparison.results import is_final, piece_state
 
     jobs = load_jobs(layout)
     readable = shutil.which("squeue") is not None
@@ -263,9 +263,9 @@ def status_rows(layout: Layout, pieces: list[tuple[str, int]]) -> list[dict[str,
     for variant, seed in pieces:
         key = f"train:{variant}:{seed}"
         job = jobs.get(key, {}).get("job_id")
-        state = piece_state(layout, variant, seed)["status"]
+        state = piece_state(layout, variant, seed)["status"]  # read once per piece
         queue = states.get(job)
-        if piece_done(layout, variant, seed):
+        if is_final(state):
             status = "done" if state == "finished" else state
         elif job is None:
             status = state  # never submitted: pending, partial or interrupted
