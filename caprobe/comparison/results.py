@@ -159,7 +159,7 @@ def _learned(row: RunRow) -> bool:
     return _finished(row) and row.learned is not False
 
 
-def _mean(values: list[float | None]) -> float | None:
+def mean_known(values: list[float | None]) -> float | None:
     """The mean of the known values; None when none is known."""
     import numpy as np
 
@@ -261,13 +261,13 @@ def aggregate_rows(root: str | Path, plan: dict[str, Any] | None = None,
         if top:
             import numpy as np
 
-            row["top1_mean"] = _mean(top)
+            row["top1_mean"] = mean_known(top)
             row["top1_std"] = float(np.std(top, ddof=1)) if len(top) > 1 else None
             interval = mean_ci(top)
             if interval is not None:
                 row["top1_ci_low"], row["top1_ci_high"] = interval
-            row["top5_mean"] = _mean([r.top5 for r in used])
-            row["test_loss_mean"] = _mean([r.test_loss for r in used])
+            row["top5_mean"] = mean_known([r.top5 for r in used])
+            row["test_loss_mean"] = mean_known([r.test_loss for r in used])
         walls = [r.wall_time_s for r in vrows if r.wall_time_s is not None]
         if n_finished and walls:
             row["train_wall_time_s"] = float(sum(walls))

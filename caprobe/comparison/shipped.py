@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from caprobe.comparison.layout import Layout
+from caprobe.comparison.results import mean_known
 from caprobe.io import read_json, to_jsonable, write_json
 from caprobe.runtimes import CALIBRATION_IMAGES
 from caprobe.stats import mean_ci
@@ -188,10 +189,10 @@ def summary(layout: Layout, variants: list[str], seeds: list[int], runtimes: lis
             accuracy.append({
                 "runtime": runtime, "variant": variant, "n": len(records),
                 "n_not_learned": sum(r.get("learned") is False for r in saved),
-                "top1_int8_mean": _mean([r["top1"] for r in records]),
-                "top1_fp32_mean": _mean([r["fp32_top1"] for r in records
+                "top1_int8_mean": mean_known([r["top1"] for r in records]),
+                "top1_fp32_mean": mean_known([r["fp32_top1"] for r in records
                                          if r.get("fp32_top1") is not None]),
-                "delta_mean": _mean(deltas),
+                "delta_mean": mean_known(deltas),
                 "delta_ci_low": ci[0] if ci else None, "delta_ci_high": ci[1] if ci else None,
                 "errors": [r["error"] for r in saved if r.get("error")]})
     gates = {}
@@ -202,7 +203,3 @@ def summary(layout: Layout, variants: list[str], seeds: list[int], runtimes: lis
     return {"schema": 1, "kind": "caprobe-runtimes", "runtimes": runtimes, "int8": int8,
             "calibration_images": CALIBRATION_IMAGES, "latency": latency,
             "int8_accuracy": accuracy, "gate_error": gates}
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
