@@ -52,6 +52,10 @@ DONE_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_
 MAX_REQUEUES = 1000
 #: seconds between two looks at the run folder and the queue while following
 POLL_S = 1.0
+#: consecutive looks a piece's job must be missing before it counts as lost: a job that
+#: requeues itself passes out of the live states for a moment (seen in CI on the one-node
+#: cluster: the requeue test's follow once read it as ended)
+LOST_POLLS = 10
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,6 +232,7 @@ def follow(todo: list[Any], layout: Layout, say: Callable[[str], None],
            trained: Callable[[Any], None], poll_s: float = POLL_S) -> None:
     pending = {p.key: p for p in todo}
     jobs = load_jobs(layout)
+    misses: dict[str, int] = {}  # consecutive polls a piece's job was not seen live
     while pending:
         for key, piece in list(pending.items()):
             if piece_done(layout, piece.variant, piece.seed):
@@ -235,8 +240,11 @@ def follow(todo: list[Any], layout: Layout, say: Callable[[str], None],
         if not pending:
             break
         states = job_states([jobs[k]["job_id"] for k in pending if k in jobs])
-        lost = [p for k, p in pending.items() if not is_live(states.get(jobs.get(k, {}).get(
-            "job_id"))) and not piece_done(layout, p.variant, p.seed)]
+        for k, p in pending.items():  # a requeued job leaves the queue for a moment
+            gone = not is_live(states.get(jobs.get(k, {}).get("job_id"))) \
+                and not piece_done(layout, p.variant, p.seed)
+            misses[k] = misses.get(k, 0) + 1 if gone else 0
+        lost = [p for k, p in pending.items() if misses[k] >= LOST_POLLS]
         if lost:
             piece = lost[0]
             job = jobs.get(piece.key, {}).get("job_id", "?")
