@@ -37,9 +37,12 @@ class _Batches:
 
 
 def _quantize(data: bytes, folder: Path, calibration: list[torch.Tensor]) -> bytes:
-    """QDQ int8 (per-channel weights, MinMax activation ranges) of an fp32 model."""
+    """QDQ int8 (per-channel weights, MinMax activation ranges) of an fp32 model; 7-bit
+    weights on a CPU without VNNI (:func:`caprobe.runtimes.int8_saturates`)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from caprobe.runtimes import int8_saturates
 
     with tempfile.TemporaryDirectory(dir=folder, prefix=".int8-") as tmp:
         raw, pre, out = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
@@ -48,8 +51,8 @@ def _quantize(data: bytes, folder: Path, calibration: list[torch.Tensor]) -> byt
         # CBAM's channel ReduceMax feeding a Concat ("'NoneType' object is not iterable")
         quant_pre_process(str(raw), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(out), _Batches(calibration), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8)
+                        per_channel=True, reduce_range=int8_saturates(),
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
         return out.read_bytes()
 
 

@@ -29,17 +29,24 @@ SUFFIX = ".xml"
 
 def _quantize(model: ov.Model, calibration: list[torch.Tensor]) -> ov.Model:
     """NNCF post-training int8 (its defaults: per-channel weights, fast bias correction), the
-    activation ranges observed on ``calibration``; its progress bars are silenced."""
+    activation ranges observed on ``calibration``; its progress bars are silenced. Its
+    overflow fix (7-bit weights) covers every layer on a CPU without VNNI
+    (:func:`caprobe.runtimes.int8_saturates`); elsewhere NNCF's default."""
     import contextlib
     import io
     import logging
 
     import nncf
 
+    from caprobe.runtimes import int8_saturates
+
     nncf.set_log_level(logging.ERROR)
     batches = [b.detach().contiguous().numpy() for b in calibration]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
+        return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
+                             advanced_parameters=nncf.AdvancedQuantizationParameters(
+                                 overflow_fix=nncf.OverflowFix.ENABLE if int8_saturates()
+                                 else None))
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, path: Path,
