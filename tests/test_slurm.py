@@ -220,3 +220,20 @@ def test_a_queue_that_cannot_be_read_is_one_line_not_every_job_gone(monkeypatch)
     states = slurm_module.job_states(["7_0", "7_1"])
     assert slurm_module.is_live(states["7_0"])  # preempted, to be requeued: still live
     assert not slurm_module.is_live(states["7_1"]) and not slurm_module.is_live(None)
+
+
+@pytest.mark.slow
+def test_a_ddp_piece_runs_torchrun_inside_its_slurm_job(cluster, tmp_path):
+    out = tmp_path / "run"
+    done = _compare(tmp_path, out, "--seeds", "1", "--steps", "4", "--nproc-per-node", "2",
+                    "--executor", "slurm", "--slurm-cpus-per-piece", "2")
+    assert done.returncode == 0, done.stderr
+    runs = json.loads(done.stdout)["runs"]
+    assert [r["status"] for r in runs] == ["finished", "finished"]
+    for variant in ("none", "ca"):
+        piece = Layout(out).run_dir(variant, 0)
+        result = json.loads((piece / "result.json").read_text())
+        assert result["env"]["ddp_processes"] == 2 and result["steps_done"] == 4
+        job = json.loads((piece / "ddp" / "job.json").read_text())
+        assert job["threads_per_rank"] == 1  # the plan's --threads 1, shared by 2 ranks
+        assert [a["event"] for a in attempts(piece)] == ["start", "end"]

@@ -85,6 +85,10 @@ def compare(
         "them one after the other in this process. Results depend on the threads per "
         "training, fixed when the plan is made, not on --jobs. (default: 2 on a machine with "
         "2+ cores when 2+ trainings are left, else 1)", show_default=False)] = None,
+    nproc_per_node: Annotated[int, typer.Option(
+        "--nproc-per-node", help="Train each piece as DDP over N processes under torchrun "
+        "(gloo on CPU, one GPU each on CUDA); part of the plan. The --threads of a training "
+        "are shared among them.")] = 1,
     latency_batch: Annotated[int, typer.Option(
         "--latency-batch", help="Batch size for latency.")] = 1,
     latency_min_time: Annotated[float, typer.Option(
@@ -148,7 +152,8 @@ def compare(
             data_options=parse_key_values(data_options, "--data-option", "n_train=512"),
             image_size=image_size, width=width, profile=profile, epochs=epochs, steps=steps,
             batch_size=batch_size, lr=lr, curve_subset=curve_subset,
-            train_subset=train_subset, seed=seed, device=device, threads=threads))
+            train_subset=train_subset, seed=seed, device=device, threads=threads,
+            nproc_per_node=nproc_per_node))
     if not options.attn and (resume is None or "attn" in _explicit(ctx)):
         raise CaprobeError("no attention variants given; pass e.g. --attn se cbam ca")
     if resume is not None:

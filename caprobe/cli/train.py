@@ -128,6 +128,10 @@ def train_command(
                       show_default=False, rich_help_panel=_PANEL_RUN)] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.",
                        rich_help_panel=_PANEL_RUN)] = None,
+    nproc_per_node: Annotated[int | None, typer.Option(
+        "--nproc-per-node", help="Train as DDP over N processes on this node under torchrun "
+        "(gloo on CPU, one GPU each on CUDA); --threads are shared among them. (default: 1)",
+        show_default=False, rich_help_panel=_PANEL_RUN)] = None,
     amp: Annotated[str | None, typer.Option(help="Mixed precision: bf16, or fp16 (CUDA only).",
                    rich_help_panel=_PANEL_RUN)] = None,
     channels_last: Annotated[bool | None, typer.Option(
@@ -183,7 +187,8 @@ def train_command(
         warmup_epochs=_given(warmup_epochs, base.warmup_epochs),
         label_smoothing=_given(label_smoothing, base.label_smoothing),
         seed=_given(seed, base.seed), device=_given(device, base.device),
-        threads=_given(threads, base.threads), amp=_given(amp, base.amp),
+        threads=_given(threads, base.threads),
+        nproc_per_node=_given(nproc_per_node, base.nproc_per_node), amp=_given(amp, base.amp),
         channels_last=_given(channels_last, base.channels_last))
     if resume is not None:
         run_dir = Path(resume)

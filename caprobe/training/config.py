@@ -87,6 +87,9 @@ class TrainConfig:
     amp: str | None = None  # None (fp32), "bf16", "fp16" (CUDA only)
     channels_last: bool | None = None  # None: on (much faster for depthwise convs on CPU)
     eval_batch_size: int | None = None  # None: 2 × batch_size
+    #: DDP processes of this training (torchrun on one node; caprobe.training.distributed):
+    #: each trains on its share of every batch, so the batch size must split evenly
+    nproc_per_node: int = 1
 
     def dataset_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``caprobe.data.load_dataset(self.data, ...)`` for this run."""
@@ -121,7 +124,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise CaprobeError("the image size is given twice; pass --image-size N only, not also "
                            "--data-option image_size=N")
     for name in ("epochs", "steps", "batch_size", "train_subset", "curve_subset", "threads",
-                 "eval_batch_size", "image_size"):
+                 "eval_batch_size", "image_size", "nproc_per_node"):
         value = getattr(c, name)
         if value is None:
             continue
@@ -135,6 +138,10 @@ def validate(config: TrainConfig) -> TrainConfig:
         value = getattr(c, name)
         if value is not None and not (isinstance(value, (int, float)) and value >= 0):
             raise CaprobeError(f"{name.replace('_', '-')} must be >= 0, got {value!r}")
+    batch = c.batch_size if c.batch_size is not None else recipe_for(c.data)["batch_size"]
+    if batch % c.nproc_per_node:
+        raise CaprobeError(f"batch size {batch} does not split over --nproc-per-node "
+                           f"{c.nproc_per_node}; choose a --batch-size that is a multiple of it")
     if not 0 <= c.label_smoothing < 1:
         raise CaprobeError(f"label smoothing must be in [0, 1), got {c.label_smoothing!r}")
     if c.amp is not None:

@@ -30,6 +30,7 @@ from caprobe.training.config import TrainConfig, differences, resolve, validate
 
 if TYPE_CHECKING:
     from caprobe.data import Dataset
+    from caprobe.training.distributed import Rank
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -244,7 +245,8 @@ class _Diverged(Exception):
 def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = False,
           progress: Any = None, dataset: Dataset | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
-          on_start: Callable[[TrainConfig], None] | None = None) -> RunResult:
+          on_start: Callable[[TrainConfig], None] | None = None,
+          rank: Rank | None = None) -> RunResult:
     """Train one model as ``config`` says; write the run folder ``out`` (if given).
 
     ``resume``: continue the run in ``out`` from its last checkpoint (a missing or empty
@@ -259,6 +261,10 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
     status "interrupted" (the last epoch's checkpoint stays valid) and re-raises.
     User mistakes (bad names, sizes, a conflicting resume) raise :class:`CaprobeError`
     before anything is written.
+
+    ``config.nproc_per_node > 1``: the training runs as DDP under torchrun
+    (:mod:`caprobe.training.distributed`), whose ranks call this function with their
+    ``rank``: rank 0 writes, every rank reads.
     """
     import torch
 
@@ -281,6 +287,11 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
                                "nothing to resume")
 
     device = training_device(config.device, config.amp)
+    if config.nproc_per_node > 1 and rank is None:
+        if device.startswith("cuda") and config.nproc_per_node > torch.cuda.device_count():
+            raise CaprobeError(f"--nproc-per-node {config.nproc_per_node} needs as many GPUs; "
+                               f"this machine has {torch.cuda.device_count()}")
+        return _launch(config, run_dir, resume, progress, on_epoch, on_start)
     data_api = _data_api()
     if dataset is None:
         dataset = data_api.load_dataset(config.data, **config.dataset_kwargs())
@@ -294,6 +305,11 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
     if cfg.train_subset is not None and cfg.train_subset > len(dataset.train.labels):
         raise CaprobeError(f"--train-subset {cfg.train_subset} is larger than the training "
                            f"split ({len(dataset.train.labels)} images)")
+    n_train = cfg.train_subset or len(dataset.train.labels)
+    if min(cfg.batch_size, n_train) % cfg.nproc_per_node:
+        raise CaprobeError(f"the batch of {min(cfg.batch_size, n_train)} images does not split "
+                           f"over --nproc-per-node {cfg.nproc_per_node}; choose a --batch-size "
+                           "(or --train-subset) that is a multiple of it")
 
     from caprobe.models import build_model
 
@@ -307,6 +323,11 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
         if state.get("data_checksum") != dataset.checksum:
             raise CaprobeError(f"cannot resume {run_dir}: the data set changed (checksum "
                                f"{state.get('data_checksum')} → {dataset.checksum})")
+    if rank is not None:
+        rank.barrier()  # every rank has checked the folder and read its checkpoint
+        device = rank.device(device)
+        if not rank.is_main:
+            run_dir = None  # rank 0 writes every record
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         if saved_config is None:
@@ -315,8 +336,27 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
     if on_start is not None:
         on_start(cfg)
     fork_devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
-    with torch_threads(cfg.threads), torch.random.fork_rng(devices=fork_devices):
-        return _run(cfg, model, dataset, data_api, device, run_dir, state, progress, on_epoch)
+    threads = cfg.threads if rank is None else None  # a rank's threads are set at its start
+    with torch_threads(threads), torch.random.fork_rng(devices=fork_devices):
+        return _run(cfg, model, dataset, data_api, device, run_dir, state, progress, on_epoch,
+                    rank)
+
+
+def _launch(config: TrainConfig, run_dir: Path | None, resume: bool, progress: Any,
+            on_epoch, on_start) -> RunResult:  # noqa: ANN001
+    """``train`` of a DDP config, from outside torchrun: the ranks need a run folder to
+    write (a temporary one when ``out`` is None)."""
+    import tempfile
+
+    from caprobe.training.distributed import launch
+
+    if run_dir is not None:
+        return launch(config, run_dir, resume=resume, progress=progress, on_epoch=on_epoch,
+                      on_start=on_start)
+    with tempfile.TemporaryDirectory(prefix="caprobe-ddp-") as tmp:
+        result = launch(config, Path(tmp), resume=False, progress=progress,
+                        on_epoch=on_epoch, on_start=on_start)
+    return dataclasses.replace(result, run_dir=None)
 
 
 @dataclass
@@ -326,7 +366,9 @@ class _Training:
     optimiser, and the seeded random streams."""
 
     cfg: TrainConfig
-    model: Any
+    model: Any  # the module itself: evaluated, checkpointed
+    net: Any  # what trains: the model, or its DistributedDataParallel wrapper
+    rank: Rank | None  # None: a single process
     dataset: Any
     data_api: Any
     device: str
@@ -419,7 +461,7 @@ class TrainState:
 
 
 def _setup(cfg: TrainConfig, model, dataset, data_api, device: str,
-           run_dir: Path | None) -> _Training:
+           run_dir: Path | None, rank: Rank | None) -> _Training:
     """Data (a seeded class-balanced subset, kept in memory as uint8), schedule sizes, the
     model on its device and memory format, optimiser, scaler, loss and random streams."""
     import torch
@@ -429,6 +471,7 @@ def _setup(cfg: TrainConfig, model, dataset, data_api, device: str,
     cuda = device.startswith("cuda")
     env = _environment(device, torch.get_num_threads())
     env["data_source"] = getattr(dataset, "source", None)
+    env["ddp_processes"] = rank.world_size if rank is not None else 1
     train_images, train_labels = dataset.train.images, dataset.train.labels
     if cfg.train_subset is not None and cfg.train_subset < len(train_labels):
         idx = data_api.balanced_subset(train_labels, cfg.train_subset,
@@ -459,11 +502,16 @@ def _setup(cfg: TrainConfig, model, dataset, data_api, device: str,
         model, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
         weight_decay=cfg.weight_decay, total_steps=total_steps,
         warmup_steps=round(cfg.warmup_epochs * steps_per_epoch))
+    net = model
+    if rank is not None:  # the same seeded init on every rank; DDP checks it
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[torch.device(device).index] if cuda else None)
     g_order = torch.Generator().manual_seed(_stream_seed(cfg.seed, "order"))
     g_aug = torch.Generator().manual_seed(_stream_seed(cfg.seed, "augment"))
     torch.manual_seed(_stream_seed(cfg.seed, "dropout"))  # inside fork_rng: caller unaffected
     return _Training(
-        cfg=cfg, model=model, dataset=dataset, data_api=data_api, device=device,
+        cfg=cfg, model=model, net=net, rank=rank, dataset=dataset, data_api=data_api,
+        device=device,
         run_dir=run_dir, env=env, train_images=train_images, train_labels=train_labels,
         test=test, curve=curve, resident=resident, batch=batch,
         steps_per_epoch=steps_per_epoch, total_steps=total_steps,
@@ -500,6 +548,8 @@ def _train_epoch(t: _Training, state: TrainState, bar) -> dict[str, Any]:  # noq
                                      generator=t.g_aug, mean=t.dataset.mean,
                                      std=t.dataset.std)
         y = t.train_labels[idx]
+        if t.rank is not None:  # every rank drew the same global batch: take its share
+            x, y = t.rank.shard(x), t.rank.shard(y)
         if t.cuda and not t.resident:  # pinned staging, copy overlapped with compute
             x = x.pin_memory().to(device, non_blocking=True)
             y = y.pin_memory().to(device, non_blocking=True)
@@ -507,7 +557,7 @@ def _train_epoch(t: _Training, state: TrainState, bar) -> dict[str, Any]:  # noq
             x = x.contiguous(memory_format=torch.channels_last)
         t1 = time.perf_counter()
         with _autocast(device, cfg.amp):
-            logits = t.model(x)
+            logits = t.net(x)
         loss = t.criterion(logits.float(), y)
         t.optimizer.zero_grad(set_to_none=True)
         if t.scaler is not None:
@@ -525,31 +575,49 @@ def _train_epoch(t: _Training, state: TrainState, bar) -> dict[str, Any]:  # noq
         correct += (logits.detach().argmax(1) == y).sum()
         ep_data += t1 - t0
         if (i + 1) % check_every == 0 or i + 1 == steps_now:
-            running = float(loss_sum) / seen
+            total_loss, total_correct, total_seen = _over_ranks(t, loss_sum, correct, seen)
+            running = total_loss / total_seen
             if not math.isfinite(running):
                 raise _Diverged(f"the training loss became {running} at epoch "
                                 f"{state.epoch + 1} step {state.step}; lower --lr (was "
                                 f"{cfg.lr})")
             bar.update(step=state.step, epoch=state.epoch + 1, epochs=t.n_epochs, loss=running,
-                       acc=100.0 * int(correct) / seen,
-                       ips=seen / max(time.perf_counter() - epoch_start, 1e-9))
+                       acc=100.0 * total_correct / total_seen,
+                       ips=total_seen / max(time.perf_counter() - epoch_start, 1e-9))
     if t.cuda:
         torch.cuda.synchronize()
     ep_train = time.perf_counter() - epoch_start
+    loss_total, correct_total, seen = _over_ranks(t, loss_sum, correct, seen)
     state.train_time_s += ep_train
     state.data_time_s += ep_data
     state.images_seen += seen
     state.epoch += 1
-    return {"start": epoch_start, "train_loss": float(loss_sum) / seen,
-            "train_acc": 100.0 * int(correct) / seen, "lr": lr_used, "seen": seen,
+    return {"start": epoch_start, "train_loss": loss_total / seen,
+            "train_acc": 100.0 * correct_total / seen, "lr": lr_used, "seen": seen,
             "train_time_s": ep_train, "data_time_s": ep_data}
+
+
+def _over_ranks(t: _Training, loss_sum, correct, seen: int) -> tuple[float, int, int]:  # noqa: ANN001
+    """``(loss sum, correct, images)`` of the steps so far, over every rank (one all-reduce)."""
+    if t.rank is None:
+        return float(loss_sum), int(correct), seen
+    import torch
+
+    totals = t.rank.sum(torch.stack([loss_sum.double(), correct.double(),
+                                     torch.tensor(float(seen), dtype=torch.float64,
+                                                  device=loss_sum.device)]))
+    loss_total, correct_total, seen_total = totals.tolist()
+    return loss_total, round(correct_total), round(seen_total)
 
 
 def _evaluate_epoch(t: _Training, state: TrainState) -> tuple[dict[str, Any], int]:
     """The epoch's evaluation (the curve slice; the whole test set after the last step),
     kept as ``state.last_eval``; returns it and the number of images evaluated."""
     images, labels = t.test if state.step >= t.total_steps else t.curve
-    state.last_eval = evaluate(t.model, images, labels, **t.eval_kwargs)
+    if t.rank is None or t.rank.is_main:
+        state.last_eval = evaluate(t.model, images, labels, **t.eval_kwargs)
+    if t.rank is not None:  # rank 0 evaluates, the others wait for its numbers
+        state.last_eval = t.rank.from_main(state.last_eval if t.rank.is_main else None)
     return state.last_eval, int(labels.shape[0])
 
 
@@ -606,10 +674,10 @@ def _result(t: _Training, state: TrainState, started: float, status: str,
 
 
 def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path | None,
-         saved: dict | None, progress: Any, on_epoch) -> RunResult:
+         saved: dict | None, progress: Any, on_epoch, rank: Rank | None) -> RunResult:
     from caprobe.training.display import Bar
 
-    t = _setup(cfg, model, dataset, data_api, device, run_dir)
+    t = _setup(cfg, model, dataset, data_api, device, run_dir, rank)
     state = TrainState.from_checkpoint(saved, t) if saved is not None else TrainState()
     if saved is not None and state.step >= t.total_steps and run_dir is not None:
         try:  # resuming a run that already finished: nothing to train, keep its record
@@ -656,8 +724,10 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
     except Exception as exc:  # noqa: BLE001 - recorded in the run folder, not a traceback
         from caprobe.runtime import is_environmental
 
-        if is_environmental(exc):
-            raise  # the machine failed (full disk, no memory): no result; the caller says so
+        if is_environmental(exc) or rank is not None:
+            # the machine failed (full disk, no memory), or a DDP rank did (a lost peer
+            # reads the same as a bug here): no result, the run stays resumable
+            raise
         if run_dir is not None:
             with contextlib.suppress(Exception):
                 atomic_write_text(run_dir / ERROR_FILE, traceback.format_exc())

@@ -1,0 +1,274 @@
+"""``--nproc-per-node``: one training as DDP under a real torchrun (gloo on 127.0.0.1).
+
+What is checked against the real thing: a 2-process training killed mid-run resumes to the
+weights of an uninterrupted 2-process run; only rank 0 writes the run folder (every write is
+seen by an audit hook the ranks import); the world size is part of the config and of a
+compare's plan (a resume with another one is refused); a mistake the ranks catch is one line
+and leaves nothing behind. The pieces of the launcher (environment, threads, failures, the
+replay of rank 0's events) are tested on their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import BrokenExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from caprobe.cli import app
+from caprobe.errors import CaprobeError
+from caprobe.training import TrainConfig
+from caprobe.training.config import validate
+from caprobe.training.distributed import (
+    EVENTS_FILE,
+    EventLog,
+    Rank,
+    _failure,
+    _Relay,
+    rank_from_environ,
+    rank_threads,
+)
+
+runner = CliRunner()
+CLI = [sys.executable, "-c", "from caprobe.cli import main; main()"]
+#: 512 images in batches of 16 (32 steps an epoch, about 2-3 s on one thread a rank): long
+#: enough that a kill lands inside the run, short enough for CI
+TINY = ["--width", "0.25", "--data-option", "n_train=512", "--data-option", "n_test=64",
+        "--batch-size", "16", "--threads", "2", "--epochs", "3", "-q"]
+
+HOOK = '''
+import os, sys
+_log, _root = os.environ.get("CAPROBE_TEST_WRITES"), os.environ.get("CAPROBE_TEST_ROOT")
+if _log and _root:
+    def _hook(event, args):
+        if event == "open":
+            path, mode, flags = args
+            writing = (mode is not None and any(c in str(mode) for c in "wax+")) or (
+                mode is None and isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR))
+        elif event == "os.rename":
+            path, writing = args[1], True
+        else:
+            return
+        if not writing or not isinstance(path, (str, os.PathLike)):
+            return
+        path = os.path.abspath(os.fspath(path))
+        if path.startswith(_root):
+            with open(_log, "a") as f:
+                f.write(os.environ.get("RANK", "-") + " " + path + "\\n")
+    sys.addaudithook(_hook)
+'''
+
+
+def _writes_env(tmp_path: Path, root: Path) -> tuple[dict[str, str], Path]:
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(HOOK)
+    log = tmp_path / "writes.log"
+    path = os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "CAPROBE_CACHE": str(tmp_path / "cache"), "PYTHONPATH": path,
+           "CAPROBE_TEST_WRITES": str(log), "CAPROBE_TEST_ROOT": str(root)}
+    return env, log
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+def _ranks_alive() -> int:
+    out = subprocess.run(["pgrep", "-fc", "caprobe.training.distributed"],
+                         capture_output=True, text=True)
+    return int(out.stdout.strip() or 0)
+
+
+# --------------------------------------------------------------------------- the parts
+
+
+def test_the_rank_comes_from_torchrun_environment() -> None:
+    assert rank_from_environ({}) is None
+    assert rank_from_environ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == Rank(
+        rank=1, world_size=2, local_rank=1)
+    rank = Rank(rank=1, world_size=2, local_rank=1)
+    assert not rank.is_main and rank.device("cuda") == "cuda:1" and rank.device("cpu") == "cpu"
+    assert torch.equal(rank.shard(torch.arange(6)), torch.tensor([3, 4, 5]))
+
+
+def test_ranks_share_the_threads_of_a_training() -> None:
+    assert rank_threads(4, 2, {}) == 2
+    assert rank_threads(1, 2, {}) == 1  # at least one each
+    assert rank_threads(None, 2, {"SLURM_CPUS_PER_TASK": "8"}) == 4  # Slurm's CPUs first
+    assert rank_threads(None, 1, {}) == torch.get_num_threads()
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused() -> None:
+    with pytest.raises(CaprobeError, match="batch size 32 does not split over "
+                       "--nproc-per-node 3"):
+        validate(TrainConfig(nproc_per_node=3))  # 32: the positional recipe's batch
+    with pytest.raises(CaprobeError, match="--nproc-per-node must be a positive integer"):
+        validate(TrainConfig(nproc_per_node=0))
+    assert validate(TrainConfig(nproc_per_node=4, batch_size=64)).nproc_per_node == 4
+
+
+def test_rank_failures_are_raised_as_what_they_were(tmp_path: Path) -> None:
+    def failure(*records: dict) -> BaseException:
+        for old in tmp_path.glob("error-*.json"):
+            old.unlink()
+        for i, record in enumerate(records):
+            (tmp_path / f"error-{i}.json").write_text(json.dumps(record))
+        return _failure(tmp_path, 2, 1)
+
+    other = {"kind": "other", "type": "RuntimeError", "message": "Connection reset by peer"}
+    caprobe = {"kind": "caprobe", "type": "CaprobeError", "message": "unknown attention 'x'"}
+    disk = {"kind": "os", "type": "OSError", "errno": 28, "strerror": "No space left on device",
+            "filename": "/r/checkpoint.pt", "message": "..."}
+    assert str(failure(other, caprobe)) == "unknown attention 'x'"  # the user's mistake first
+    error = failure(other, disk)
+    assert isinstance(error, OSError) and error.errno == 28 and error.filename == "/r/checkpoint.pt"
+    lost = failure(other)  # a peer lost: the machine's failure, the run stays resumable
+    assert isinstance(lost, BrokenExecutor) and "Connection reset by peer" in str(lost)
+    assert "ended without a word (torchrun exit 1" in str(failure())
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def add_task(self, description: str, **fields) -> int:
+        self.calls.append(("add", description, fields))
+        return 7
+
+    def update(self, task: int, **fields) -> None:
+        self.calls.append(("update", task, fields))
+
+    def remove_task(self, task: int) -> None:
+        self.calls.append(("remove", task))
+
+
+def test_rank_zero_events_are_replayed_on_the_callers_display(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / EVENTS_FILE)
+    log.send("start", TrainConfig(seed=3).to_dict())
+    log.add_task("mobilenetv2 s3", total=10, completed=0, ips="-")
+    log.update("train", completed=4)
+    log.update("train", completed=5)  # within a second of the last: dropped
+    log.send("epoch", {"epoch": 1, "test_top1": 50.0})
+    started, epochs, progress = [], [], _Recorder()
+    relay = _Relay(tmp_path / EVENTS_FILE, progress, started.append, epochs.append)
+    with open(tmp_path / EVENTS_FILE, "a") as f:
+        f.write('{"kind": "remove"')  # rank 0 is still writing this line: not read yet
+    relay.pump()
+    assert [c.seed for c in started] == [3] and epochs == [{"epoch": 1, "test_top1": 50.0}]
+    assert progress.calls == [("add", "mobilenetv2 s3", {"total": 10, "completed": 0,
+                                                          "ips": "-"}),
+                              ("update", 7, {"completed": 4})]
+    with open(tmp_path / EVENTS_FILE, "a") as f:
+        f.write(', "fields": {}}\n')
+    relay.pump()
+    assert progress.calls[-1] == ("remove", 7)
+
+
+# --------------------------------------------------------------------------- real torchrun
+
+
+@pytest.mark.slow
+def test_a_killed_ddp_training_resumes_to_the_weights_of_an_uninterrupted_one(
+        tmp_path: Path) -> None:
+    root = tmp_path / "runs"  # every write under it is logged, by the process that made it
+    whole, killed = root / "whole", root / "killed"
+    env, writes = _writes_env(tmp_path, root)
+    args = [*CLI, "train", "--nproc-per-node", "2", *TINY]
+    done = subprocess.run([*args, "--out", str(whole), "--json"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "finished" and result["epochs_done"] == 3
+    assert result["steps_done"] == 3 * 512 // 16 and result["env"]["ddp_processes"] == 2
+
+    proc = subprocess.Popen([*args, "--out", str(killed)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (killed / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and torchrun, at once
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while _ranks_alive():  # the ranks follow their parent (PR_SET_PDEATHSIG)
+        assert time.monotonic() < deadline, "ranks outlived the killed launcher"
+        time.sleep(0.2)
+    rows = (killed / "metrics.jsonl").read_text().splitlines()
+    assert 1 <= len(rows) < 3, "the kill landed after the run finished"
+
+    resumed = subprocess.run([*CLI, "train", "--resume", str(killed), "-q"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _weights(whole), _weights(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [json.loads(r)["epoch"] for r in
+            (killed / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+    # every write into the run folders: rank 0's records, the launcher's side channel
+    # (ddp/), nothing from rank 1
+    seen = [line.split(" ", 1) for line in writes.read_text().splitlines()]
+    by_rank: dict[str, set[str]] = {}
+    for rank, path in seen:
+        by_rank.setdefault(rank, set()).add(Path(path).name.lstrip("."))
+    assert set(by_rank) == {"-", "0"}, by_rank
+    assert all(Path(path).parent.name == "ddp" for rank, path in seen if rank == "-")
+    assert {"config.json", "result.json"} <= {n.split(".tmp")[0].rsplit(".", 1)[0] + ".json"
+                                              for n in by_rank["0"] if ".json" in n}
+    assert any(n.startswith("checkpoint.pt") for n in by_rank["0"])
+    assert sorted(p.name for p in whole.iterdir()) == [
+        "checkpoint.pt", "config.json", "ddp", "metrics.jsonl", "result.json"]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "CAPROBE_CACHE": str(tmp_path / "cache")}
+
+
+@pytest.mark.slow
+def test_a_mistake_the_ranks_catch_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = subprocess.run([*CLI, "train", "--nproc-per-node", "2", *TINY, "--data-option",
+                           "grid=99", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300, env=_env(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.startswith("caprobe: error: ") and len(done.stderr.splitlines()) == 1
+    assert "grid" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_the_world_size_is_part_of_a_training_and_of_a_plan(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAPROBE_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    first = runner.invoke(app, ["train", *TINY, "--epochs", "1", "--out", str(run)])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, ["train", "--resume", str(run), "--nproc-per-node", "2"])
+    assert again.exit_code == 2
+    assert "the saved config differs (nproc_per_node: 1 → 2)" in again.output
+
+    plan_dir = tmp_path / "cmp"
+    compare = subprocess.run([*CLI, "compare", "--attn", "ca", "--seeds", "1", "--jobs", "1",
+                              "--nproc-per-node", "2", "--min-time", "0.02", *TINY[:-3],
+                              "--epochs", "1", "--out", str(plan_dir), "--json"],
+                             capture_output=True, text=True, timeout=600,
+                             env=_env(tmp_path))
+    assert compare.returncode == 0, compare.stderr
+    runs = json.loads(compare.stdout)["runs"]
+    assert {r["variant"] for r in runs} == {"none", "ca"}
+    assert all(r["status"] == "finished" for r in runs)
+    plan = json.loads((plan_dir / "plan.json").read_text())
+    assert plan["options"]["training"]["nproc_per_node"] == 2
+    for variant in ("none", "ca"):
+        piece = json.loads((plan_dir / "variants" / variant / "seed-0" / "result.json").read_text())
+        assert piece["env"]["ddp_processes"] == 2
+    refused = runner.invoke(app, ["compare", "--resume", str(plan_dir), "--nproc-per-node", "1"])
+    assert refused.exit_code == 2 and "nproc_per_node" in refused.output
