@@ -37,6 +37,9 @@ from caprobe.training.distributed import (
     rank_threads,
 )
 
+#: one worker runs every test that starts ranks or Slurm jobs (a look for live ranks must not
+#: see another test's)
+pytestmark = pytest.mark.xdist_group("processes")
 runner = CliRunner()
 CLI = [sys.executable, "-c", "from caprobe.cli import main; main()"]
 #: 512 images in batches of 16 (32 steps an epoch, about 2-3 s on one thread a rank): long

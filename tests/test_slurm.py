@@ -24,6 +24,9 @@ from caprobe.comparison import Layout
 from caprobe.comparison.slurm import attempts, load_jobs
 from caprobe.errors import CaprobeError
 
+#: one worker runs every test that starts ranks or Slurm jobs (a look for live ranks must not
+#: see another test's)
+pytestmark = pytest.mark.xdist_group("processes")
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / ".ci" / "slurm"
