@@ -85,8 +85,8 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
 
 
-def _ranks_alive() -> int:
-    out = subprocess.run(["pgrep", "-fc", "caprobe.training.distributed"],
+def _ranks_alive(run_dir: Path) -> int:
+    out = subprocess.run(["pgrep", "-fc", f"caprobe.training.distributed {run_dir}"],
                          capture_output=True, text=True)
     return int(out.stdout.strip() or 0)
 
@@ -196,13 +196,14 @@ def test_a_killed_ddp_training_resumes_to_the_weights_of_an_uninterrupted_one(
     proc = subprocess.Popen([*args, "--out", str(killed)], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not (killed / "checkpoint.pt").exists():
+    metrics = killed / "metrics.jsonl"  # rewritten just after each epoch's checkpoint
+    while not (metrics.is_file() and metrics.read_text().strip()):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and torchrun, at once
     proc.wait()
     deadline = time.monotonic() + 30
-    while _ranks_alive():  # the ranks follow their parent (PR_SET_PDEATHSIG)
+    while _ranks_alive(killed):  # the ranks follow their parent (PR_SET_PDEATHSIG)
         assert time.monotonic() < deadline, "ranks outlived the killed launcher"
         time.sleep(0.2)
     rows = (killed / "metrics.jsonl").read_text().splitlines()
