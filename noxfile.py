@@ -103,6 +103,22 @@ NIGHTLY_BUDGET = ("--seeds", "3", "--steps", "1300", "--width", "0.5", "--min-ti
 NIGHTLY_BUDGET_CUDA = ("--seeds", "5", "--epochs", "30", "--width", "0.5", "--min-time", "1.0",
                        "--reference", "se", "--curve-subset", "1000", "--device", "cuda")
 
+#: ImageNette at 128 px (ImageNet profile: 8 x 8 maps before the last stage, 4 x 4 at the
+#: end), MobileNetV2-0.5, none / se / ca, 3 paired seeds of 5 epochs over the full 9,469
+#: training images (the standard 128 px / 5 epoch ImageNette setting), recipe of RECIPES
+#: (batch 64, lr 0.1, one warm-up epoch, cosine), the 3,925 validation images at the end and
+#: a fixed 1,000-image slice for the curves before it.
+#:
+#: Sizing (measured 2026-12-02 on the project's 2-core machine, one thread alone, 40 steps):
+#: none trains at 147 images/s, ca at 90 (se between); with two jobs sharing the memory bus
+#: about 0.85 of that each (the CIFAR night's ratio), so one seed of none + se + ca costs
+#: about 47,345 * (1/125 + 1/105 + 1/77) = 1,440 s of one job and 3 seeds on 2 jobs
+#: 3 * 1,440 / 2 = 36 minutes, plus evaluation and data decoding: ~40 minutes, a third to
+#: spare for a slow machine.
+NIGHTLY_IMAGENETTE_BUDGET = ("--seeds", "3", "--epochs", "5", "--width", "0.5",
+                             "--min-time", "1.0", "--reference", "se",
+                             "--curve-subset", "1000")
+
 
 def _ablation(session: nox.Session, out, data_args, budget, backbones=ABLATION_BACKBONES,
               attn=ABLATION_ATTN) -> None:
@@ -118,9 +134,9 @@ def _ablation(session: nox.Session, out, data_args, budget, backbones=ABLATION_B
     session.run("caprobe", "report", *runs, "--out", str(out / "report.html"))
 
 
-def _cifar10_args(session: nox.Session) -> list[str]:
-    """Real CIFAR-10: ``$CAPROBE_DATA`` (its cifar10/ folder or cifar10-jpg.tar, or itself),
-    else ``../shared/data/cifar10-jpg.tar``."""
+def _shared_data_args(session: nox.Session, data: str, archive: str) -> list[str]:
+    """Real data: ``$CAPROBE_DATA`` (its ``data``/ folder, or ``archive`` inside it, or
+    itself), else ``../shared/data/<archive>``."""
     import os
     from pathlib import Path
 
@@ -128,15 +144,14 @@ def _cifar10_args(session: nox.Session) -> list[str]:
     candidates = []
     if env:
         root = Path(env).expanduser()
-        if (root / "cifar10").exists():
-            return ["--data", "cifar10"]  # the data layer looks in $CAPROBE_DATA/cifar10
-        candidates += [root / "cifar10-jpg.tar", root]
-    candidates.append(Path("..") / "shared" / "data" / "cifar10-jpg.tar")
+        if (root / data).exists():
+            return ["--data", data]  # the data layer looks in $CAPROBE_DATA/<data>
+        candidates += [root / archive, root]
+    candidates.append(Path("..") / "shared" / "data" / archive)
     for path in candidates:
         if path.exists():
-            return ["--data", "cifar10", "--data-dir", str(path.resolve())]
-    session.error("no CIFAR-10 found: set CAPROBE_DATA or put cifar10-jpg.tar in "
-                  "../shared/data/")
+            return ["--data", data, "--data-dir", str(path.resolve())]
+    session.error(f"no {data} found: set CAPROBE_DATA or put {archive} in ../shared/data/")
     return []
 
 
@@ -150,13 +165,32 @@ def nightly(session: nox.Session) -> None:
     from pathlib import Path
 
     install(session, None)
-    data_args = _cifar10_args(session)
+    data_args = _shared_data_args(session, "cifar10", "cifar10-jpg.tar")
     out = Path("reports") / f"nightly-{datetime.date.today():%Y-%m-%d}"
     cuda = session.run("python", "-c", "import torch; print(torch.cuda.is_available())",
                        silent=True).strip() == "True"
     budget = NIGHTLY_BUDGET_CUDA if cuda else NIGHTLY_BUDGET
     session.log(f"nightly budget ({'CUDA' if cuda else 'CPU'}): {' '.join(budget)}")
     _ablation(session, out, data_args, budget, (NIGHTLY_MODEL,), NIGHTLY_ATTN)
+    session.run("python", "-m", "caprobe.reporting.history", "reports")
+
+
+@nox.session
+def nightly_imagenette(session: nox.Session) -> None:
+    """The same question at 128 px, where CA's strips have 8 x 8 maps to act on at the end
+    (about 45 minutes on 2 cores, NIGHTLY_IMAGENETTE_BUDGET): the full ImageNette
+    (``$CAPROBE_DATA`` or ``../shared/data/imagenette-128.tar``) into
+    ``reports/nightly-YYYY-MM-DD-imagenette/``, then the history page. Rerunning on the same
+    day resumes."""
+    import datetime
+    from pathlib import Path
+
+    install(session, None)
+    data_args = _shared_data_args(session, "imagenette", "imagenette-128.tar")
+    out = Path("reports") / f"nightly-{datetime.date.today():%Y-%m-%d}-imagenette"
+    session.log(f"nightly_imagenette budget: {' '.join(NIGHTLY_IMAGENETTE_BUDGET)}")
+    _ablation(session, out, data_args, NIGHTLY_IMAGENETTE_BUDGET, (NIGHTLY_MODEL,),
+              NIGHTLY_ATTN)
     session.run("python", "-m", "caprobe.reporting.history", "reports")
 
 

@@ -16,6 +16,7 @@ from caprobe.cli import app
 from caprobe.comparison.results import load_results
 from caprobe.errors import CaprobeError
 from caprobe.reporting import render_index, render_report
+from caprobe.reporting.history import collect
 from caprobe.reporting.plots import pareto_front
 from caprobe.reporting.render import fmt_acc, fmt_count, fmt_delta, fmt_pct, fmt_ratio_pct
 
@@ -236,7 +237,17 @@ def test_history_index(tmp_path):
         make_run(night / "mobilenetv2", variants=("none", "ca"), seeds=(0,), maps=False,
                  top1={("none", 0): acc, ("ca", 0): acc + 1})
         render_report([night / "mobilenetv2"], night / "report.html")
+    other = reports / "nightly-2024-05-02-imagenette"
+    make_run(other / "mobilenetv2", variants=("none", "ca"), seeds=(0,), maps=False,
+             data="imagenette", top1={("none", 0): 70.0, ("ca", 0): 71.0})
     (reports / "README.md").parent.mkdir(exist_ok=True)
+    nights = collect(reports)
+    assert [n["name"] for n in nights] == ["nightly-2024-05-01", "nightly-2024-05-02",
+                                           "nightly-2024-05-02-imagenette"]
+    # a series per model, variant and data set: the two nightlies never share a line
+    assert {r["label"] for n in nights for r in n["rows"]} == {
+        "mobilenetv2 none · positional", "mobilenetv2 ca · positional",
+        "mobilenetv2 none · imagenette", "mobilenetv2 ca · imagenette"}
     page = render_index(reports).read_text()
     assert 'href="nightly-2024-05-02/report.html"' in page
     listing = page[page.index('id="nightlies"'):]

@@ -46,7 +46,9 @@ def collect(reports_dir: str | Path) -> list[dict[str, Any]]:
                 continue
             data.add(str(res.get("data")))
             for agg in map(AggregateRow.from_dict, res["aggregates"]):
-                rows.append({"label": f"{res.get('model')} {agg.variant}",
+                # one trend per model, variant and data set: the CIFAR-10 and ImageNette
+                # nightlies share the page
+                rows.append({"label": f"{res.get('model')} {agg.variant} · {res.get('data')}",
                              "top1": agg.top1_mean, "latency": agg.latency_median_ms,
                              "status": agg.status})
         report = folder / "report.html"
