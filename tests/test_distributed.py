@@ -29,8 +29,11 @@ from caprobe.training import TrainConfig
 from caprobe.training.config import validate
 from caprobe.training.distributed import (
     EVENTS_FILE,
+    STOP_GRACE_S,
     EventLog,
     Rank,
+    _error_record,
+    _failed_result,
     _failure,
     _Relay,
     rank_from_environ,
@@ -127,16 +130,58 @@ def test_rank_failures_are_raised_as_what_they_were(tmp_path: Path) -> None:
             (tmp_path / f"error-{i}.json").write_text(json.dumps(record))
         return _failure(tmp_path, 2, 1)
 
-    other = {"kind": "other", "type": "RuntimeError", "message": "Connection reset by peer"}
+    peer = {"kind": "peer", "type": "RuntimeError", "message": "Connection reset by peer"}
     caprobe = {"kind": "caprobe", "type": "CaprobeError", "message": "unknown attention 'x'"}
     disk = {"kind": "os", "type": "OSError", "errno": 28, "strerror": "No space left on device",
             "filename": "/r/checkpoint.pt", "message": "..."}
-    assert str(failure(other, caprobe)) == "unknown attention 'x'"  # the user's mistake first
-    error = failure(other, disk)
+    bug = {"kind": "bug", "type": "ZeroDivisionError", "message": "division by zero",
+           "traceback": "Traceback ...\nZeroDivisionError: division by zero\n"}
+    assert str(failure(peer, caprobe)) == "unknown attention 'x'"  # the user's mistake first
+    error = failure(peer, disk, bug)
     assert isinstance(error, OSError) and error.errno == 28 and error.filename == "/r/checkpoint.pt"
-    lost = failure(other)  # a peer lost: the machine's failure, the run stays resumable
+    assert failure(peer, bug) == bug  # a rank's own error outranks the peers it took down
+    lost = failure(peer)  # a peer lost: the machine's failure, the run stays resumable
     assert isinstance(lost, BrokenExecutor) and "Connection reset by peer" in str(lost)
     assert "ended without a word (torchrun exit 1" in str(failure())
+
+
+def test_a_rank_tells_a_lost_peer_from_its_own_error() -> None:
+    import errno
+
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553]"
+                        " Connection closed by peer [127.0.0.1]:664")  # torch 2.13, seen
+    assert _error_record(gloo)["kind"] == "peer"
+    assert _error_record(torch.distributed.DistBackendError("nccl watchdog"))["kind"] == "peer"
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError as exc:
+        own = _error_record(exc)
+    assert own["kind"] == "bug" and own["type"] == "ZeroDivisionError"
+    assert own["traceback"].startswith("Traceback") and "1 / 0" in own["traceback"]
+    assert _error_record(RuntimeError("shape mismatch"))["kind"] == "bug"
+    assert _error_record(CaprobeError("bad"))["kind"] == "caprobe"
+    full = _error_record(OSError(errno.ENOSPC, "No space left on device", "/r/x"))
+    assert full["kind"] == "os" and full["errno"] == errno.ENOSPC
+    assert _error_record(MemoryError())["kind"] == "memory"
+
+
+def test_a_rank_error_is_the_runs_failed_outcome(tmp_path: Path) -> None:
+    (tmp_path / "result.json").write_text(json.dumps({  # rank 0's "interrupted" as it stopped
+        "status": "interrupted", "epochs_done": 1, "steps_done": 32, "chance_top1": 2.78}))
+    bug = {"kind": "bug", "type": "ZeroDivisionError", "message": "division by zero",
+           "traceback": "Traceback ...\nZeroDivisionError: division by zero\n"}
+    result = _failed_result(tmp_path, bug)
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved == result.to_dict()
+    assert (result.status, result.error, result.steps_done, result.top1) == (
+        "failed", "ZeroDivisionError: division by zero", 32, None)
+    assert (tmp_path / "traceback.txt").read_text() == bug["traceback"]
+
+
+def test_the_launcher_stops_torchrun_before_a_compare_worker_is_killed() -> None:
+    from caprobe.comparison import pool
+
+    assert STOP_GRACE_S < pool.STOP_GRACE_S
 
 
 class _Recorder:
@@ -236,6 +281,51 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "CAPROBE_CACHE": str(tmp_path / "cache")}
 
 
+BUG = '''
+import os
+if os.environ.get("CAPROBE_TEST_BUG_RANK") == os.environ.get("RANK"):
+    import caprobe.training.loop as _loop
+
+    def _bug(*args, **kwargs):
+        raise ZeroDivisionError("a bug on rank " + os.environ["RANK"])
+
+    _loop._train_epoch = _bug
+'''
+
+
+@pytest.mark.slow
+def test_a_bug_on_one_rank_fails_the_run_as_in_one_process(tmp_path: Path) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(BUG)
+    env = {**_env(tmp_path), "CAPROBE_TEST_BUG_RANK": "1",
+           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "run"
+    done = subprocess.run([*CLI, "train", "--nproc-per-node", "2", *TINY, "--out", str(out),
+                           "--json"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1, done.stderr  # a failed run, as one process reports it
+    result = json.loads(done.stdout)
+    assert result["status"] == "failed" and result["top1"] is None
+    assert result["error"] == "ZeroDivisionError: a bug on rank 1"
+    assert json.loads((out / "result.json").read_text())["status"] == "failed"
+    assert "ZeroDivisionError: a bug on rank 1" in (out / "traceback.txt").read_text()
+    assert _ranks_alive(out) == 0
+
+
+def test_a_resume_into_a_folder_holding_only_the_launchers_side_channel_starts_afresh(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from caprobe.training import train
+
+    monkeypatch.setenv("CAPROBE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    (out / "ddp").mkdir(parents=True)  # a DDP launcher makes it before its ranks look
+    (out / "ddp" / "job.json").write_text("{}")
+    config = TrainConfig(width=0.25, data_options={"n_train": 64, "n_test": 32},
+                         batch_size=16, epochs=1, threads=1)
+    result = train(config, out=out, resume=True, progress=False)
+    assert result.status == "finished" and (out / "config.json").is_file()
+
+
 @pytest.mark.slow
 def test_a_mistake_the_ranks_catch_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "run"
@@ -257,7 +347,8 @@ def test_the_world_size_is_part_of_a_training_and_of_a_plan(tmp_path: Path,
     assert first.exit_code == 0, first.output
     again = runner.invoke(app, ["train", "--resume", str(run), "--nproc-per-node", "2"])
     assert again.exit_code == 2
-    assert "the saved config differs (nproc_per_node: 1 → 2)" in again.output
+    assert (f"cannot resume {run}: it trained over 1 process(es), not 2"
+            in " ".join(again.output.split()))
 
     plan_dir = tmp_path / "cmp"
     compare = subprocess.run([*CLI, "compare", "--attn", "ca", "--seeds", "1", "--jobs", "1",

@@ -20,7 +20,9 @@ The launcher's side channel lives in ``RUN/ddp/``: ``job.json`` (what to train),
 ``events.jsonl`` (rank 0's start, epochs and progress-bar calls, replayed by the launcher on
 the caller's display), ``error-<rank>.json`` (a rank's failure) and ``torchrun.log`` (the
 launcher's and the ranks' output). A failure mid-training (a rank killed, a peer lost) is not
-an outcome of the experiment: the run stays resumable from its last checkpoint.
+an outcome of the experiment: the run stays resumable from its last checkpoint. A rank's own
+error (an exception that is not a lost collective) is: the launcher records the run as failed
+with it, as one process does (``result.json``, ``traceback.txt``).
 
 Threads: each rank gets ``threads // N`` torch threads (at least 1), ``threads`` being the
 training's (``--threads``, else ``SLURM_CPUS_PER_TASK`` inside a Slurm job, else torch's own
@@ -64,8 +66,11 @@ COLLECTIVE_TIMEOUT = _dt.timedelta(hours=6)
 POLL_S = 0.2
 #: at most one progress update a second travels through the events file (the rest dropped)
 UPDATE_EVERY_S = 1.0
-#: seconds torchrun gets to stop its ranks after the launcher is interrupted
-STOP_GRACE_S = 30.0
+#: seconds torchrun gets to stop its ranks after the launcher is interrupted: less than the
+#: compare pool's grace (``caprobe.comparison.pool.STOP_GRACE_S``, 10 s) for the worker that
+#: runs this launcher, so the launcher ends torchrun itself before the pool kills it (a
+#: stopped rank records "interrupted" within a second here)
+STOP_GRACE_S = 8.0
 
 
 @dataclass(frozen=True)
@@ -177,11 +182,22 @@ class EventLog:
         self.send("remove", {})
 
 
+#: words of a collective's failure (gloo raises a plain RuntimeError naming its transport,
+#: e.g. "[.../gloo/transport/tcp/pair.cc:553] Connection closed by peer", seen with torch
+#: 2.13 when a peer exits mid all-reduce): a lost peer, not a bug of this rank
+_PEER_WORDS = ("gloo", "nccl", "connection closed by peer", "connection reset by peer")
+
+
 def _error_record(exc: BaseException) -> dict[str, Any]:
-    """A rank's failure as the launcher raises it again (see :func:`_failure`)."""
+    """A rank's failure as the launcher raises it again (see :func:`_failure`): ``kind`` is
+    ``caprobe`` (a mistake), ``os`` / ``memory`` (the machine), ``peer`` (a collective lost
+    another rank) or ``bug`` (this rank's own error: the run's outcome, as in one process)."""
+    import traceback
+
     from caprobe.runtime import is_environmental
 
-    record = {"type": type(exc).__name__, "message": " ".join(str(exc).split())}
+    message = " ".join(str(exc).split())
+    record = {"type": type(exc).__name__, "message": message}
     if isinstance(exc, CaprobeError):
         record["kind"] = "caprobe"
     elif isinstance(exc, OSError) and is_environmental(exc):
@@ -189,9 +205,21 @@ def _error_record(exc: BaseException) -> dict[str, Any]:
                       filename=None if exc.filename is None else str(exc.filename))
     elif is_environmental(exc):
         record["kind"] = "memory"
+    elif _is_collective_failure(exc):
+        record["kind"] = "peer"
     else:
-        record["kind"] = "other"
+        record.update(kind="bug", traceback="".join(traceback.format_exception(exc)))
     return record
+
+
+def _is_collective_failure(exc: BaseException) -> bool:
+    with contextlib.suppress(Exception):
+        from torch.distributed import DistError
+
+        if isinstance(exc, DistError):
+            return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(word in text for word in _PEER_WORDS)
 
 
 def main(job_path: str) -> int:
@@ -301,14 +329,15 @@ class _Relay:
         self.task = None
 
 
-def _failure(job_dir: Path, nproc: int, code: int) -> BaseException:
-    """What the ranks recorded, to raise: a CaprobeError as it was, a failure of the machine as
-    that failure (the callers' rules for those apply), anything else as a lost training."""
+def _failure(job_dir: Path, nproc: int, code: int) -> BaseException | dict[str, Any]:
+    """What the ranks recorded: a CaprobeError as it was, a failure of the machine as that
+    failure (the callers' rules for those apply), a rank's own error as its record (the run
+    failed, as it would in one process), anything else as a lost training."""
     from concurrent.futures import BrokenExecutor
 
     records = [read_json(p) for p in sorted(job_dir.glob("error-*.json"))]
     log = job_dir / LOG_FILE
-    for kind in ("caprobe", "os", "memory"):
+    for kind in ("caprobe", "os", "memory", "bug"):
         for record in records:
             if record["kind"] != kind:
                 continue
@@ -316,10 +345,27 @@ def _failure(job_dir: Path, nproc: int, code: int) -> BaseException:
                 return CaprobeError(record["message"])
             if kind == "os":
                 return OSError(record["errno"], record["strerror"], record["filename"])
-            return MemoryError(record["message"])
+            if kind == "memory":
+                return MemoryError(record["message"])
+            return record
     what = (f"{records[0]['type']}: {records[0]['message'][:200]}" if records
             else f"a rank ended without a word (torchrun exit {code}; killed?)")
     return BrokenExecutor(f"the DDP training over {nproc} processes stopped ({what}); see {log}")
+
+
+def _failed_result(run_dir: Path, record: dict[str, Any]) -> RunResult:
+    """A rank's own error as the run's outcome: ``result.json`` with status failed and the
+    rank's traceback in ``traceback.txt``, as one process records it."""
+    from caprobe.io import atomic_write_text
+    from caprobe.training.loop import ERROR_FILE, RESULT_FILE, RunResult
+
+    saved = read_json(run_dir / RESULT_FILE) if (run_dir / RESULT_FILE).is_file() else {}
+    result = RunResult.from_dict({**saved, "status": "failed", "top1": None, "top5": None,
+                                  "learned": None, "run_dir": str(run_dir),
+                                  "error": f"{record['type']}: {record['message']}"})
+    atomic_write_text(run_dir / ERROR_FILE, record.get("traceback", ""))
+    write_json(run_dir / RESULT_FILE, result.to_dict())
+    return result
 
 
 def launch(config: TrainConfig, run_dir: Path, *, resume: bool, progress: Any,
@@ -345,7 +391,10 @@ def launch(config: TrainConfig, run_dir: Path, *, resume: bool, progress: Any,
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     relay = _Relay(job_dir / EVENTS_FILE, progress, on_start, on_epoch)
     with open(job_dir / LOG_FILE, "ab") as log:
+        # a session of its own: a Ctrl-C at the terminal reaches this process alone, which
+        # stops torchrun once (torchrun stops its ranks on the first signal it gets)
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True,
                                 preexec_fn=_die_with_parent)  # noqa: PLW1509
         try:
             while proc.poll() is None:
@@ -353,21 +402,28 @@ def launch(config: TrainConfig, run_dir: Path, *, resume: bool, progress: Any,
                 time.sleep(POLL_S)
             relay.pump()
         except BaseException:  # Ctrl-C or a stop request: stop the ranks, keep the checkpoint
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
             raise
         finally:
             relay.close()
     if proc.returncode == 0 and (run_dir / RESULT_FILE).is_file():
         return RunResult.from_dict(read_json(run_dir / RESULT_FILE))
     failure = _failure(job_dir, nproc, proc.returncode)
+    if isinstance(failure, dict):
+        return _failed_result(run_dir, failure)
     if isinstance(failure, CaprobeError) and fresh and not is_run_dir(run_dir):
         shutil.rmtree(run_dir, ignore_errors=True)  # a mistake caught by the ranks: no trace
     raise failure
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM torchrun, SIGKILL after :data:`STOP_GRACE_S` or at a second Ctrl-C."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(STOP_GRACE_S)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        proc.kill()
+        proc.wait()
 
 
 if __name__ == "__main__":

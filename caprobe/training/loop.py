@@ -27,6 +27,7 @@ from caprobe.runtime import torch_threads
 from caprobe.stats import chance_top1, did_learn
 from caprobe.training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from caprobe.training.config import TrainConfig, differences, resolve, validate
+from caprobe.training.distributed import JOB_DIR
 
 if TYPE_CHECKING:
     from caprobe.data import Dataset
@@ -282,9 +283,17 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
                 raise CaprobeError(f"{run_dir / CONFIG_FILE} is unreadable: {exc}") from exc
         elif run_dir.exists() and not run_dir.is_dir():
             raise CaprobeError(f"--out {run_dir} is a file, not a folder")
-        elif resume and run_dir.is_dir() and any(run_dir.iterdir()):
+        elif resume and run_dir.is_dir() and any(p.name != JOB_DIR for p in run_dir.iterdir()):
+            # (a DDP launcher's side channel ddp/ alone is no content: a fresh start)
             raise CaprobeError(f"{run_dir} is not a caprobe training run (no {CONFIG_FILE}); "
                                "nothing to resume")
+        if saved_config is not None and \
+                int(saved_config.get("nproc_per_node", 1)) != config.nproc_per_node:
+            # told before any process starts (the full comparison below needs the data set)
+            raise CaprobeError(f"cannot resume {run_dir}: it trained over "
+                               f"{saved_config.get('nproc_per_node', 1)} process(es), not "
+                               f"{config.nproc_per_node} (a DDP run is its own experiment); "
+                               "resume with the same --nproc-per-node")
 
     device = training_device(config.device, config.amp)
     if config.nproc_per_node > 1 and rank is None:
