@@ -315,6 +315,27 @@ def test_int8_onnx_is_a_qdq_graph_close_to_fp32(spec, tmp_path):
     ops = {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert report.exported.coverage["fp32_ops"] == {}
+    assert report.exported.coverage["int8_weights"] == runtimes.int8_weight_bits()
+
+
+def test_int8_weights_drop_to_7_bits_only_on_x86_without_vnni(monkeypatch):
+    import platform
+
+    def saturates(machine: str, flags: set[str]) -> tuple[bool, str]:
+        monkeypatch.setattr(platform, "machine", lambda: machine)
+        monkeypatch.setattr(runtimes, "_cpu_flags", lambda: flags)
+        runtimes.int8_saturates.cache_clear()
+        return runtimes.int8_saturates(), runtimes.int8_weight_bits()
+
+    try:
+        assert saturates("x86_64", {"avx2", "avx512f", "avx512bw"}) == (
+            True, "7-bit (no VNNI on this CPU: 16-bit accumulation would saturate)")
+        for vnni in ("avx512_vnni", "avx_vnni", "amx_int8"):
+            assert saturates("x86_64", {"avx2", vnni}) == (False, "8-bit")
+        assert saturates("aarch64", {"asimd"}) == (False, "8-bit")  # ARM's dot products
+        assert saturates("x86_64", set())[0] is True  # no cpuinfo: assume no VNNI
+    finally:
+        runtimes.int8_saturates.cache_clear()
 
 
 @pytest.mark.parametrize("runtime", [r for r in RUNTIMES if r.values[0] != "onnxruntime"])
@@ -333,6 +354,9 @@ def test_int8_block_runs_in_int8_close_to_fp32(runtime, spec, tmp_path):
     else:
         assert report.settings["runtime_precisions"]["u8"]["Convolution"] >= 1
         assert report.settings["inference_precision"] == "f32"
+        assert report.exported.coverage["int8_weights"] == (
+            runtimes.int8_weight_bits() if runtimes.int8_saturates()
+            else "8-bit (7-bit first layer, NNCF's default)")
 
 
 def test_int8_requests_that_cannot_be_met_are_one_line_errors(tmp_path):

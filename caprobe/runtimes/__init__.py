@@ -20,6 +20,7 @@ naming the extra to install.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ RUNTIMES: dict[str, tuple[str, str, str]] = {
 RUNTIME_NAMES = ("eager", *RUNTIMES)
 
 
+@functools.cache
 def int8_saturates() -> bool:
     """Whether this CPU multiplies int8 without VNNI (x86 with AVX2 or AVX-512 only): there
     the u8 x s8 kernels of ONNX Runtime and OpenVINO add pairs of products in 16 bits, which
@@ -53,11 +55,22 @@ def int8_saturates() -> bool:
 
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return False
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags()
+
+
+def _cpu_flags() -> set[str]:
+    """The words of ``/proc/cpuinfo`` (empty where there is none)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        return set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
-    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+        return set()
+
+
+def int8_weight_bits() -> str:
+    """What the int8 exports of ONNX Runtime and OpenVINO keep their weights in here, for the
+    records (``Exported.coverage["int8_weights"]``): see :func:`int8_saturates`."""
+    return ("7-bit (no VNNI on this CPU: 16-bit accumulation would saturate)"
+            if int8_saturates() else "8-bit")
 
 
 @dataclass

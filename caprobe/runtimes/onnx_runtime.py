@@ -20,7 +20,7 @@ import torch
 
 from caprobe.errors import CaprobeError, error_line
 from caprobe.io import atomic_write_bytes
-from caprobe.runtimes import Exported
+from caprobe.runtimes import Exported, int8_saturates, int8_weight_bits
 
 #: file name suffix of an exported model
 SUFFIX = ".onnx"
@@ -41,8 +41,6 @@ def _quantize(data: bytes, folder: Path, calibration: list[torch.Tensor]) -> byt
     weights on a CPU without VNNI (:func:`caprobe.runtimes.int8_saturates`)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from caprobe.runtimes import int8_saturates
 
     with tempfile.TemporaryDirectory(dir=folder, prefix=".int8-") as tmp:
         raw, pre, out = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
@@ -93,6 +91,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path,
                                ) from exc
         graph = onnx.load_from_string(data)
         coverage["fp32_ops"] = fp32_ops(graph)
+        coverage["int8_weights"] = int8_weight_bits()
     atomic_write_bytes(path, data)
     ops = collections.Counter(node.op_type for node in graph.graph.node)
     coverage.update(nodes=sum(ops.values()), ops=dict(sorted(ops.items())))

@@ -21,7 +21,7 @@ import openvino as ov
 import torch
 
 from caprobe.errors import CaprobeError, error_line
-from caprobe.runtimes import Exported
+from caprobe.runtimes import Exported, int8_saturates, int8_weight_bits
 
 #: file name suffix of an exported model
 SUFFIX = ".xml"
@@ -37,8 +37,6 @@ def _quantize(model: ov.Model, calibration: list[torch.Tensor]) -> ov.Model:
     import logging
 
     import nncf
-
-    from caprobe.runtimes import int8_saturates
 
     nncf.set_log_level(logging.ERROR)
     batches = [b.detach().contiguous().numpy() for b in calibration]
@@ -72,8 +70,11 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path,
         os.replace(staged, path)
     ops = collections.Counter(op.get_type_name() for op in converted.get_ordered_ops())
     size = path.stat().st_size + path.with_suffix(".bin").stat().st_size
-    return Exported("openvino", str(path), size, 0.0,
-                    {"nodes": sum(ops.values()), "ops": dict(sorted(ops.items()))})
+    coverage: dict = {"nodes": sum(ops.values()), "ops": dict(sorted(ops.items()))}
+    if calibration is not None:  # NNCF's default keeps the first layer in 7 bits anyway
+        coverage["int8_weights"] = (int8_weight_bits() if int8_saturates()
+                                    else "8-bit (7-bit first layer, NNCF's default)")
+    return Exported("openvino", str(path), size, 0.0, coverage)
 
 
 def runtime_precisions(compiled: ov.CompiledModel) -> dict[str, dict[str, int]]:
