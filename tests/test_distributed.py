@@ -35,6 +35,8 @@ from caprobe.training.distributed import (
     _error_record,
     _failed_result,
     _failure,
+    _lost_rank,
+    _outcome,
     _Relay,
     rank_from_environ,
     rank_threads,
@@ -143,6 +145,49 @@ def test_rank_failures_are_raised_as_what_they_were(tmp_path: Path) -> None:
     lost = failure(peer)  # a peer lost: the machine's failure, the run stays resumable
     assert isinstance(lost, BrokenExecutor) and "Connection reset by peer" in str(lost)
     assert "ended without a word (torchrun exit 1" in str(failure())
+
+
+ROOT_CAUSE = """[rank0]: ...
+============================================================
+caprobe.training.distributed FAILED
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-02_18:20:01
+  host      : ci
+  rank      : 1 (local_rank: 1)
+  exitcode  : {code} (pid: 2834)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 2834
+============================================================
+"""
+
+
+def test_a_rank_lost_without_a_word_is_named_from_torchruns_log(tmp_path: Path) -> None:
+    log = tmp_path / "torchrun.log"
+    assert _lost_rank(log) is None  # no log yet
+    log.write_text("starting\n")
+    assert _lost_rank(log) is None
+    log.write_text(ROOT_CAUSE.format(code=-9))
+    assert _lost_rank(log) == ("rank 1 was killed by SIGKILL; the kernel's out-of-memory "
+                               "killer sends it: free memory or train fewer at once")
+    lost = _failure(tmp_path, 2, 1)  # no error records: what torchrun saw
+    assert isinstance(lost, BrokenExecutor) and "rank 1 was killed by SIGKILL" in str(lost)
+    log.write_text(ROOT_CAUSE.format(code=-15))
+    assert _lost_rank(log) == "rank 1 was killed by SIGTERM"
+    log.write_text(ROOT_CAUSE.format(code=3))
+    assert _lost_rank(log) == "rank 1 exited with code 3 before recording why"
+
+
+def test_only_a_result_written_during_the_launch_counts(tmp_path: Path) -> None:
+    path = tmp_path / "result.json"
+    assert _outcome(path, since=0.0) is None
+    path.write_text(json.dumps({"status": "finished", "top1": 50.0}))
+    os.utime(path, (1_000.0, 1_000.0))
+    assert _outcome(path, since=2_000.0) is None  # from an earlier launch
+    assert _outcome(path, since=500.0).top1 == 50.0
+    path.write_text("{")  # torn: none
+    assert _outcome(path, since=0.0) is None
 
 
 def test_a_rank_tells_a_lost_peer_from_its_own_error() -> None:
@@ -290,16 +335,36 @@ if os.environ.get("CAPROBE_TEST_BUG_RANK") == os.environ.get("RANK"):
         raise ZeroDivisionError("a bug on rank " + os.environ["RANK"])
 
     _loop._train_epoch = _bug
+if os.environ.get("CAPROBE_TEST_TEARDOWN_CRASH") and os.environ.get("RANK") == "1":
+    import json, time
+    import torch.distributed as _dist
+
+    def _crash(*args, **kwargs):  # once rank 0 has recorded the outcome
+        path = os.environ["CAPROBE_TEST_TEARDOWN_CRASH"]
+        while True:
+            try:
+                if json.load(open(path))["status"] == "finished":
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        os._exit(3)
+
+    _dist.destroy_process_group = _crash
 '''
+
+
+def _hook_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(BUG)
+    return {**_env(tmp_path), **extra,
+            "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
 
 
 @pytest.mark.slow
 def test_a_bug_on_one_rank_fails_the_run_as_in_one_process(tmp_path: Path) -> None:
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(BUG)
-    env = {**_env(tmp_path), "CAPROBE_TEST_BUG_RANK": "1",
-           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    env = _hook_env(tmp_path, CAPROBE_TEST_BUG_RANK="1")
     out = tmp_path / "run"
     done = subprocess.run([*CLI, "train", "--nproc-per-node", "2", *TINY, "--out", str(out),
                            "--json"], capture_output=True, text=True, timeout=300, env=env)
@@ -310,6 +375,19 @@ def test_a_bug_on_one_rank_fails_the_run_as_in_one_process(tmp_path: Path) -> No
     assert json.loads((out / "result.json").read_text())["status"] == "failed"
     assert "ZeroDivisionError: a bug on rank 1" in (out / "traceback.txt").read_text()
     assert _ranks_alive(out) == 0
+
+
+@pytest.mark.slow
+def test_a_rank_that_crashes_after_the_outcome_was_recorded_loses_nothing(
+        tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = _hook_env(tmp_path, CAPROBE_TEST_TEARDOWN_CRASH=str(out / "result.json"))
+    done = subprocess.run([*CLI, "train", "--nproc-per-node", "2", *TINY, "--epochs", "1",
+                           "--out", str(out), "--json"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "finished"
+    assert "exitcode  : 3" in (out / "ddp" / "torchrun.log").read_text()  # it did crash
 
 
 def test_a_resume_into_a_folder_holding_only_the_launchers_side_channel_starts_afresh(

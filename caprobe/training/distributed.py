@@ -62,6 +62,8 @@ LOG_FILE = "torchrun.log"
 #: how long a rank waits in a collective before giving up: rank 0's evaluation of a whole
 #: test set happens while the others wait, so far longer than gloo's 30 min default is kept
 COLLECTIVE_TIMEOUT = _dt.timedelta(hours=6)
+#: statuses that are the experiment's outcome (a finished or diverged run)
+OUTCOMES = ("finished", "diverged")
 #: how often the launcher reads rank 0's events
 POLL_S = 0.2
 #: at most one progress update a second travels through the events file (the rest dropped)
@@ -349,8 +351,34 @@ def _failure(job_dir: Path, nproc: int, code: int) -> BaseException | dict[str, 
                 return MemoryError(record["message"])
             return record
     what = (f"{records[0]['type']}: {records[0]['message'][:200]}" if records
-            else f"a rank ended without a word (torchrun exit {code}; killed?)")
+            else _lost_rank(log) or f"a rank ended without a word (torchrun exit {code})")
     return BrokenExecutor(f"the DDP training over {nproc} processes stopped ({what}); see {log}")
+
+
+def _lost_rank(log: Path) -> str | None:
+    """The first failure torchrun saw, from its "Root Cause" lines (``rank : 1 (local_rank:
+    1)``, ``exitcode : -9 (pid: 123)``), as a phrase; None when the log has none."""
+    import re
+
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    cause = text[text.rfind("Root Cause"):] if "Root Cause" in text else ""
+    rank = re.search(r"^\s*rank\s*:\s*(\d+)", cause, re.M)
+    code = re.search(r"^\s*exitcode\s*:\s*(-?\d+)", cause, re.M)
+    if rank is None or code is None:
+        return None
+    exit_code = int(code.group(1))
+    if exit_code >= 0:
+        return f"rank {rank.group(1)} exited with code {exit_code} before recording why"
+    try:
+        name = signal.Signals(-exit_code).name
+    except ValueError:
+        name = f"signal {-exit_code}"
+    hint = ("; the kernel's out-of-memory killer sends it: free memory or train fewer at once"
+            if name == "SIGKILL" else "")
+    return f"rank {rank.group(1)} was killed by {name}{hint}"
 
 
 def _failed_result(run_dir: Path, record: dict[str, Any]) -> RunResult:
@@ -390,6 +418,7 @@ def launch(config: TrainConfig, run_dir: Path, *, resume: bool, progress: Any,
                f"--nproc-per-node={nproc}", "--module", __name__, str(job_dir / JOB_FILE)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     relay = _Relay(job_dir / EVENTS_FILE, progress, on_start, on_epoch)
+    started = time.time()
     with open(job_dir / LOG_FILE, "ab") as log:
         # a session of its own: a Ctrl-C at the terminal reaches this process alone, which
         # stops torchrun once (torchrun stops its ranks on the first signal it gets)
@@ -408,12 +437,27 @@ def launch(config: TrainConfig, run_dir: Path, *, resume: bool, progress: Any,
             relay.close()
     if proc.returncode == 0 and (run_dir / RESULT_FILE).is_file():
         return RunResult.from_dict(read_json(run_dir / RESULT_FILE))
+    late = _outcome(run_dir / RESULT_FILE, since=started)
+    if late is not None and late.status in OUTCOMES:
+        return late  # rank 0 recorded the outcome; a rank failed after it (at teardown)
     failure = _failure(job_dir, nproc, proc.returncode)
     if isinstance(failure, dict):
         return _failed_result(run_dir, failure)
     if isinstance(failure, CaprobeError) and fresh and not is_run_dir(run_dir):
         shutil.rmtree(run_dir, ignore_errors=True)  # a mistake caught by the ranks: no trace
     raise failure
+
+
+def _outcome(path: Path, since: float) -> RunResult | None:
+    """The result rank 0 wrote at or after ``since`` (epoch seconds), if any."""
+    from caprobe.training.loop import RunResult
+
+    try:
+        if path.stat().st_mtime < since:
+            return None
+        return RunResult.from_dict(read_json(path))
+    except (OSError, ValueError):
+        return None
 
 
 def _stop(proc: subprocess.Popen) -> None:
