@@ -116,9 +116,12 @@ def test_ranks_share_the_threads_of_a_training() -> None:
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused() -> None:
-    with pytest.raises(CaprobeError, match="batch size 32 does not split over "
+    with pytest.raises(CaprobeError, match="the batch of 32 images does not split over "
                        "--nproc-per-node 3"):
         validate(TrainConfig(nproc_per_node=3))  # 32: the positional recipe's batch
+    with pytest.raises(CaprobeError, match="the batch of 21 images does not split"):
+        validate(TrainConfig(nproc_per_node=2, train_subset=21))  # a step draws all 21
+    assert validate(TrainConfig(nproc_per_node=2, train_subset=22)).train_subset == 22
     with pytest.raises(CaprobeError, match="--nproc-per-node must be a positive integer"):
         validate(TrainConfig(nproc_per_node=0))
     assert validate(TrainConfig(nproc_per_node=4, batch_size=64)).nproc_per_node == 4

@@ -113,6 +113,16 @@ def recipe_for(data: str) -> dict[str, Any]:
     return dict(RECIPES.get(str(data).lower(), FALLBACK_RECIPE))
 
 
+def check_batch_split(batch_size: int, nproc: int, n_train: int | None = None) -> None:
+    """Refuse a batch that does not split evenly over ``nproc`` DDP processes: the batch a
+    step draws is ``min(batch_size, n_train)`` (the last partial batch is dropped)."""
+    batch = batch_size if n_train is None else min(batch_size, n_train)
+    if batch % nproc:
+        raise CaprobeError(f"the batch of {batch} images does not split over --nproc-per-node "
+                           f"{nproc}; choose a --batch-size (or --train-subset) that is a "
+                           "multiple of it")
+
+
 def validate(config: TrainConfig) -> TrainConfig:
     """User-fixable mistakes, checked before anything is loaded or written."""
     c = config
@@ -139,9 +149,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         if value is not None and not (isinstance(value, (int, float)) and value >= 0):
             raise CaprobeError(f"{name.replace('_', '-')} must be >= 0, got {value!r}")
     batch = c.batch_size if c.batch_size is not None else recipe_for(c.data)["batch_size"]
-    if batch % c.nproc_per_node:
-        raise CaprobeError(f"batch size {batch} does not split over --nproc-per-node "
-                           f"{c.nproc_per_node}; choose a --batch-size that is a multiple of it")
+    check_batch_split(batch, c.nproc_per_node, c.train_subset)
     if not 0 <= c.label_smoothing < 1:
         raise CaprobeError(f"label smoothing must be in [0, 1), got {c.label_smoothing!r}")
     if c.amp is not None:

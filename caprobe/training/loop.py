@@ -26,7 +26,13 @@ from caprobe.io import atomic_write_text, read_json, read_jsonl, to_jsonable, wr
 from caprobe.runtime import torch_threads
 from caprobe.stats import chance_top1, did_learn
 from caprobe.training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from caprobe.training.config import TrainConfig, differences, resolve, validate
+from caprobe.training.config import (
+    TrainConfig,
+    check_batch_split,
+    differences,
+    resolve,
+    validate,
+)
 from caprobe.training.distributed import JOB_DIR
 
 if TYPE_CHECKING:
@@ -314,11 +320,8 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
     if cfg.train_subset is not None and cfg.train_subset > len(dataset.train.labels):
         raise CaprobeError(f"--train-subset {cfg.train_subset} is larger than the training "
                            f"split ({len(dataset.train.labels)} images)")
-    n_train = cfg.train_subset or len(dataset.train.labels)
-    if min(cfg.batch_size, n_train) % cfg.nproc_per_node:
-        raise CaprobeError(f"the batch of {min(cfg.batch_size, n_train)} images does not split "
-                           f"over --nproc-per-node {cfg.nproc_per_node}; choose a --batch-size "
-                           "(or --train-subset) that is a multiple of it")
+    check_batch_split(cfg.batch_size, cfg.nproc_per_node,
+                      cfg.train_subset or len(dataset.train.labels))
 
     from caprobe.models import build_model
 
