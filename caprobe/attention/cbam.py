@@ -8,6 +8,8 @@ channels → k×k conv without bias → BN → σ.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -93,20 +95,23 @@ class CBAM(AttentionModule):
 
 class GraphCBAM(GraphAttention):
     """CBAM's graph form: the channel gate from a mean and a max over H and W together (global
-    pools), the shared MLP as 1×1 convs; the spatial gate's k×k conv (BN folded) on the channel
-    max and mean."""
+    pools), the shared MLP as 1×1 convs, one copy for each pool; the spatial gate's k×k conv
+    (BN folded) on the channel max and mean."""
 
     gates = ("channel", "spatial")
 
     def __init__(self, mlp: nn.Sequential, spatial: nn.Conv2d, gate: nn.Module,
                  spec: str = "cbam") -> None:
         super().__init__(spec)
-        self.mlp, self.spatial, self.gate = mlp, spatial, gate
+        # a weight shared by two convs does not compile in XNNPACK once quantised (pt2e int8:
+        # "Failed to create convolution node ... xnn_status_invalid_parameter"), as CA's F1
+        self.mlp_mean, self.mlp_max = mlp, copy.deepcopy(mlp)
+        self.spatial, self.gate = spatial, gate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[2], x.shape[3]
         peak = F.max_pool2d(x, (height, width), (height, width))
-        gated = x * self.gate(self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(peak))
+        gated = x * self.gate(self.mlp_mean(x.mean((2, 3), keepdim=True)) + self.mlp_max(peak))
         pooled = torch.cat([gated.amax(1, keepdim=True), gated.mean(1, keepdim=True)], dim=1)
         return gated * self.gate(self.spatial(pooled))
 
