@@ -103,18 +103,20 @@ NIGHTLY_BUDGET = ("--seeds", "3", "--steps", "1300", "--width", "0.5", "--min-ti
 NIGHTLY_BUDGET_CUDA = ("--seeds", "5", "--epochs", "30", "--width", "0.5", "--min-time", "1.0",
                        "--reference", "se", "--curve-subset", "1000", "--device", "cuda")
 
-#: ImageNette at 128 px (ImageNet profile: 8 x 8 maps before the last stage, 4 x 4 at the
-#: end), MobileNetV2-0.5, none / se / ca, 3 paired seeds of 5 epochs over the full 9,469
-#: training images (the standard 128 px / 5 epoch ImageNette setting), recipe of RECIPES
-#: (batch 64, lr 0.1, one warm-up epoch, cosine), the 3,925 validation images at the end and
-#: a fixed 1,000-image slice for the curves before it.
+#: ImageNette at 128 px (ImageNet profile: maps from 64 x 64 down to 4 x 4), MobileNetV2-0.5,
+#: none / se / ca, 3 paired seeds of 5 epochs over the full 9,469 training images (the
+#: standard 128 px / 5 epoch ImageNette setting), recipe of RECIPES (batch 64, lr 0.1, one
+#: warm-up epoch, cosine), the 3,925 validation images at the end and a fixed 1,000-image
+#: slice for the curves before it.
 #:
-#: Sizing (measured 2026-12-02 on the project's 2-core machine, one thread alone, 40 steps):
-#: none trains at 147 images/s, ca at 90 (se between); with two jobs sharing the memory bus
-#: about 0.85 of that each (the CIFAR night's ratio), so one seed of none + se + ca costs
-#: about 47,345 * (1/125 + 1/105 + 1/77) = 1,440 s of one job and 3 seeds on 2 jobs
-#: 3 * 1,440 / 2 = 36 minutes, plus evaluation and data decoding: ~40 minutes, a third to
-#: spare for a slow machine.
+#: Sizing (2026-12-02, the project's 2-core machine): one thread alone, none trained at 147
+#: images/s and ca at 90 (40 steps); with two jobs sharing the memory bus about 0.85 of that
+#: each, so one seed of none + se + ca was estimated at 47,345 * (1/125 + 1/105 + 1/77) =
+#: 1,440 s of one job and 3 seeds on 2 jobs at 36 minutes. Measured the first night: each
+#: training took 400-600 s (evaluation included), the session 42 minutes. The sd of the
+#: paired differences was 2.2-2.7 points (runs still climbing after 5 epochs): a half-width
+#: of 1.5 points would need about 13 seeds (t(0.975, 12) * 2.5 / sqrt(13) = 1.51), some 3
+#: hours here, so the night reports the costs exactly and the accuracy as not resolved.
 NIGHTLY_IMAGENETTE_BUDGET = ("--seeds", "3", "--epochs", "5", "--width", "0.5",
                              "--min-time", "1.0", "--reference", "se",
                              "--curve-subset", "1000")
@@ -177,8 +179,8 @@ def nightly(session: nox.Session) -> None:
 
 @nox.session
 def nightly_imagenette(session: nox.Session) -> None:
-    """The same question at 128 px, where CA's strips have 8 x 8 maps to act on at the end
-    (about 45 minutes on 2 cores, NIGHTLY_IMAGENETTE_BUDGET): the full ImageNette
+    """The same question at 128 px, where CA's strips have more than CIFAR's few pixels to act
+    on (about 45 minutes on 2 cores, NIGHTLY_IMAGENETTE_BUDGET): the full ImageNette
     (``$CAPROBE_DATA`` or ``../shared/data/imagenette-128.tar``) into
     ``reports/nightly-YYYY-MM-DD-imagenette/``, then the history page. Rerunning on the same
     day resumes."""
