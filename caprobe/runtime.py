@@ -124,3 +124,20 @@ def failure_line(cause: str, fix: str, where: str, then: str) -> str:
     <then>"``, e.g. ``no space left on device while training ca seed 0 (...); free space,
     then continue with caprobe compare --resume runs/x``."""
     return f"{cause} while {where}; {fix}, then {then}"
+
+
+def death_cause(code: int | None, who: str = "the worker process",
+                memory_fix: str = "free memory or lower --jobs") -> tuple[str, str]:
+    """``(what happened, what to do)`` for a process (``who``) that ended with exit ``code``
+    without recording why (negative: killed by that signal)."""
+    if code is None:
+        return f"{who} ended abruptly", "check the machine"
+    if code >= 0:
+        return f"{who} exited with code {code}", "check the machine"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if -code == signal.SIGKILL:
+        return f"{who} was killed by {name} (often the out-of-memory killer)", memory_fix
+    return f"{who} was killed by {name}", "check the machine"

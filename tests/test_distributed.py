@@ -35,9 +35,8 @@ from caprobe.training.distributed import (
     _error_record,
     _failed_result,
     _failure,
-    _lost_rank,
-    _outcome,
     _Relay,
+    _root_cause,
     rank_from_environ,
     rank_threads,
 )
@@ -145,6 +144,10 @@ def test_rank_failures_are_raised_as_what_they_were(tmp_path: Path) -> None:
     error = failure(peer, disk, bug)
     assert isinstance(error, OSError) and error.errno == 28 and error.filename == "/r/checkpoint.pt"
     assert failure(peer, bug) == bug  # a rank's own error outranks the peers it took down
+    setup = {**bug, "kind": "setup"}  # before the first step: raised as one process would
+    error = failure(setup, peer)
+    assert type(error) is RuntimeError and str(error).startswith(
+        "ZeroDivisionError: division by zero (a DDP rank, before training")
     lost = failure(peer)  # a peer lost: the machine's failure, the run stays resumable
     assert isinstance(lost, BrokenExecutor) and "Connection reset by peer" in str(lost)
     assert "ended without a word (torchrun exit 1" in str(failure())
@@ -166,31 +169,29 @@ Root Cause (first observed failure):
 """
 
 
-def test_a_rank_lost_without_a_word_is_named_from_torchruns_log(tmp_path: Path) -> None:
+def test_the_rank_torchrun_saw_fail_first_decides(tmp_path: Path) -> None:
     log = tmp_path / "torchrun.log"
-    assert _lost_rank(log) is None  # no log yet
+    assert _root_cause(log) is None  # no log yet
     log.write_text("starting\n")
-    assert _lost_rank(log) is None
-    log.write_text(ROOT_CAUSE.format(code=-9))
-    assert _lost_rank(log) == ("rank 1 was killed by SIGKILL; the kernel's out-of-memory "
-                               "killer sends it: free memory or train fewer at once")
-    lost = _failure(tmp_path, 2, 1)  # no error records: what torchrun saw
-    assert isinstance(lost, BrokenExecutor) and "rank 1 was killed by SIGKILL" in str(lost)
-    log.write_text(ROOT_CAUSE.format(code=-15))
-    assert _lost_rank(log) == "rank 1 was killed by SIGTERM"
+    assert _root_cause(log) is None
     log.write_text(ROOT_CAUSE.format(code=3))
-    assert _lost_rank(log) == "rank 1 exited with code 3 before recording why"
-
-
-def test_only_a_result_written_during_the_launch_counts(tmp_path: Path) -> None:
-    path = tmp_path / "result.json"
-    assert _outcome(path, since=0.0) is None
-    path.write_text(json.dumps({"status": "finished", "top1": 50.0}))
-    os.utime(path, (1_000.0, 1_000.0))
-    assert _outcome(path, since=2_000.0) is None  # from an earlier launch
-    assert _outcome(path, since=500.0).top1 == 50.0
-    path.write_text("{")  # torn: none
-    assert _outcome(path, since=0.0) is None
+    assert _root_cause(log) == (1, 3)
+    assert _root_cause(log, start=log.stat().st_size) is None  # an earlier launch's cause
+    peer = {"kind": "peer", "type": "RuntimeError", "message": "Connection closed by peer"}
+    bug = {"kind": "bug", "type": "ValueError", "message": "rank 1's own", "traceback": ""}
+    (tmp_path / "error-0.json").write_text(json.dumps({**bug, "message": "rank 0's symptom"}))
+    (tmp_path / "error-1.json").write_text(json.dumps(bug))
+    assert _failure(tmp_path, 2, 1)["message"] == "rank 1's own"  # the cause, not rank 0's
+    # rank 1 killed (out of memory, typically) while rank 0 lost its peer: not a result
+    (tmp_path / "error-0.json").write_text(json.dumps(peer))
+    (tmp_path / "error-1.json").unlink()
+    log.write_text(ROOT_CAUSE.format(code=-9))
+    lost = _failure(tmp_path, 2, 1)
+    assert isinstance(lost, BrokenExecutor) and (
+        "(rank 1 was killed by SIGKILL (often the out-of-memory killer): free memory or train "
+        "fewer at once)" in str(lost)), lost
+    log.write_text(ROOT_CAUSE.format(code=-15))
+    assert "(rank 1 was killed by SIGTERM)" in str(_failure(tmp_path, 2, 1))
 
 
 def test_a_rank_tells_a_lost_peer_from_its_own_error() -> None:
@@ -203,10 +204,12 @@ def test_a_rank_tells_a_lost_peer_from_its_own_error() -> None:
     try:
         1 / 0  # noqa: B018
     except ZeroDivisionError as exc:
+        setup = _error_record(exc)
+        exc.caprobe_in_training = True  # what the training loop marks on a step's error
         own = _error_record(exc)
-    assert own["kind"] == "bug" and own["type"] == "ZeroDivisionError"
+    assert setup["kind"] == "setup" and own["kind"] == "bug" and own["type"] == "ZeroDivisionError"
     assert own["traceback"].startswith("Traceback") and "1 / 0" in own["traceback"]
-    assert _error_record(RuntimeError("shape mismatch"))["kind"] == "bug"
+    assert _error_record(RuntimeError("shape mismatch"))["kind"] == "setup"
     assert _error_record(CaprobeError("bad"))["kind"] == "caprobe"
     full = _error_record(OSError(errno.ENOSPC, "No space left on device", "/r/x"))
     assert full["kind"] == "os" and full["errno"] == errno.ENOSPC
@@ -214,15 +217,15 @@ def test_a_rank_tells_a_lost_peer_from_its_own_error() -> None:
 
 
 def test_a_rank_error_is_the_runs_failed_outcome(tmp_path: Path) -> None:
-    (tmp_path / "result.json").write_text(json.dumps({  # rank 0's "interrupted" as it stopped
-        "status": "interrupted", "epochs_done": 1, "steps_done": 32, "chance_top1": 2.78}))
+    (tmp_path / "result.json").write_text(json.dumps({  # from an earlier launch: replaced
+        "status": "interrupted", "epochs_done": 1, "steps_done": 32, "test_loss": 0.5}))
     bug = {"kind": "bug", "type": "ZeroDivisionError", "message": "division by zero",
            "traceback": "Traceback ...\nZeroDivisionError: division by zero\n"}
     result = _failed_result(tmp_path, bug)
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved == result.to_dict()
-    assert (result.status, result.error, result.steps_done, result.top1) == (
-        "failed", "ZeroDivisionError: division by zero", 32, None)
+    assert (result.status, result.error, result.test_loss, result.top1) == (
+        "failed", "ZeroDivisionError: division by zero", None, None)
     assert (tmp_path / "traceback.txt").read_text() == bug["traceback"]
 
 
@@ -266,7 +269,10 @@ def test_rank_zero_events_are_replayed_on_the_callers_display(tmp_path: Path) ->
     with open(tmp_path / EVENTS_FILE, "a") as f:
         f.write(', "fields": {}}\n')
     relay.pump()
-    assert progress.calls[-1] == ("remove", 7)
+    assert progress.calls[-1] == ("remove", 7) and relay.outcome is None
+    log.send("outcome", {"status": "finished", "top1": 50.0})  # what the launcher returns
+    relay.pump()
+    assert relay.outcome == {"status": "finished", "top1": 50.0}
 
 
 # --------------------------------------------------------------------------- real torchrun
@@ -293,7 +299,11 @@ def test_a_killed_ddp_training_resumes_to_the_weights_of_an_uninterrupted_one(
     while not (metrics.is_file() and metrics.read_text().strip()):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and torchrun, at once
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                              text=True).stdout.split()  # torchrun, in a session of its own
+    assert children, "no torchrun under the launcher"
+    for group in (proc.pid, *map(int, children)):  # the launcher and torchrun, at once
+        os.killpg(group, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 30
     while _ranks_alive(killed):  # the ranks follow their parent (PR_SET_PDEATHSIG)

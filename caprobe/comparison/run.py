@@ -30,7 +30,6 @@ import datetime as _dt
 import functools
 import json
 import os
-import signal
 import sys
 import traceback
 from collections.abc import Callable, Collection, Iterator
@@ -55,6 +54,7 @@ from caprobe.errors import CaprobeError
 from caprobe.io import read_json, to_jsonable, write_json
 from caprobe.measure.environment import usable_cpus
 from caprobe.runtime import (
+    death_cause,
     environmental_cause,
     failure_line,
     is_environmental,
@@ -538,27 +538,11 @@ def train_piece(piece: Piece, progress: Any, dataset: Dataset | None = None) -> 
             write_json(error, {**_failure(piece.variant, exc), "seed": piece.seed})
 
 
-def _death_cause(code: int | None) -> tuple[str, str]:
-    """``(what happened, what to do)`` for a worker process that ended with exit ``code``."""
-    if code is None:
-        return "a worker process ended abruptly", "check the machine"
-    if code > 0:
-        return f"the worker process exited with code {code}", "check the machine"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = f"signal {-code}"
-    if -code == signal.SIGKILL:
-        return (f"the worker process was killed by {name} (often the out-of-memory killer)",
-                "free memory or lower --jobs")
-    return f"the worker process was killed by {name}", "check the machine"
-
-
 def _killed(exc: WorkerDied, pieces: dict[str, Piece], root: Path) -> CaprobeError:
     """The error for workers that died; each piece they were training is left to retry."""
     dead = [(pieces[key], code) for key, code in exc.deaths if key in pieces]
     code = dead[0][1] if dead else next((c for _, c in exc.deaths), None)
-    cause, fix = _death_cause(code)
+    cause, fix = death_cause(code)
     error = _stop_error(cause, fix, dead[0][0].where if dead else f"training in {root}", root)
     for piece, _ in dead:
         _retry_later(piece, error, exc)

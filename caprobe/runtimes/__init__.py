@@ -55,7 +55,9 @@ def int8_saturates() -> bool:
 
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return False
-    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags()
+    flags = _cpu_flags()
+    # no flags to read (no /proc/cpuinfo): unknown, keep the quantisers' 8-bit default
+    return bool(flags) and not {"avx512_vnni", "avx_vnni", "amx_int8"} & flags
 
 
 def _cpu_flags() -> set[str]:

@@ -190,10 +190,16 @@ class EventLog:
 _PEER_WORDS = ("gloo", "nccl", "connection closed by peer", "connection reset by peer")
 
 
+#: the attribute the training loop sets on an exception it raises from a rank's steps (see
+#: ``caprobe.training.loop``): only such an error is the run's outcome
+IN_TRAINING = "caprobe_in_training"
+
+
 def _error_record(exc: BaseException) -> dict[str, Any]:
     """A rank's failure as the launcher raises it again (see :func:`_failure`): ``kind`` is
     ``caprobe`` (a mistake), ``os`` / ``memory`` (the machine), ``peer`` (a collective lost
-    another rank) or ``bug`` (this rank's own error: the run's outcome, as in one process)."""
+    another rank), ``bug`` (this rank's own error in a training step: the run's outcome, as
+    in one process) or ``setup`` (its own error before the first step: raised again)."""
     import traceback
 
     from caprobe.runtime import is_environmental
@@ -209,8 +215,9 @@ def _error_record(exc: BaseException) -> dict[str, Any]:
         record["kind"] = "memory"
     elif _is_collective_failure(exc):
         record["kind"] = "peer"
-    else:
-        record.update(kind="bug", traceback="".join(traceback.format_exception(exc)))
+    else:  # in the training loop: the run's outcome; before it (setup): raised as it was
+        record.update(kind="bug" if getattr(exc, IN_TRAINING, False) else "setup",
+                      traceback="".join(traceback.format_exception(exc)))
     return record
 
 
@@ -250,11 +257,14 @@ def main(job_path: str) -> int:
     dist.init_process_group("nccl" if cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
     try:
         with sigterm_as_interrupt():
-            train(config, out=job["out"], resume=bool(job["resume"]),
-                  progress=events if events is not None else False, rank=rank,
-                  on_start=None if events is None else
-                  (lambda cfg: events.send("start", cfg.to_dict())),
-                  on_epoch=None if events is None else (lambda row: events.send("epoch", row)))
+            result = train(config, out=job["out"], resume=bool(job["resume"]),
+                           progress=events if events is not None else False, rank=rank,
+                           on_start=None if events is None else
+                           (lambda cfg: events.send("start", cfg.to_dict())),
+                           on_epoch=None if events is None else
+                           (lambda row: events.send("epoch", row)))
+        if events is not None:  # this launch's outcome (the events file starts empty)
+            events.send("outcome", result.to_dict())
         return 0
     except KeyboardInterrupt:
         return 130
@@ -279,6 +289,7 @@ class _Relay:
     def __init__(self, path: Path, progress: Any, on_start, on_epoch) -> None:  # noqa: ANN001
         self.path = path
         self.offset = 0
+        self.outcome: dict[str, Any] | None = None  # rank 0's RunResult, once it has one
         self.progress = progress
         self.own = False
         self.task = None
@@ -300,7 +311,9 @@ class _Relay:
         from caprobe.training.config import TrainConfig
         from caprobe.training.display import _own_progress
 
-        if kind == "start":
+        if kind == "outcome":
+            self.outcome = fields
+        elif kind == "start":
             if self.on_start is not None:
                 self.on_start(TrainConfig.from_dict(fields))
         elif kind == "epoch":
@@ -331,66 +344,85 @@ class _Relay:
         self.task = None
 
 
-def _failure(job_dir: Path, nproc: int, code: int) -> BaseException | dict[str, Any]:
+def _failure(job_dir: Path, nproc: int, code: int, log_from: int = 0
+             ) -> BaseException | dict[str, Any]:
     """What the ranks recorded: a CaprobeError as it was, a failure of the machine as that
-    failure (the callers' rules for those apply), a rank's own error as its record (the run
-    failed, as it would in one process), anything else as a lost training."""
+    failure (the callers' rules for those apply), the error of the rank torchrun saw fail
+    first as its record when it is a training step's (the run failed, as it would in one
+    process), a rank's setup error as a RuntimeError, anything else (a rank killed, peers
+    lost) as a lost training. ``log_from``: where this launch's part of torchrun's log
+    starts."""
     from concurrent.futures import BrokenExecutor
 
-    records = [read_json(p) for p in sorted(job_dir.glob("error-*.json"))]
+    records = {int(p.stem.split("-")[1]): read_json(p) for p in job_dir.glob("error-*.json")}
+    ordered = [records[r] for r in sorted(records)]
     log = job_dir / LOG_FILE
-    for kind in ("caprobe", "os", "memory", "bug"):
-        for record in records:
-            if record["kind"] != kind:
-                continue
-            if kind == "caprobe":
-                return CaprobeError(record["message"])
-            if kind == "os":
-                return OSError(record["errno"], record["strerror"], record["filename"])
-            if kind == "memory":
+    for kind in ("caprobe", "os", "memory"):
+        for record in ordered:
+            if record["kind"] == kind:
+                if kind == "caprobe":
+                    return CaprobeError(record["message"])
+                if kind == "os":
+                    return OSError(record["errno"], record["strerror"], record["filename"])
                 return MemoryError(record["message"])
-            return record
-    what = (f"{records[0]['type']}: {records[0]['message'][:200]}" if records
-            else _lost_rank(log) or f"a rank ended without a word (torchrun exit {code})")
+    cause = _root_cause(log, log_from)
+    if cause is not None:  # the rank torchrun saw fail first
+        first = records.get(cause[0])
+    else:  # no word from torchrun: the lowest rank's own error, if any
+        first = next((r for r in ordered if r["kind"] in ("bug", "setup")), None)
+    if first is not None and first["kind"] == "bug":
+        return first
+    if first is not None and first["kind"] == "setup":
+        return RuntimeError(f"{first['type']}: {first['message']} (a DDP rank, before "
+                            f"training; see {log})")
+    if cause is not None and first is None:
+        what = _rank_death(*cause)
+    elif ordered:
+        what = f"{ordered[0]['type']}: {ordered[0]['message'][:200]}"
+    else:
+        what = f"a rank ended without a word (torchrun exit {code})"
     return BrokenExecutor(f"the DDP training over {nproc} processes stopped ({what}); see {log}")
 
 
-def _lost_rank(log: Path) -> str | None:
-    """The first failure torchrun saw, from its "Root Cause" lines (``rank : 1 (local_rank:
-    1)``, ``exitcode : -9 (pid: 123)``), as a phrase; None when the log has none."""
+def _root_cause(log: Path, start: int = 0) -> tuple[int, int] | None:
+    """``(rank, exit code)`` of the first failure torchrun reported in its "Root Cause" lines
+    (``rank : 1 (local_rank: 1)``, ``exitcode : -9 (pid: 123)``) after byte ``start`` of its
+    log; None when there are none."""
     import re
 
     try:
-        text = log.read_text(errors="replace")
+        with open(log, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
     except OSError:
         return None
-    cause = text[text.rfind("Root Cause"):] if "Root Cause" in text else ""
+    if "Root Cause" not in text:
+        return None
+    cause = text[text.rfind("Root Cause"):]
     rank = re.search(r"^\s*rank\s*:\s*(\d+)", cause, re.M)
     code = re.search(r"^\s*exitcode\s*:\s*(-?\d+)", cause, re.M)
     if rank is None or code is None:
         return None
-    exit_code = int(code.group(1))
-    if exit_code >= 0:
-        return f"rank {rank.group(1)} exited with code {exit_code} before recording why"
-    try:
-        name = signal.Signals(-exit_code).name
-    except ValueError:
-        name = f"signal {-exit_code}"
-    hint = ("; the kernel's out-of-memory killer sends it: free memory or train fewer at once"
-            if name == "SIGKILL" else "")
-    return f"rank {rank.group(1)} was killed by {name}{hint}"
+    return int(rank.group(1)), int(code.group(1))
+
+
+def _rank_death(rank: int, code: int) -> str:
+    """A rank's end without a record, as a phrase."""
+    from caprobe.runtime import death_cause
+
+    what, fix = death_cause(code, f"rank {rank}", memory_fix="free memory or train fewer at once")
+    return f"{what}: {fix}" if code == -signal.SIGKILL else what
 
 
 def _failed_result(run_dir: Path, record: dict[str, Any]) -> RunResult:
-    """A rank's own error as the run's outcome: ``result.json`` with status failed and the
-    rank's traceback in ``traceback.txt``, as one process records it."""
+    """A rank's error in a training step as the run's outcome: ``result.json`` with status
+    failed and the rank's traceback in ``traceback.txt``, as one process records it (the
+    counters of a run that failed are in its checkpoint)."""
     from caprobe.io import atomic_write_text
     from caprobe.training.loop import ERROR_FILE, RESULT_FILE, RunResult
 
-    saved = read_json(run_dir / RESULT_FILE) if (run_dir / RESULT_FILE).is_file() else {}
-    result = RunResult.from_dict({**saved, "status": "failed", "top1": None, "top5": None,
-                                  "learned": None, "run_dir": str(run_dir),
-                                  "error": f"{record['type']}: {record['message']}"})
+    result = RunResult(status="failed", run_dir=str(run_dir),
+                       error=f"{record['type']}: {record['message']}")
     atomic_write_text(run_dir / ERROR_FILE, record.get("traceback", ""))
     write_json(run_dir / RESULT_FILE, result.to_dict())
     return result
@@ -418,8 +450,8 @@ def launch(config: TrainConfig, run_dir: Path, *, resume: bool, progress: Any,
                f"--nproc-per-node={nproc}", "--module", __name__, str(job_dir / JOB_FILE)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     relay = _Relay(job_dir / EVENTS_FILE, progress, on_start, on_epoch)
-    started = time.time()
     with open(job_dir / LOG_FILE, "ab") as log:
+        log_from = log.tell()
         # a session of its own: a Ctrl-C at the terminal reaches this process alone, which
         # stops torchrun once (torchrun stops its ranks on the first signal it gets)
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -435,28 +467,25 @@ def launch(config: TrainConfig, run_dir: Path, *, resume: bool, progress: Any,
             raise
         finally:
             relay.close()
-    if proc.returncode == 0 and (run_dir / RESULT_FILE).is_file():
-        return RunResult.from_dict(read_json(run_dir / RESULT_FILE))
-    late = _outcome(run_dir / RESULT_FILE, since=started)
-    if late is not None and late.status in OUTCOMES:
-        return late  # rank 0 recorded the outcome; a rank failed after it (at teardown)
-    failure = _failure(job_dir, nproc, proc.returncode)
+    outcome = relay.outcome
+    if outcome is not None and (proc.returncode == 0 or outcome["status"] in OUTCOMES):
+        # rank 0's outcome stands, even when a rank failed after it (at teardown)
+        return RunResult.from_dict(outcome)
+    failure = _failure(job_dir, nproc, proc.returncode, log_from)
     if isinstance(failure, dict):
+        if not is_run_dir(run_dir) or _saved_status(run_dir / RESULT_FILE) in OUTCOMES:
+            raise RuntimeError(f"{failure['type']}: {failure['message']} (a DDP rank; see "
+                               f"{job_dir / LOG_FILE})")
         return _failed_result(run_dir, failure)
     if isinstance(failure, CaprobeError) and fresh and not is_run_dir(run_dir):
         shutil.rmtree(run_dir, ignore_errors=True)  # a mistake caught by the ranks: no trace
     raise failure
 
 
-def _outcome(path: Path, since: float) -> RunResult | None:
-    """The result rank 0 wrote at or after ``since`` (epoch seconds), if any."""
-    from caprobe.training.loop import RunResult
-
+def _saved_status(path: Path) -> str | None:
     try:
-        if path.stat().st_mtime < since:
-            return None
-        return RunResult.from_dict(read_json(path))
-    except (OSError, ValueError):
+        return read_json(path).get("status")
+    except (OSError, ValueError, AttributeError):
         return None
 
 

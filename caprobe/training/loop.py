@@ -33,7 +33,7 @@ from caprobe.training.config import (
     resolve,
     validate,
 )
-from caprobe.training.distributed import JOB_DIR
+from caprobe.training.distributed import IN_TRAINING, JOB_DIR
 
 if TYPE_CHECKING:
     from caprobe.data import Dataset
@@ -736,9 +736,13 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
     except Exception as exc:  # noqa: BLE001 - recorded in the run folder, not a traceback
         from caprobe.runtime import is_environmental
 
-        if is_environmental(exc) or rank is not None:
-            # the machine failed (full disk, no memory), or a DDP rank did (a lost peer
-            # reads the same as a bug here): no result, the run stays resumable
+        if rank is not None:
+            # a DDP rank: the launcher decides (a lost peer leaves the run resumable, an
+            # error of this rank's own steps fails it); mark it as a training step's
+            with contextlib.suppress(AttributeError, TypeError):
+                setattr(exc, IN_TRAINING, True)
+            raise
+        if is_environmental(exc):  # the machine failed (full disk, no memory): no result
             raise
         if run_dir is not None:
             with contextlib.suppress(Exception):
