@@ -21,8 +21,9 @@ The launcher's side channel lives in ``RUN/ddp/``: ``job.json`` (what to train),
 the caller's display), ``error-<rank>.json`` (a rank's failure) and ``torchrun.log`` (the
 launcher's and the ranks' output). A failure mid-training (a rank killed, a peer lost) is not
 an outcome of the experiment: the run stays resumable from its last checkpoint. A rank's own
-error (an exception that is not a lost collective) is: the launcher records the run as failed
-with it, as one process does (``result.json``, ``traceback.txt``).
+error in a training step (an exception that is not a lost collective) is: the launcher records
+the run as failed with it, as one process does (``result.json``, ``traceback.txt``); an error
+before the first step is raised again, as one process raises it.
 
 Threads: each rank gets ``threads // N`` torch threads (at least 1), ``threads`` being the
 training's (``--threads``, else ``SLURM_CPUS_PER_TASK`` inside a Slurm job, else torch's own
@@ -222,13 +223,11 @@ def _error_record(exc: BaseException) -> dict[str, Any]:
 
 
 def _is_collective_failure(exc: BaseException) -> bool:
-    with contextlib.suppress(Exception):
-        from torch.distributed import DistError
+    from torch.distributed import DistError
 
-        if isinstance(exc, DistError):
-            return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(word in text for word in _PEER_WORDS)
+    return isinstance(exc, DistError) or (
+        isinstance(exc, RuntimeError) and any(word in text for word in _PEER_WORDS))
 
 
 def main(job_path: str) -> int:
@@ -434,7 +433,7 @@ def launch(config: TrainConfig, run_dir: Path, *, resume: bool, progress: Any,
     """Train ``config`` as DDP over ``config.nproc_per_node`` local processes under torchrun
     and return rank 0's :class:`~caprobe.training.loop.RunResult` (``train``'s contract)."""
     from caprobe.models import resolve_name
-    from caprobe.training.loop import RESULT_FILE, RunResult, is_run_dir
+    from caprobe.training.loop import RunResult, is_run_dir
 
     resolve_name(config.model, config.attn)  # a bad name: one line before anything starts
     nproc = int(config.nproc_per_node)
@@ -473,20 +472,13 @@ def launch(config: TrainConfig, run_dir: Path, *, resume: bool, progress: Any,
         return RunResult.from_dict(outcome)
     failure = _failure(job_dir, nproc, proc.returncode, log_from)
     if isinstance(failure, dict):
-        if not is_run_dir(run_dir) or _saved_status(run_dir / RESULT_FILE) in OUTCOMES:
+        if not is_run_dir(run_dir):  # rank 0 had not written the run's config yet
             raise RuntimeError(f"{failure['type']}: {failure['message']} (a DDP rank; see "
                                f"{job_dir / LOG_FILE})")
         return _failed_result(run_dir, failure)
     if isinstance(failure, CaprobeError) and fresh and not is_run_dir(run_dir):
         shutil.rmtree(run_dir, ignore_errors=True)  # a mistake caught by the ranks: no trace
     raise failure
-
-
-def _saved_status(path: Path) -> str | None:
-    try:
-        return read_json(path).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def _stop(proc: subprocess.Popen) -> None:
