@@ -47,6 +47,15 @@ CIFAR profile, batch 32, SGD Nesterov lr 0.05, 2 epochs; top-1 on 1,000 test ima
   8 × 8, 91.2 ± 3.4 % (6 seeds each); 2 × 960 images, 6 × 6, 83.0 ± 18.8 %. The CoordConv
   control was no faster there (85.1 % over 3 seeds at 2 × 960; 98.9 vs 98.5 % on 7 × 7 at
   2 × 1,280): a short run is not limited by access to the position.
+* a sweep on 2026-12-03 (4 seeds each, 4,000 test images, one thread a run) found no setting
+  where the CoordConv control learns faster. Without the map (``ramp=0``) the baseline still
+  converges on 6 × 6 and 8 × 8 grids (99.8-100 %): the zero padding alone gives the position at
+  16 px; a flat grey frame of random width 0..2 or 0..4 px a side, which hides where the image
+  ends from the first layer, changed nothing (none 99.8-100 %, CoordConv 99.9-100 %). On a
+  14 × 14 grid (a cell per centre position), 2 epochs: none 95.9 ± 2.5, CoordConv 91.7 ± 1.7
+  (no map), 93.8 ± 3.6 and 92.8 ± 3.4 (map); 1 epoch: 33.9 ± 5.1 and 23.8 ± 13.1. The slow part
+  is learning the cells, not finding the position. Mid-band settings spread widely: with
+  ``difficulty=1``, 8 × 8 52.5 ± 52.4, 10 × 10 57.7 ± 22.4, 14 × 14 54.4 ± 33.6 %.
 * batch 64 (half the steps) left runs at chance; peak lr 0.02 never left it, 0.1 was
   unstable. Attention gates start constant (``models.common.init_weights``): with
   Kaiming-initialised gate layers CBAM stayed at chance in most short runs.
