@@ -157,24 +157,31 @@ def _shared_data_args(session: nox.Session, data: str, archive: str) -> list[str
     return []
 
 
+def _nightly(session: nox.Session, data: str, archive: str, suffix: str,
+             budget: tuple[str, ...]) -> None:
+    """One nightly, the project installed: ``data`` from ``archive`` into
+    ``reports/nightly-YYYY-MM-DD<suffix>/`` (resumed when it exists), then the history page."""
+    import datetime
+    from pathlib import Path
+
+    data_args = _shared_data_args(session, data, archive)
+    out = Path("reports") / f"nightly-{datetime.date.today():%Y-%m-%d}{suffix}"
+    session.log(f"{session.name} budget: {' '.join(budget)}")
+    _ablation(session, out, data_args, budget, (NIGHTLY_MODEL,), NIGHTLY_ATTN)
+    session.run("python", "-m", "caprobe.reporting.history", "reports")
+
+
 @nox.session
 def nightly(session: nox.Session) -> None:
     """The nightly on real CIFAR-10 (about an hour on 2 cores, NIGHTLY_BUDGET; on a CUDA
     machine the full-data NIGHTLY_BUDGET_CUDA):
     ``reports/nightly-YYYY-MM-DD/`` (the run + report.html) and the history page
     ``reports/index.html``. Rerunning on the same day resumes."""
-    import datetime
-    from pathlib import Path
-
     install(session, None)
-    data_args = _shared_data_args(session, "cifar10", "cifar10-jpg.tar")
-    out = Path("reports") / f"nightly-{datetime.date.today():%Y-%m-%d}"
     cuda = session.run("python", "-c", "import torch; print(torch.cuda.is_available())",
                        silent=True).strip() == "True"
-    budget = NIGHTLY_BUDGET_CUDA if cuda else NIGHTLY_BUDGET
-    session.log(f"nightly budget ({'CUDA' if cuda else 'CPU'}): {' '.join(budget)}")
-    _ablation(session, out, data_args, budget, (NIGHTLY_MODEL,), NIGHTLY_ATTN)
-    session.run("python", "-m", "caprobe.reporting.history", "reports")
+    _nightly(session, "cifar10", "cifar10-jpg.tar", "",
+             NIGHTLY_BUDGET_CUDA if cuda else NIGHTLY_BUDGET)
 
 
 @nox.session
@@ -184,16 +191,9 @@ def nightly_imagenette(session: nox.Session) -> None:
     (``$CAPROBE_DATA`` or ``../shared/data/imagenette-128.tar``) into
     ``reports/nightly-YYYY-MM-DD-imagenette/``, then the history page. Rerunning on the same
     day resumes."""
-    import datetime
-    from pathlib import Path
-
     install(session, None)
-    data_args = _shared_data_args(session, "imagenette", "imagenette-128.tar")
-    out = Path("reports") / f"nightly-{datetime.date.today():%Y-%m-%d}-imagenette"
-    session.log(f"nightly_imagenette budget: {' '.join(NIGHTLY_IMAGENETTE_BUDGET)}")
-    _ablation(session, out, data_args, NIGHTLY_IMAGENETTE_BUDGET, (NIGHTLY_MODEL,),
-              NIGHTLY_ATTN)
-    session.run("python", "-m", "caprobe.reporting.history", "reports")
+    _nightly(session, "imagenette", "imagenette-128.tar", "-imagenette",
+             NIGHTLY_IMAGENETTE_BUDGET)
 
 
 @nox.session
