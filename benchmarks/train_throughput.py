@@ -210,9 +210,11 @@ def attention_main(argv: list[str]) -> int:
     from caprobe.attention.reference import reference_form
     from caprobe.measure.environment import collect_env, contention_warnings, other_runnable
     from caprobe.models import build_model
+    from caprobe.runtime import keep_freed_memory
     from caprobe.stats import median_ci_indices
 
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as caprobe.train does (CAPROBE_MALLOC=system: glibc's default)
     size = args.image_size or (32 if args.profile == "cifar" else 224)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, 3, size, size, generator=gen).contiguous(
@@ -281,14 +283,16 @@ def attention_main(argv: list[str]) -> int:
     out = {"model": args.model, "width": args.width, "profile": args.profile,
            "image_size": size, "batch_size": args.batch_size, "threads": args.threads,
            "steps": args.steps, "rounds": args.rounds, "cpu": env["cpu_model"],
-           "torch": env["torch"], "git_commit": env["git_commit"], "rows": rows,
+           "torch": env["torch"], "git_commit": env["git_commit"], "malloc": env["malloc"],
+           "rows": rows,
            "checks": checks}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     print(f"{args.model} w{args.width} {args.profile} {size}px, batch {args.batch_size}, fp32, "
           f"channels-last, {args.threads} threads, {args.rounds} rounds x {args.steps} steps; "
-          f"{env['cpu_model']}, torch {env['torch']}, caprobe {env['git_commit'] or 'no git'}")
+          f"{env['cpu_model']}, torch {env['torch']}, caprobe {env['git_commit'] or 'no git'}, "
+          f"malloc {env['malloc']}")
     for warning in contention_warnings("cpu", args.threads, others):
         print(f"warning: {warning}")
     print(f"{'variant':8s} {'form':6s} {'ms/step':>8s} {'img/s':>7s} {'x none':>7s} "

@@ -4,6 +4,8 @@ and ``caprobe train`` through CliRunner. Tiny widths, 16-px images, a few steps.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import types
 
 import pytest
@@ -105,6 +107,9 @@ def test_two_step_run_per_backbone(fake_data, tmp_path, backbone):
     assert saved.chance_top1 == 25.0 and saved.learned is res.learned is not None
     assert res.learned is did_learn(res.top1, 4, [row["train_loss"] for row in rows])
     assert saved.env["torch"] == torch.__version__ and saved.env["threads"] == 1
+    expected_malloc = "system" if os.environ.get("CAPROBE_MALLOC") == "system" or \
+        platform.libc_ver()[0] != "glibc" else "kept"
+    assert saved.env["malloc"] == expected_malloc  # caprobe.runtime.keep_freed_memory
     assert saved.data_checksum.startswith("tiny-")
     model = load_model(tmp_path / "run")
     assert not model.training

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from caprobe._version import __version__
+from caprobe.runtime import malloc_policy
 
 
 @functools.lru_cache(maxsize=1)
@@ -114,6 +115,7 @@ def collect_env(device: str = "cpu", *, threads: int | None = None) -> dict[str,
         "interop_threads": torch.get_num_interop_threads(),
         "mkldnn": bool(torch.backends.mkldnn.is_available()),
         "load_avg_1m": load_average(),
+        "malloc": malloc_policy(),
         "device": device,
         "device_name": cpu_model(),
     }

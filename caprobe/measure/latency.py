@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from caprobe import stats
 from caprobe.errors import CaprobeError, error_line, input_hw, require_positive
-from caprobe.runtime import resolve_device, torch_threads
+from caprobe.runtime import keep_freed_memory, resolve_device, torch_threads
 from caprobe.runtimes import INT8_RUNTIMES, backend, check_runtime
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -361,6 +361,7 @@ def time_variants(
                          in_channels=in_channels, min_rounds=min_rounds,
                          target_block_ms=target_block_ms, seed=seed).validated()
     timer = timer or _default_timer(opts.device)
+    keep_freed_memory()
     say = progress or (lambda stage, fraction: None)
 
     from caprobe.measure.environment import collect_env, load_average, other_runnable

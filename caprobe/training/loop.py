@@ -275,6 +275,9 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
     """
     import torch
 
+    from caprobe.runtime import keep_freed_memory
+
+    keep_freed_memory()
     config = validate(dataclasses.replace(config))
     run_dir = Path(out).expanduser() if out is not None else None
     saved_config = None
