@@ -5,6 +5,7 @@ caprobe's training loop against a bare PyTorch loop.
     python benchmarks/train_throughput.py attention --width 1.0
     python benchmarks/train_throughput.py attention --profile imagenet --batch-size 32
     python benchmarks/train_throughput.py loop             # caprobe.train vs a bare loop
+    python benchmarks/train_throughput.py decompose        # where CA's training cost goes
 
 ``attention`` (default): MobileNetV2 (width 0.5, CIFAR profile, batch 64, fp32, channels-last,
 2 threads, SGD with momentum) trains one step at a time on a fixed random batch, for ``none``
@@ -17,6 +18,12 @@ with a 95 % order-statistics interval. Peak memory of one training step (forward
 optimiser step) is read from the profiler's allocator events, for each (variant, form).
 Targets: step time relative to ``none`` of ca <= 1.20x, se <= 1.15x, cbam <= 1.30x; peak
 memory of a CA step <= 1.15x of ``none``'s.
+
+``decompose``: MobileNetV2-0.5 + CA with every CA module replaced by a copy of its input
+(one map-sized pass), by its gate computation alone (strip means, F1, BN, activation, both
+gate convs and sigmoids, forward and backward, the product never formed), and as built,
+against ``none``, interleaved: which part of CA's training cost is map traffic and which is
+the small operators of the gates.
 
 ``loop``: both train the same model (same build, seed, memory format, AMP, optimiser) on the
 same in-memory data for the same number of steps; rounds alternate (bare, caprobe, bare, ...)
@@ -309,10 +316,124 @@ def attention_main(argv: list[str]) -> int:
     return 0
 
 
+def _decomposed(model, mode: str):
+    """A copy of a CA ``model`` whose every CoordAttention is replaced (``decompose``):
+    ``"map pass"`` returns a copy of its input (one map-sized pass forward and backward);
+    ``"gates only"`` computes the gates (strip means, F1, BN, the activation, both gate convs
+    and sigmoids) and returns a copy of its input that depends on them, so their backward runs
+    in full (with zero gradients) but the gate product is never formed."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    from caprobe.attention.coord import CoordAttention
+
+    class Through(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, *gates):
+            ctx.gates = [(g.shape, g.dtype) for g in gates]
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return (grad.clone(), *(grad.new_zeros(shape, dtype=dtype)
+                                    for shape, dtype in ctx.gates))
+
+    class Part(nn.Module):
+        def __init__(self, ca: CoordAttention) -> None:
+            super().__init__()
+            self.ca = ca
+
+        def forward(self, x):
+            gates = self.ca._gates_nhwc(x) if mode == "gates only" else []
+            return Through.apply(x, *gates)
+
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, CoordAttention):
+                setattr(parent, name, Part(child))
+    return model
+
+
+def decompose_main(argv: list[str]) -> int:
+    """``decompose``: where CA's training cost goes (see :func:`_decomposed`)."""
+    p = argparse.ArgumentParser(prog="train_throughput.py decompose",
+                                description="CA's training step cost, part by part")
+    p.add_argument("--width", type=float, default=0.5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=12)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from caprobe.measure.environment import collect_env
+    from caprobe.models import build_model
+    from caprobe.runtime import keep_freed_memory
+    from caprobe.stats import median_ci_indices
+
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, 3, 32, 32, generator=gen).contiguous(
+        memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch_size,), generator=gen)
+
+    def trainer(model):
+        model = model.to(memory_format=torch.channels_last).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step() -> None:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    ca = build_model("mobilenetv2", attn="ca", width=args.width, num_classes=10,
+                     profile="cifar", seed=0)
+    entries = {
+        "none": trainer(build_model("mobilenetv2", attn="none", width=args.width,
+                                    num_classes=10, profile="cifar", seed=0)),
+        "map pass": trainer(_decomposed(ca, "map pass")),
+        "gates only": trainer(_decomposed(ca, "gates only")),
+        "ca": trainer(ca),
+    }
+    keys = list(entries)
+    for step in entries.values():
+        step()
+        step()
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(args.rounds):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                entries[key]()
+            times[key].append((time.perf_counter() - t) / args.steps)
+    env = collect_env("cpu", threads=args.threads)
+    print(f"mobilenetv2 w{args.width} cifar 32px, batch {args.batch_size}, {args.threads} "
+          f"threads, {args.rounds} rounds x {args.steps} steps; {env['cpu_model']}, torch "
+          f"{env['torch']}, malloc {env['malloc']}")
+    print("each CoordAttention replaced by: map pass = a copy of its input; gates only = the "
+          "gates computed (and their backward run) but not applied; ca = the module")
+    for key in keys:
+        ratios = sorted(t / b for t, b in zip(times[key], times["none"], strict=True))
+        ci = median_ci_indices(len(ratios))
+        span = "" if ci is None else f"[{ratios[ci[0]]:.3f}, {ratios[ci[1]]:.3f}]"
+        print(f"{key:11s} {1e3 * statistics.median(times[key]):8.1f} ms/step  x none "
+              f"{statistics.median(ratios):.3f} {span}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "loop":
         return loop_main(argv[1:])
+    if argv and argv[0] == "decompose":
+        return decompose_main(argv[1:])
     return attention_main(argv[1:] if argv and argv[0] == "attention" else argv)
 
 
