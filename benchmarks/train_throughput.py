@@ -179,6 +179,22 @@ TIME_TARGETS = {"se": 1.15, "cbam": 1.30, "ca": 1.20}
 CA_MEMORY_TARGET = 1.15
 
 
+def sgd_step(model, x, y):
+    """One SGD-with-momentum training step of ``model`` (channels-last, train mode) on the
+    fixed batch ``(x, y)``, as a function of no arguments."""
+    import torch
+
+    model = model.to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
 def peak_step_bytes(step) -> int:
     """Peak bytes allocated above the starting level during one call of ``step``, from the
     profiler's allocator events (CPU has no allocator statistics of its own)."""
@@ -230,23 +246,12 @@ def attention_main(argv: list[str]) -> int:
 
     entries: dict[tuple[str, str], object] = {}
 
-    def trainer(model):
-        model = model.to(memory_format=torch.channels_last).train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-        def step() -> None:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return step
-
     for variant in ["none", *args.variants]:
         model = build_model(args.model, attn=variant, width=args.width, num_classes=10,
                             profile=args.profile, seed=0)
-        entries[variant, "after"] = trainer(model)
+        entries[variant, "after"] = sgd_step(model, x, y)
         if variant != "none" and not args.no_before:
-            entries[variant, "before"] = trainer(reference_form(model))
+            entries[variant, "before"] = sgd_step(reference_form(model), x, y)
     keys = list(entries)
     others = other_runnable()
     for step in entries.values():  # warm-up: allocator, kernels, first touch
@@ -381,26 +386,14 @@ def decompose_main(argv: list[str]) -> int:
     x = torch.randn(args.batch_size, 3, 32, 32, generator=gen).contiguous(
         memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch_size,), generator=gen)
-
-    def trainer(model):
-        model = model.to(memory_format=torch.channels_last).train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-        def step() -> None:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return step
-
     ca = build_model("mobilenetv2", attn="ca", width=args.width, num_classes=10,
                      profile="cifar", seed=0)
     entries = {
-        "none": trainer(build_model("mobilenetv2", attn="none", width=args.width,
-                                    num_classes=10, profile="cifar", seed=0)),
-        "map pass": trainer(_decomposed(ca, "map pass")),
-        "gates only": trainer(_decomposed(ca, "gates only")),
-        "ca": trainer(ca),
+        "none": sgd_step(build_model("mobilenetv2", attn="none", width=args.width,
+                                     num_classes=10, profile="cifar", seed=0), x, y),
+        "map pass": sgd_step(_decomposed(ca, "map pass"), x, y),
+        "gates only": sgd_step(_decomposed(ca, "gates only"), x, y),
+        "ca": sgd_step(ca, x, y),
     }
     keys = list(entries)
     for step in entries.values():
