@@ -157,9 +157,10 @@ def test_max_pooling_routes_the_gradient_to_the_argmax_only():
 def test_strip_means(rows, cols):
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
     z = functional.strip_means(x, rows, cols)
-    parts = ([x.mean(3).transpose(1, 2)] if rows else []) + (
-        [x.mean(2).transpose(1, 2)] if cols else [])
-    torch.testing.assert_close(z, torch.cat(parts, 1))
+    # strip-major rows: every sample's H strip (2 x 4 rows), then every sample's W strip (2 x 5)
+    parts = ([x.mean(3).transpose(1, 2).reshape(8, 3)] if rows else []) + (
+        [x.mean(2).transpose(1, 2).reshape(10, 3)] if cols else [])
+    torch.testing.assert_close(z, torch.cat(parts))
     assert torch.autograd.gradcheck(lambda t: functional.strip_means(t, rows, cols), (x,))
 
 

@@ -112,18 +112,22 @@ class CoordAttention(AttentionModule):
 
     def _gates_nhwc(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The gates in NHWC broadcast shapes (N×H×1×C, N×1×W×C), ``branches`` order: the
-        strips pooled as one N×L×C tensor, F1 and the gate convs as GEMMs on it (1×1 convs on
-        strips, channel-innermost like the map), BN over the mip channels."""
-        height = x.shape[2]
-        z = strip_means(x, self.conv_h is not None, self.conv_w is not None)  # N×L×C
-        f = linear(self.conv1, z).transpose(1, 2).unsqueeze(3)  # N×mip×L×1 for BN
-        f = self.act(batch_norm(self.bn1, f)).squeeze(3).transpose(1, 2)  # N×L×mip
+        strips pooled as one (N·H + N·W)×C tensor (:func:`strip_means`), F1 and each gate conv
+        as one GEMM on contiguous rows (1×1 convs on strips, channel-innermost like the map),
+        BN over the mip channels of every strip position. Each step is one operator forward
+        and few backward: the gates' small operators, not the map, are most of CA's training
+        cost (``benchmarks/train_throughput.py decompose``)."""
+        n, channels, height, width = x.shape
+        z = strip_means(x, self.conv_h is not None, self.conv_w is not None)
+        f = linear(self.conv1, z)  # (N·H + N·W)×mip
+        rows, mip = f.shape
+        f = self.act(batch_norm(self.bn1, f.view(rows, mip, 1, 1))).view(rows, mip)
+        parts = f.split([n * height, n * width]) if self.branches == "hw" else [f]
         out = []
         if self.conv_h is not None:
-            out.append(self.gate(linear(self.conv_h, f[:, :height])).unsqueeze(2))
-            f = f[:, height:]
+            out.append(self.gate(linear(self.conv_h, parts[0])).view(n, height, 1, channels))
         if self.conv_w is not None:
-            out.append(self.gate(linear(self.conv_w, f)).unsqueeze(1))
+            out.append(self.gate(linear(self.conv_w, parts[-1])).view(n, 1, width, channels))
         return out
 
     def fuse(self) -> DeployedCoordAttention:

@@ -93,31 +93,36 @@ def gate_product(x: torch.Tensor, *gates: torch.Tensor) -> torch.Tensor:
 
 
 class _StripMeans(Function):
-    """Means over W (one per row) and over H (one per column), as N×L×C."""
+    """Means over W (one per row) and over H (one per column), as (N·H + N·W)×C rows."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, rows: bool, cols: bool) -> torch.Tensor:
+        n, c, h, w = x.shape
         xm = nhwc(x)
         ctx.shape, ctx.rows, ctx.cols = x.shape, rows, cols
-        strips = ([xm.mean(2)] if rows else []) + ([xm.mean(1)] if cols else [])
-        return torch.cat(strips, 1) if len(strips) > 1 else strips[0]
+        strips = ([xm.mean(2).reshape(n * h, c)] if rows else []) + (
+            [xm.mean(1).reshape(n * w, c)] if cols else [])
+        return torch.cat(strips) if len(strips) > 1 else strips[0]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         n, c, h, w = ctx.shape
         if ctx.rows and ctx.cols:
-            dx = (grad[:, :h, None] / w) + (grad[:, None, h:] / h)  # the one map this writes
+            grad_h, grad_w = grad[:n * h].view(n, h, c), grad[n * h:].view(n, w, c)
+            dx = (grad_h[:, :, None] / w) + (grad_w[:, None] / h)  # the one map this writes
         elif ctx.rows:
-            dx = (grad / w)[:, :, None].expand(n, h, w, c)
+            dx = (grad.view(n, h, c) / w)[:, :, None].expand(n, h, w, c)
         else:
-            dx = (grad / h)[:, None].expand(n, h, w, c)
+            dx = (grad.view(n, w, c) / h)[:, None].expand(n, h, w, c)
         return nchw(dx), None, None
 
 
 def strip_means(x: torch.Tensor, rows: bool = True, cols: bool = True) -> torch.Tensor:
-    """CA's pooled strips of an N×C×H×W map as one N×L×C tensor: ``z^h`` (L=H, the mean of
-    each row), then ``z^w`` (L=W, the mean of each column), or only the one asked for."""
+    """CA's pooled strips of an N×C×H×W map as one (N·H + N·W)×C tensor, channel-innermost:
+    the rows of ``z^h`` (the mean of each row, sample by sample), then those of ``z^w`` (the
+    mean of each column), or only the one asked for. Strip-major rows let the 1×1 convs that
+    follow run as plain GEMMs on contiguous blocks (no copy of a strided slice)."""
     return _StripMeans.apply(x, rows, cols)
 
 
