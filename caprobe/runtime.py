@@ -70,6 +70,8 @@ _M_MMAP_MAX, _M_TRIM_THRESHOLD = -4, -1
 #: the trim threshold asked for: 2 GiB, the largest value mallopt takes (an int)
 _KEEP_UP_TO = 2**31 - 1
 _malloc_policy: str | None = None
+#: the values ``CAPROBE_MALLOC`` takes ("" = unset = kept)
+_MALLOC_CHOICES = ("", "kept", "system")
 
 
 def keep_freed_memory() -> str:
@@ -79,20 +81,25 @@ def keep_freed_memory() -> str:
 
     glibc serves every block above its mmap threshold (a map-sized tensor) from a fresh
     mmap and unmaps it on free, and trims the heap's top, so each new activation or gradient
-    is a run of page faults on first touch. On this project's 2-core VM (2026-12-03,
-    MobileNetV2-0.5, CIFAR profile, batch 64): 57,000 minor faults per training step of
-    ``none`` and 131,000 of ``ca`` before, 770 after; the step took 360 → 283 ms (``none``)
-    and 590 → 332 ms (``ca``); peak RSS grew 13 % and 4 %. Eager latency at 224², batch 1:
-    MobileNetV2 15.8 → 9.3 ms. Training and timing call this (:func:`caprobe.train`,
-    :func:`caprobe.measure.latency.time_variants`); idempotent. ``CAPROBE_MALLOC=system`` in
-    the environment leaves malloc as it is; so does any C library other than glibc.
+    is a run of page faults on first touch. On this project's 2-core VM (2026-12-03, README
+    *Memory*): one MobileNetV2-0.5 training step on CIFAR shapes (batch 64) took 57,000 minor
+    faults before, 770 after, and peak RSS grew 4-13 %; eager MobileNetV2 at 224², batch 1,
+    three alternating runs: 16.9, 15.7, 20.1 -> 10.8, 13.3, 17.4 ms, and CA's overhead
+    +18-19 -> +30-31 % (the faults had added the same time to every variant). Training and
+    timing call this (:func:`caprobe.train`, :func:`caprobe.measure.latency.time_variants`);
+    idempotent. ``CAPROBE_MALLOC=system`` in the environment leaves malloc as it is (``kept``
+    or unset: the default; any other value is an error); so does any C library other than
+    glibc.
     """
     global _malloc_policy
     if _malloc_policy is not None:
         return _malloc_policy
+    asked = os.environ.get("CAPROBE_MALLOC", "").strip().lower()
+    if asked not in _MALLOC_CHOICES:
+        raise CaprobeError(f"CAPROBE_MALLOC={asked!r} is not a malloc policy; set it to "
+                           "'system' (glibc's default) or 'kept' (the default), or unset it")
     _malloc_policy = "system"
-    if os.environ.get("CAPROBE_MALLOC", "").strip().lower() != "system" \
-            and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+    if asked != "system" and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         libc = ctypes.CDLL(None)
         if libc.mallopt(_M_MMAP_MAX, 0) == 1 and \
                 libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_UP_TO) == 1:

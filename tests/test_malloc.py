@@ -66,3 +66,17 @@ def test_environment_records_the_policy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120, env={**os.environ, "CAPROBE_MALLOC": ""})
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["system", "kept"]
+
+
+def test_unknown_caprobe_malloc_is_a_one_line_error():
+    """A typo must not silently mean the default: the command stops before timing anything."""
+    code = ("import sys; from caprobe.cli import main; sys.argv = ['caprobe', 'bench', "
+            "'--model', 'mobilenetv2', '--attn', 'none', '--input-size', '32', "
+            "'--min-time', '0.01']; main()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "CAPROBE_MALLOC": "sytem"})
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if "error" in line]
+    assert errors == ["caprobe: error: CAPROBE_MALLOC='sytem' is not a malloc policy; set it to "
+                      "'system' (glibc's default) or 'kept' (the default), or unset it"]

@@ -277,8 +277,8 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
 
     from caprobe.runtime import keep_freed_memory
 
-    keep_freed_memory()
     config = validate(dataclasses.replace(config))
+    keep_freed_memory()
     run_dir = Path(out).expanduser() if out is not None else None
     saved_config = None
     if run_dir is not None:
