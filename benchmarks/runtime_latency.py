@@ -6,7 +6,8 @@ ExecuTorch-XNNPACK and OpenVINO (fp32), against eager PyTorch, in one run.
     python benchmarks/runtime_latency.py --int8           # the same table in static int8
 
 For every backbone (MobileNetV2 and MobileNeXt, width 1.0, ImageNet profile) and runtime, the
-variants none, se, cbam, ca (their graph forms, ``caprobe.deploy(model, target="graph")``) and
+variants none, se, cbam, ca (their graph forms, ``caprobe.deploy(model, target=graph_target(
+runtime))``: for ONNX Runtime fp32 on x86 the NCHWc form) and
 ``ca paper`` (CA as the papers write it in plain operators, means over one axis, exported the
 same way: what the official code gives) are timed interleaved by
 :func:`caprobe.measure.latency.time_variants`; overheads are medians of per-round ratios
@@ -37,17 +38,17 @@ import caprobe
 from caprobe.attention.reference import reference_form
 from caprobe.deployment import deploy
 from caprobe.measure.latency import time_variants
-from caprobe.runtimes import RUNTIMES, check_runtime
+from caprobe.runtimes import RUNTIMES, check_runtime, graph_target
 
 VARIANTS = ("none", "se", "cbam", "ca")
 #: the aim for CA's overhead in the exported runtimes (issue 13)
 AIM = 0.40
 
 
-def _models(backbone: str, width: float) -> dict[str, torch.nn.Module]:
+def _models(backbone: str, width: float, target: str) -> dict[str, torch.nn.Module]:
     built = {a: caprobe.build_model(backbone, attn=a, width=width, num_classes=1000,
                                     profile="imagenet", seed=0).eval() for a in VARIANTS}
-    graphs = {label: deploy(m, target="graph") for label, m in built.items()}
+    graphs = {label: deploy(m, target=target) for label, m in built.items()}
     graphs["ca paper"] = reference_form(built["ca"]).eval()
     return graphs
 
@@ -90,7 +91,8 @@ def main() -> int:
               "overhead | XNNPACK nodes left out (ca, ca paper) |")
         print("|---|---|---|---|---|---|---|---|")
         for runtime in runtimes:
-            models = _models(backbone, args.width)
+            models = _models(backbone, args.width, "graph" if runtime == "eager"
+                             else graph_target(runtime, args.int8))
             if runtime == "eager":  # the graph forms are the exported ones; eager times as built
                 models = {a: caprobe.build_model(backbone, attn=a, width=args.width,
                                                  num_classes=1000, profile="imagenet", seed=0)
@@ -125,7 +127,8 @@ def main() -> int:
                   flush=True)
     print("\nOverheads vs none: median of per-round ratios, 95 % interval in brackets. "
           "Eager rows time caprobe.deploy(model) (the eager deployed form); runtime rows the "
-          "graph forms, and 'ca paper' the papers' equations in plain operators.")
+          "graph forms (ONNX Runtime fp32 where it blocks channels: the NCHWc forms), and "
+          "'ca paper' the papers' equations in plain operators.")
     return 1 if misses else 0
 
 

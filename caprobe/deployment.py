@@ -22,8 +22,10 @@ from caprobe.errors import CaprobeError
 #: What the deployed form is for: ``"eager"`` (PyTorch: each module's :meth:`fuse`, tuned for
 #: eager CPU and CUDA kernels) or ``"graph"`` (exported graphs: each module's
 #: :meth:`graph_form`, in ops ONNX Runtime, ExecuTorch-XNNPACK and OpenVINO run as fused
-#: kernels; see ``caprobe.runtimes``).
-TARGETS = ("eager", "graph")
+#: kernels; see ``caprobe.runtimes``) or ``"nchwc"`` (each module's :meth:`nchwc_form`: the
+#: graph forms for ONNX Runtime's channel-blocked layout on x86, chosen by
+#: :func:`caprobe.runtimes.graph_target`).
+TARGETS = ("eager", "graph", "nchwc")
 
 
 def deploy(model: nn.Module, *, inplace: bool = False, target: str = "eager") -> nn.Module:
@@ -40,7 +42,8 @@ def deploy(model: nn.Module, *, inplace: bool = False, target: str = "eager") ->
     target_model = model if inplace else copy.deepcopy(model)
 
     def form(module: AttentionModule) -> nn.Module:
-        return module.fuse() if target == "eager" else module.graph_form()
+        return {"eager": module.fuse, "graph": module.graph_form,
+                "nchwc": module.nchwc_form}[target]()
 
     if isinstance(target_model, AttentionModule):
         target_model = form(target_model)

@@ -188,24 +188,26 @@ def test_multiply_gates_equals_the_plain_product_for_any_gate_shapes(shapes, ove
 # --------------------------------------------------------------------------- the graph form
 
 
+@pytest.mark.parametrize("target", ["graph", "nchwc"])
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("shape", [s for s in SHAPES if s[0] > 0])
-def test_graph_form_equals_the_trainable_one_in_eval(spec, shape):
+def test_graph_form_equals_the_trainable_one_in_eval(spec, shape, target):
     module = _randomize(attention.build(spec, 40)).double().eval()
     x = torch.rand(shape, dtype=torch.float64) * 4 - 1
-    graph = caprobe.deploy(module, target="graph")
-    assert isinstance(graph, GraphAttention) and graph.deployed == "graph"
+    graph = caprobe.deploy(module, target=target)
+    assert isinstance(graph, GraphAttention) and graph.deployed == target
     assert not any(p.requires_grad for p in graph.parameters())
     with torch.no_grad():
         torch.testing.assert_close(graph(x), module(x), atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("target", ["graph", "nchwc"])
 @pytest.mark.parametrize("backbone", ["mobilenetv2", "mobilenext"])
 @pytest.mark.parametrize("spec", ["none", "se", "eca", "cbam", "ca", "ca_h", "ca_w"])
-def test_graph_form_of_a_network_equals_the_network(backbone, spec):
+def test_graph_form_of_a_network_equals_the_network(backbone, spec, target):
     model = _randomize(caprobe.build_model(backbone, attn=spec, width=0.5, num_classes=10,
                                            profile="cifar", seed=0)).double().eval()
-    graph = caprobe.deploy(model, target="graph")
+    graph = caprobe.deploy(model, target=target)
     assert not any(isinstance(m, AttentionModule) for m in graph.modules())
     x = torch.randn(2, 3, 32, 40, dtype=torch.float64)
     with torch.no_grad():
@@ -238,6 +240,41 @@ def test_graph_form_exports_as_a_static_graph_without_one_axis_means(spec):
         assert not means
     paper = _exported_ops(module, torch.randn(1, 16, 6, 9))
     assert paper != ops
+
+
+@pytest.mark.parametrize("channels,mip,padded", [(40, 8, 16), (576, 18, 32), (960, 30, 32),
+                                                 (512, 16, 16)])
+@pytest.mark.parametrize("spec", ["ca", "ca_h", "ca_w"])
+def test_nchwc_form_pads_mip_to_whole_blocks_and_expands_the_gates(spec, channels, mip, padded):
+    """ONNX Runtime keeps a 1×1 conv in its blocked layout only with whole 16-channel blocks,
+    and a product only between same-shape maps: F1's extra outputs are zero, the gate convs
+    give them zero weight, each gate is upsampled to the map."""
+    module = _randomize(attention.build(spec, channels)).eval()
+    graph, nchwc = (caprobe.deploy(module, target=t) for t in ("graph", "nchwc"))
+    for branch in graph.gates:
+        plain_first, first = (getattr(g, f"conv1_{branch}") for g in (graph, nchwc))
+        plain_gate, gate = (getattr(g, f"conv_{branch}") for g in (graph, nchwc))
+        assert plain_first.out_channels == plain_gate.in_channels == mip
+        assert first.out_channels == gate.in_channels == padded
+        assert torch.equal(first.weight[:mip], plain_first.weight)
+        assert not first.weight[mip:].any() and not first.bias[mip:].any()
+        assert torch.equal(gate.weight[:, :mip], plain_gate.weight)
+        assert not gate.weight[:, mip:].any()
+    x = torch.randn(1, channels, 5, 6)
+    ops = _exported_ops(nchwc, x)
+    assert ops.count("aten.upsample_nearest2d.vec") == len(graph.gates)
+    assert "aten.upsample_nearest2d.vec" not in _exported_ops(graph, x)
+    with torch.no_grad():
+        torch.testing.assert_close(nchwc(x), module(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["se", "eca", "cbam"])
+def test_nchwc_form_of_other_modules_is_their_graph_form(spec):
+    module = _randomize(attention.build(spec, 32)).eval()
+    graph, nchwc = (caprobe.deploy(module, target=t) for t in ("graph", "nchwc"))
+    assert type(nchwc) is type(graph)
+    assert {k: v.shape for k, v in nchwc.state_dict().items()} == {
+        k: v.shape for k, v in graph.state_dict().items()}
 
 
 def test_deploy_rejects_an_unknown_target():

@@ -81,7 +81,68 @@ def test_networks_round_trip(runtime, backbone, spec, tmp_path):
     report = _round_trip(_network(backbone, spec), torch.randn(1, 3, 32, 40), runtime, tmp_path,
                          threads=2)
     assert report.errors["x"]["max_rel"] < 1e-4, report.errors
-    assert report.input_shape == [1, 3, 32, 40] and report.form == "graph"
+    assert report.input_shape == [1, 3, 32, 40] and report.form == runtimes.graph_target(runtime)
+
+
+@pytest.mark.parametrize("runtime,int8", [("onnxruntime", False), ("onnxruntime", True),
+                                          ("executorch", False), ("openvino", False)])
+def test_graph_target_is_nchwc_only_for_onnx_runtime_fp32_on_a_blocked_cpu(runtime, int8):
+    if not _available(runtime):
+        pytest.skip(f"the {runtimes.RUNTIMES[runtime][1]} extra is not installed")
+    blocked = runtime == "onnxruntime" and not int8 and runtimes.backend(runtime).uses_nchwc()
+    assert runtimes.graph_target(runtime, int8) == ("nchwc" if blocked else "graph")
+
+
+@pytest.mark.skipif(not _available("onnxruntime"), reason="the onnx extra is not installed")
+def test_onnx_runtime_uses_nchwc_exactly_on_x86_with_avx2():
+    """MLAS blocks channels (8 with AVX2, 16 with AVX-512F) on x86 only, read back from ORT."""
+    import platform
+
+    from caprobe.runtimes import _cpu_flags
+    from caprobe.runtimes.onnx_runtime import uses_nchwc
+
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    assert uses_nchwc() == (x86 and bool({"avx2", "avx512f"} & _cpu_flags()))
+
+
+def _optimised_ops(model: nn.Module, x: torch.Tensor, tmp_path) -> dict[str, int]:
+    """Op counts of the graph ONNX Runtime runs (all optimisations on, 2 threads)."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    path = tmp_path / "m.onnx"
+    runtimes.export(model, x, path, "onnxruntime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimised = onnx.load(options.optimized_model_filepath)
+    return collections.Counter(node.op_type for node in optimised.graph.node)
+
+
+@pytest.mark.skipif(not _available("onnxruntime"), reason="the onnx extra is not installed")
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "mobilenext"])
+def test_nchwc_form_keeps_the_map_in_onnx_runtimes_blocked_layout(backbone, tmp_path):
+    """The graph form's broadcast gate products send the map out of NCHWc and back around
+    every CA block; the NCHWc form leaves exactly the reorders of the plain network."""
+    from caprobe.runtimes.onnx_runtime import uses_nchwc
+
+    if not uses_nchwc():
+        pytest.skip("ONNX Runtime does not use its NCHWc layout on this CPU")
+    x = torch.randn(1, 3, 32, 32)
+    plain, ca = (caprobe.build_model(backbone, attn=a, width=1.0, num_classes=10,
+                                     profile="cifar", seed=0).eval() for a in ("none", "ca"))
+    reorders = {}
+    for name, model in (("none", plain), ("graph", caprobe.deploy(ca, target="graph")),
+                        ("nchwc", caprobe.deploy(ca, target="nchwc"))):
+        ops = _optimised_ops(model, x, tmp_path)
+        reorders[name] = ops["ReorderInput"] + ops["ReorderOutput"]
+        if name == "nchwc":
+            assert ops["Upsample"] == 2 * _n_attention(ca)  # both gates, in the layout
+    assert reorders["nchwc"] == reorders["none"] < reorders["graph"] - _n_attention(ca)
 
 
 @pytest.mark.skipif(not _available("executorch"), reason="the executorch extra is not installed")
@@ -201,7 +262,8 @@ def test_cli_export_writes_the_file_and_prints_its_check(tmp_path):
                 "--seed", "3", "--format", "onnx", "--out", str(out), "--data", "positional")
     assert done.returncode == 0, done.stderr
     assert out.is_file() and out.stat().st_size > 100_000
-    assert "exported mobilenetv2 ca (seed 3) (graph form, fp32, input 1x3x32x32)" in done.stdout
+    form = runtimes.graph_target("onnxruntime")
+    assert f"exported mobilenetv2 ca (seed 3) ({form} form, fp32, input 1x3x32x32)" in done.stdout
     assert done.stdout.count("max abs error") == 3  # two random batches, one of real images
     assert "positional test images" in done.stdout and "intra-op threads 1" in done.stdout
     # the file holds the weights build_model(seed=3) gives
@@ -227,7 +289,8 @@ def test_cli_export_of_a_training_run_uses_its_weights_and_data(tmp_path):
     record = json.loads(done.stdout)
     assert set(record["errors"]) == {"random 0", "random 1", "positional test images"}
     assert all(e["max_rel"] < 1e-4 for e in record["errors"].values())
-    assert record["exported"]["runtime"] == "onnxruntime" and record["form"] == "graph"
+    assert record["exported"]["runtime"] == "onnxruntime"
+    assert record["form"] == runtimes.graph_target("onnxruntime")
 
 
 @pytest.mark.parametrize("args,message", [
@@ -273,6 +336,7 @@ def test_cli_bench_times_variants_in_a_runtime(tmp_path):
         "intra_op_num_threads"] == 1
     assert ort_ca["env"]["runtime"]["coverage"]["nodes"] > 0
     assert ort_ca["form"] == "deployed"
+    assert ort_ca["env"]["runtime"]["deploy_target"] == runtimes.graph_target("onnxruntime")
 
 
 @pytest.mark.parametrize("args,message", [

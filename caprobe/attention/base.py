@@ -97,6 +97,15 @@ class AttentionModule(nn.Module):
         ``caprobe.deploy(model, target="graph")``."""
         raise NotImplementedError
 
+    def nchwc_form(self) -> nn.Module:
+        """The graph form for a runtime that runs convolutions in a channel-blocked layout
+        (ONNX Runtime's NCHWc on x86, ``caprobe.deploy(model, target="nchwc")``): the same
+        output, spelled so that the blocked layout is kept through the module. By default
+        the graph form: SE's gate expanded to the map measured no faster (+40 % against
+        +39 % over MobileNetV2 in ONNX Runtime, 2026-12-03), and CBAM's spatial gate cannot
+        be expanded over channels by an upsample."""
+        return self.graph_form()
+
     def extra_repr(self) -> str:
         return f"spec={self.spec!r}"
 
@@ -130,6 +139,30 @@ class GraphHardsigmoid(nn.Module):
 def graph_nonlinearity(module: nn.Module) -> nn.Module:
     """A graph form's copy of a non-linearity module (see :class:`GraphHardsigmoid`)."""
     return GraphHardsigmoid() if type(module) is nn.Hardsigmoid else copy.deepcopy(module)
+
+
+#: channel block of ONNX Runtime's NCHWc layout: 16 with AVX-512, 8 with AVX2 (16 serves both)
+NCHWC_BLOCK = 16
+
+
+def pad_hidden(first: nn.Conv2d, second: nn.Conv2d, multiple: int = NCHWC_BLOCK
+               ) -> tuple[nn.Conv2d, nn.Conv2d]:
+    """Copies of a pair of 1×1 convs ``first`` (C→k) → non-linearity → ``second`` (k→C') with
+    k rounded up to ``multiple``: the added outputs of ``first`` are zero and ``second`` gives
+    them zero weight, so the pair's output is unchanged whatever the non-linearity between
+    (exactly: the added terms are 0 · a). A blocked layout keeps a conv only when its channel
+    counts are whole blocks (or fewer than one block of inputs)."""
+    hidden = first.out_channels
+    padded = -(-hidden // multiple) * multiple
+    w1 = first.weight.new_zeros(padded, *first.weight.shape[1:])
+    w1[:hidden] = first.weight.detach()
+    b1 = None
+    if first.bias is not None:
+        b1 = first.bias.new_zeros(padded)
+        b1[:hidden] = first.bias.detach()
+    w2 = second.weight.new_zeros(second.out_channels, padded, *second.weight.shape[2:])
+    w2[:, :hidden] = second.weight.detach()
+    return conv_from(w1, b1), conv_from(w2, second.bias)
 
 
 def conv_from(weight: torch.Tensor, bias: torch.Tensor | None, padding: int | tuple = 0

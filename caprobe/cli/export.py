@@ -172,7 +172,7 @@ def export(
         "folder: its data set).")] = None,
     paper_form: Annotated[bool, typer.Option(
         "--paper-form", help="Export the papers' equations in plain operators instead of the "
-        "deployed graph form.")] = False,
+        "deployed graph form (for onnx in fp32 on x86: the NCHWc form).")] = False,
     int8: Annotated[bool, typer.Option(
         "--int8", help="Static int8 (onnx: QDQ; executorch: pt2e with the XNNPACK quantizer; "
         "openvino: NNCF), calibrated on training images.")] = False,

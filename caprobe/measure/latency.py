@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from caprobe import stats
 from caprobe.errors import CaprobeError, error_line, input_hw, require_positive
 from caprobe.runtime import keep_freed_memory, resolve_device, torch_threads
-from caprobe.runtimes import INT8_RUNTIMES, backend, check_runtime
+from caprobe.runtimes import INT8_RUNTIMES, backend, check_runtime, graph_target
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -334,7 +334,9 @@ def time_variants(
     ``caprobe.deploy(model)`` ("deployed") or the model as given ("paper"); every record says
     which form it timed (a model deployed beforehand counts as deployed). ``runtime``: time
     in PyTorch eager or in an exported runtime (``caprobe.runtimes``; CPU, fp32): each variant
-    is exported in its graph form (``caprobe.deploy(model, target="graph")``) or, with
+    is exported in its graph form (``caprobe.deploy(model, target=graph_target(runtime,
+    int8))``: for ONNX Runtime in fp32 on x86 the NCHWc form, see
+    :func:`caprobe.runtimes.graph_target`; the record's ``deploy_target`` says which) or, with
     ``form="paper"``, in its papers' equations as plain operators (what the official code
     exports; :func:`caprobe.attention.reference.reference_form`), loaded with the same thread
     count, and its export, load and first call are timed apart. ``int8``: each variant is
@@ -401,7 +403,8 @@ def _prepare_all(models: Mapping[str, Any], opts: TimingOptions) -> dict[str, An
         for m in models.values():
             _prepare(m, opts.device, _torch_dtype(opts.dtype), opts.channels_last)
         if opts.runtime != "eager":
-            return {label: deploy(m, target="graph") if opts.form == "deployed"
+            target = graph_target(opts.runtime, opts.int8)
+            return {label: deploy(m, target=target) if opts.form == "deployed"
                     else reference_form(m) for label, m in models.items()}
         # a model without attention modules is its own deployed form: timed as it is
         return {label: deploy(m) if opts.form == "deployed" and any(
@@ -450,6 +453,8 @@ def _runtime_calls(timed: Mapping[str, Any], opts: TimingOptions, say: Progress
     fns: dict[str, Callable[[], Any]] = {}
     loaded: dict[str, dict[str, Any]] = {}
     suffix = backend(opts.runtime).SUFFIX
+    # the form each file holds (see _deployed): graph_target's, or the papers' plain operators
+    target = graph_target(opts.runtime, opts.int8) if opts.form == "deployed" else "paper"
     with tempfile.TemporaryDirectory(prefix="caprobe-runtime-") as tmp:
         for i, (label, m) in enumerate(timed.items()):
             say("export", i / len(timed))
@@ -464,7 +469,7 @@ def _runtime_calls(timed: Mapping[str, Any], opts: TimingOptions, say: Progress
             loaded[label] = {"export_s": exported.export_s, "load_s": load_s,
                              "first_call_ms": 1000 * (time.perf_counter() - t0),
                              "bytes": exported.bytes, "coverage": exported.coverage,
-                             "precision": exported.precision,
+                             "precision": exported.precision, "deploy_target": target,
                              "settings": session.settings, "session": session}
     return fns, loaded
 

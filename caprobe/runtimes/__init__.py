@@ -11,11 +11,12 @@ executorch     ``caprobe[executorch]`` ``torch.export`` → XNNPACK delegate →
 openvino       ``caprobe[openvino]``  ``openvino.convert_model`` → OpenVINO CPU plugin (.xml)
 =============  ===================  ==========================================================
 
-What is exported is ``caprobe.deploy(model, target="graph")`` (each attention module's
-:meth:`~caprobe.attention.base.AttentionModule.graph_form`) unless the caller passes another
-module. Each backend module offers ``export(model, example, path) -> Exported`` and
-``load(path, threads) -> Session``; :func:`backend` finds it by name, or fails with one line
-naming the extra to install.
+What is exported is ``caprobe.deploy(model, target=graph_target(runtime, int8))`` (each
+attention module's :meth:`~caprobe.attention.base.AttentionModule.graph_form`, or its
+``nchwc_form`` for ONNX Runtime fp32 on a CPU where ORT uses its blocked layout) unless the
+caller passes another module. Each backend module offers ``export(model, example, path) ->
+Exported`` and ``load(path, threads) -> Session``; :func:`backend` finds it by name, or fails
+with one line naming the extra to install.
 """
 
 from __future__ import annotations
@@ -139,12 +140,22 @@ INT8_RUNTIMES = ("onnxruntime", "executorch", "openvino")
 CALIBRATION_IMAGES = 256
 
 
+def graph_target(runtime: str, int8: bool = False) -> str:
+    """The :func:`caprobe.deploy` target whose forms ``runtime`` runs fastest: ``"nchwc"``
+    for ONNX Runtime in fp32 where it runs convolutions in its NCHWc layout
+    (:func:`caprobe.runtimes.onnx_runtime.uses_nchwc`), else ``"graph"`` (int8 QDQ graphs
+    run the gates' ops outside that layout anyway)."""
+    if runtime == "onnxruntime" and not int8 and backend(runtime).uses_nchwc():
+        return "nchwc"
+    return "graph"
+
+
 def export(model: torch.nn.Module, example: torch.Tensor, path: str | Path, runtime: str,
            calibration: list[torch.Tensor] | None = None) -> Exported:
-    """Export ``model`` (as given: pass ``caprobe.deploy(m, target="graph")``) for ``runtime``
-    at ``example``'s shape into ``path``; the file is written whole or not at all. With
-    ``calibration`` (batches of ``example``'s shape), the file is statically quantised to
-    int8, its activation ranges observed on those batches."""
+    """Export ``model`` (as given: pass ``caprobe.deploy(m, target=graph_target(runtime))``)
+    for ``runtime`` at ``example``'s shape into ``path``; the file is written whole or not at
+    all. With ``calibration`` (batches of ``example``'s shape), the file is statically
+    quantised to int8, its activation ranges observed on those batches."""
     import torch
 
     if calibration is not None:
@@ -238,8 +249,9 @@ def export_checked(model: torch.nn.Module, path: str | Path, runtime: str,
                    inputs: dict[str, torch.Tensor], *, threads: int = 1,
                    form: str = "graph",
                    calibration: list[torch.Tensor] | None = None) -> ExportReport:
-    """Export ``model`` for ``runtime`` in ``form`` (``"graph"``: its deployed graph form;
-    ``"paper"``: the papers' equations in plain operators) at the first input's shape (int8
+    """Export ``model`` for ``runtime`` in ``form`` (``"graph"``: its deployed graph form,
+    :func:`graph_target`'s, which the report names; ``"paper"``: the papers' equations in
+    plain operators) at the first input's shape (int8
     with ``calibration``), load the file back and compare the runtime's outputs with eager
     PyTorch in fp32 (the model in eval mode) on every input (same shape)."""
     import torch
@@ -250,7 +262,11 @@ def export_checked(model: torch.nn.Module, path: str | Path, runtime: str,
     if form not in ("graph", "paper"):
         raise CaprobeError(f"unknown export form {form!r}; choose graph or paper")
     model = model.eval()
-    graph = deploy(model, target="graph") if form == "graph" else reference_form(model).eval()
+    if form == "graph":
+        form = graph_target(runtime, calibration is not None)
+        graph = deploy(model, target=form)
+    else:
+        graph = reference_form(model).eval()
     first = next(iter(inputs.values()))
     exported = export(graph, first, path, runtime, calibration)
     session = load(exported.path, runtime, threads)

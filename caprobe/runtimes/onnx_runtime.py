@@ -8,6 +8,7 @@ an interleaved neighbour is being timed on), all graph optimisations on.
 from __future__ import annotations
 
 import collections
+import functools
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -96,6 +97,34 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path,
     ops = collections.Counter(node.op_type for node in graph.graph.node)
     coverage.update(nodes=sum(ops.values()), ops=dict(sorted(ops.items())))
     return Exported("onnxruntime", str(path), len(data), 0.0, coverage)
+
+
+@functools.cache
+def uses_nchwc() -> bool:
+    """Whether this ONNX Runtime build on this CPU runs convolutions in its channel-blocked
+    NCHWc layout (x86 with AVX2 or AVX-512, all graph optimisations on): read from ORT
+    itself, by optimising a one-conv graph and looking for the layout's domain."""
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [16, 16, 1, 1], [0.0] * 256)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 4, 4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with tempfile.TemporaryDirectory(prefix="caprobe-nchwc-") as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(Path(tmp) / "optimised.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), options,
+                             providers=["CPUExecutionProvider"])
+        optimised = onnx.load(options.optimized_model_filepath)
+    return any(node.domain == NCHWC_DOMAIN for node in optimised.graph.node)
+
+
+#: the ONNX domain of ONNX Runtime's NCHWc operators
+NCHWC_DOMAIN = "com.microsoft.nchwc"
 
 
 class OrtSession:
