@@ -368,12 +368,12 @@ def test_int8_onnx_is_a_qdq_graph_close_to_fp32(spec, tmp_path):
     import onnx
 
     model = _network("mobilenetv2", spec)
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # see below
     report = _round_trip(model, x, "onnxruntime", tmp_path, calibration=_calibration(x.shape))
     assert report.exported.precision == "int8" and report.exported.calibration_images == 8
     # int8, not fp32 in disguise, and not garbage: random weights, 8 random calibration
-    # batches; CBAM's gated maps quantise worst (0.17 of the largest logit measured, 0.02-0.04
-    # for the others)
+    # batches, one seeded input (one draw's error varies); CBAM's gated maps quantise worst
+    # (0.17 of the largest logit measured, 0.02-0.04 for the others)
     bound = 0.3 if spec == "cbam" else 0.1
     assert 1e-4 < report.errors["x"]["max_rel"] < bound, report.errors
     ops = {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
@@ -415,10 +415,11 @@ def test_int8_weights_drop_to_7_bits_only_on_x86_without_vnni(monkeypatch):
 def test_int8_block_runs_in_int8_close_to_fp32(runtime, spec, tmp_path):
     """XNNPACK takes the quantised block whole (CBAM but its channel max and mean, which it
     does not delegate; its MLP compiles because each pool has its own copy); OpenVINO records
-    each op's precision (its convolutions in u8, under the f32 hint that governs only the
-    float ops)."""
+    each op's precision (its convolutions in u8, or i8 on a CPU with AMX, under the f32 hint
+    that governs only the float ops). The input is seeded: the error of one random 7×11 input
+    ranges widely (OpenVINO, CA, Intel Xeon with AMX: 0.05-0.14 over unseeded draws)."""
     model = _randomize(nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), _Block(spec, 24))).eval()
-    x = torch.randn(1, 3, 7, 11)
+    x = torch.randn(1, 3, 7, 11, generator=torch.Generator().manual_seed(0))
     report = _round_trip(model, x, runtime, tmp_path, calibration=_calibration(x.shape))
     assert report.exported.precision == "int8"
     bound = 0.3 if spec == "cbam" else 0.1  # CBAM's gated maps quantise worst (as in ORT)
@@ -429,7 +430,8 @@ def test_int8_block_runs_in_int8_close_to_fp32(runtime, spec, tmp_path):
         assert report.exported.coverage["outside"] == {}
         assert report.exported.coverage["partitions"] == 1
     else:
-        assert report.settings["runtime_precisions"]["u8"]["Convolution"] >= 1
+        precisions = report.settings["runtime_precisions"]
+        assert sum(precisions.get(p, {}).get("Convolution", 0) for p in ("u8", "i8")) >= 1
         assert report.settings["inference_precision"] == "f32"
         assert report.exported.coverage["int8_weights"] == (
             runtimes.int8_weight_bits() if runtimes.int8_saturates()

@@ -53,10 +53,10 @@ def _ms(v: float) -> str:
     return fmt_ms(v, missing="-")
 
 
-def _table(results, title: str):
+def _table(results):
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    table = Table()
     for name in ("attention", "median ms", "IQR ms", "p90 ms", "CV", "img/s",
                  "vs none", "95% CI", "n"):
         if name == "attention":
@@ -191,7 +191,10 @@ def bench(
                      f"{' · channels_last' if channels_last else ''} · "
                      f"threads {r0.threads} · torch {r0.env.get('torch')} · "
                      f"{r0.form} form")
-            console.print(_table(results, title))
+            # the header on a line of its own, never wrapped: a table title wraps at the
+            # table's width, which a long CPU name exceeds
+            console.print(title, highlight=False, soft_wrap=True)
+            console.print(_table(results))
             for warning in r0.env.get("warnings", []):
                 err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False,
                           soft_wrap=True)
