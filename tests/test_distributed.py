@@ -205,9 +205,10 @@ def test_a_rank_tells_a_lost_peer_from_its_own_error() -> None:
         1 / 0  # noqa: B018
     except ZeroDivisionError as exc:
         setup = _error_record(exc)
-        exc.caprobe_in_training = True  # what the training loop marks on a step's error
+        exc.caprobe_in_training = {"status": "failed", "steps_done": 7}  # the loop's mark
         own = _error_record(exc)
     assert setup["kind"] == "setup" and own["kind"] == "bug" and own["type"] == "ZeroDivisionError"
+    assert own["result"] == {"status": "failed", "steps_done": 7} and "result" not in setup
     assert own["traceback"].startswith("Traceback") and "1 / 0" in own["traceback"]
     assert _error_record(RuntimeError("shape mismatch"))["kind"] == "setup"
     assert _error_record(CaprobeError("bad"))["kind"] == "caprobe"
@@ -220,12 +221,17 @@ def test_a_rank_error_is_the_runs_failed_outcome(tmp_path: Path) -> None:
     (tmp_path / "result.json").write_text(json.dumps({  # from an earlier launch: replaced
         "status": "interrupted", "epochs_done": 1, "steps_done": 32, "test_loss": 0.5}))
     bug = {"kind": "bug", "type": "ZeroDivisionError", "message": "division by zero",
-           "traceback": "Traceback ...\nZeroDivisionError: division by zero\n"}
+           "traceback": "Traceback ...\nZeroDivisionError: division by zero\n",
+           "result": {"status": "failed", "epochs_done": 2, "steps_done": 40,
+                      "train_loss": 1.25, "run_dir": None, "chance_top1": 2.78,
+                      "env": {"torch": "2.13.0"}, "error": "ZeroDivisionError: division by zero"}}
     result = _failed_result(tmp_path, bug)
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved == result.to_dict()
     assert (result.status, result.error, result.test_loss, result.top1) == (
         "failed", "ZeroDivisionError: division by zero", None, None)
+    assert (result.epochs_done, result.steps_done, result.train_loss) == (2, 40, 1.25)
+    assert result.run_dir == str(tmp_path) and result.env == {"torch": "2.13.0"}
     assert (tmp_path / "traceback.txt").read_text() == bug["traceback"]
 
 
@@ -385,6 +391,11 @@ def test_a_bug_on_one_rank_fails_the_run_as_in_one_process(tmp_path: Path) -> No
     result = json.loads(done.stdout)
     assert result["status"] == "failed" and result["top1"] is None
     assert result["error"] == "ZeroDivisionError: a bug on rank 1"
+    # what one process records of a failed run: its counters (the bug hit the first epoch),
+    # environment and data set, here from rank 1, which failed
+    assert (result["epochs_done"], result["steps_done"]) == (0, 0)
+    assert result["env"]["torch"] == torch.__version__ and result["data_checksum"]
+    assert result["chance_top1"] == pytest.approx(100 / 36)
     assert json.loads((out / "result.json").read_text())["status"] == "failed"
     assert "ZeroDivisionError: a bug on rank 1" in (out / "traceback.txt").read_text()
     assert _ranks_alive(out) == 0

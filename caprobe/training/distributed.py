@@ -192,7 +192,8 @@ _PEER_WORDS = ("gloo", "nccl", "connection closed by peer", "connection reset by
 
 
 #: the attribute the training loop sets on an exception it raises from a rank's steps (see
-#: ``caprobe.training.loop``): only such an error is the run's outcome
+#: ``caprobe.training.loop``): only such an error is the run's outcome. Its value is the
+#: failed run's record as that rank saw it (a ``RunResult`` dict: counters, losses, env)
 IN_TRAINING = "caprobe_in_training"
 
 
@@ -217,8 +218,11 @@ def _error_record(exc: BaseException) -> dict[str, Any]:
     elif _is_collective_failure(exc):
         record["kind"] = "peer"
     else:  # in the training loop: the run's outcome; before it (setup): raised as it was
-        record.update(kind="bug" if getattr(exc, IN_TRAINING, False) else "setup",
+        in_training = getattr(exc, IN_TRAINING, None)
+        record.update(kind="bug" if in_training else "setup",
                       traceback="".join(traceback.format_exception(exc)))
+        if isinstance(in_training, dict):
+            record["result"] = in_training
     return record
 
 
@@ -415,13 +419,14 @@ def _rank_death(rank: int, code: int) -> str:
 
 def _failed_result(run_dir: Path, record: dict[str, Any]) -> RunResult:
     """A rank's error in a training step as the run's outcome: ``result.json`` with status
-    failed and the rank's traceback in ``traceback.txt``, as one process records it (the
-    counters of a run that failed are in its checkpoint)."""
+    failed, the counters, losses and environment that rank recorded (``record["result"]``),
+    and its traceback in ``traceback.txt``, as one process records it."""
     from caprobe.io import atomic_write_text
     from caprobe.training.loop import ERROR_FILE, RESULT_FILE, RunResult
 
-    result = RunResult(status="failed", run_dir=str(run_dir),
-                       error=f"{record['type']}: {record['message']}")
+    result = RunResult.from_dict({**record.get("result", {}), "status": "failed",
+                                  "run_dir": str(run_dir),
+                                  "error": f"{record['type']}: {record['message']}"})
     atomic_write_text(run_dir / ERROR_FILE, record.get("traceback", ""))
     write_json(run_dir / RESULT_FILE, result.to_dict())
     return result

@@ -656,8 +656,10 @@ def _epoch_row(state: TrainState, ep: dict[str, Any], ev: dict[str, Any], n_eval
 
 def _result(t: _Training, state: TrainState, started: float, status: str,
             error: str | None = None, train_loss: float | None = None,
-            train_acc: float | None = None, per_class=None) -> RunResult:  # noqa: ANN001
-    """The run's :class:`RunResult`, also written as ``result.json`` in its folder."""
+            train_acc: float | None = None, per_class=None,  # noqa: ANN001
+            write: bool = True) -> RunResult:
+    """The run's :class:`RunResult`, also written as ``result.json`` in its folder (unless
+    ``write`` is false)."""
     rows, last = state.rows, state.last_eval
     finished = status == "finished"
     top1 = last.get("test_top1") if finished else None
@@ -683,7 +685,7 @@ def _result(t: _Training, state: TrainState, started: float, status: str,
         chance_top1=chance_top1(num_classes),
         learned=did_learn(top1, num_classes, [r["train_loss"] for r in rows]),
     )
-    if t.run_dir is not None:
+    if write and t.run_dir is not None:
         write_json(t.run_dir / RESULT_FILE, res.to_dict())
     return res
 
@@ -739,18 +741,20 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
     except Exception as exc:  # noqa: BLE001 - recorded in the run folder, not a traceback
         from caprobe.runtime import is_environmental
 
+        error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         if rank is not None:
             # a DDP rank: the launcher decides (a lost peer leaves the run resumable, an
-            # error of this rank's own steps fails it); mark it as a training step's
+            # error of this rank's own steps fails it); mark it as a training step's, with
+            # the record the run gets if it fails (written by the launcher, not here)
             with contextlib.suppress(AttributeError, TypeError):
-                setattr(exc, IN_TRAINING, True)
+                setattr(exc, IN_TRAINING,
+                        _result(t, state, started, "failed", error=error, write=False).to_dict())
             raise
         if is_environmental(exc):  # the machine failed (full disk, no memory): no result
             raise
         if run_dir is not None:
             with contextlib.suppress(Exception):
                 atomic_write_text(run_dir / ERROR_FILE, traceback.format_exc())
-        return _result(t, state, started, "failed",
-                       error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+        return _result(t, state, started, "failed", error=error)
     finally:
         bar.close()
