@@ -162,9 +162,10 @@ class CoordAttention(AttentionModule):
         map's size by a nearest upsample, so that its products are same-shape products, which
         the layout keeps (a broadcast product is not: the map is reordered out and back around
         every block). In MobileNetV2 at 224 no reorder is left inside the network, against 84
-        with the graph form, and CA's overhead in ONNX Runtime fell from +86 % to +72 %
-        (2026-12-03, ``benchmarks/runtime_latency.py``); XNNPACK and OpenVINO broadcast
-        natively and keep the graph form (OpenVINO: +61 % against +42 % with this one)."""
+        with the graph form, and CA's overhead over MobileNetV2 in ONNX Runtime fell from
+        +86 % to +72 % (2026-12-03, 2 threads, the two forms side by side in one process; the
+        README has the whole table); XNNPACK and OpenVINO broadcast natively and keep the
+        graph form (OpenVINO: +61 % with this form against +42 % with the graph form)."""
         graph = self.graph_form()
         for branch in graph.gates:
             first, second = pad_hidden(getattr(graph, f"conv1_{branch}"),
