@@ -216,14 +216,16 @@ def coverage_note(runtime: str, coverage: dict[str, Any], settings: dict[str, An
 
 
 def runtime_notes(results: list[Any]) -> list[str]:
-    """A line per exported variant of a list of latency results (none for eager ones):
-    export, load and first-call times, then :func:`coverage_note`."""
+    """A line per exported variant of a list of latency results (none for eager ones): the
+    form exported (:func:`graph_target`'s, or ``paper``), export, load and first-call times,
+    then :func:`coverage_note`."""
     lines = []
     for r in results:
         info = r.env.get("runtime")
         if not info:
             continue
-        lines.append(f"{r.runtime} {r.label}: export {info['export_s']:.1f} s, load "
+        form = f"{info['deploy_target']} form, " if info.get("deploy_target") else ""
+        lines.append(f"{r.runtime} {r.label}: {form}export {info['export_s']:.1f} s, load "
                      f"{info['load_s']:.2f} s, first call {info['first_call_ms']:.1f} ms; "
                      f"{coverage_note(r.runtime, info['coverage'], info['settings'])}")
     return lines
