@@ -453,7 +453,7 @@ def _runtime_calls(timed: Mapping[str, Any], opts: TimingOptions, say: Progress
     fns: dict[str, Callable[[], Any]] = {}
     loaded: dict[str, dict[str, Any]] = {}
     suffix = backend(opts.runtime).SUFFIX
-    # the form each file holds (see _deployed): graph_target's, or the papers' plain operators
+    # the form each file holds (see _prepare_all): graph_target's, or the papers' operators
     target = graph_target(opts.runtime, opts.int8) if opts.form == "deployed" else "paper"
     with tempfile.TemporaryDirectory(prefix="caprobe-runtime-") as tmp:
         for i, (label, m) in enumerate(timed.items()):

@@ -253,9 +253,9 @@ def export_checked(model: torch.nn.Module, path: str | Path, runtime: str,
                    calibration: list[torch.Tensor] | None = None) -> ExportReport:
     """Export ``model`` for ``runtime`` in ``form`` (``"graph"``: its deployed graph form,
     :func:`graph_target`'s, which the report names; ``"paper"``: the papers' equations in
-    plain operators) at the first input's shape (int8
-    with ``calibration``), load the file back and compare the runtime's outputs with eager
-    PyTorch in fp32 (the model in eval mode) on every input (same shape)."""
+    plain operators) at the first input's shape (int8 with ``calibration``), load the file
+    back and compare the runtime's outputs with eager PyTorch in fp32 (the model in eval
+    mode) on every input (same shape)."""
     import torch
 
     from caprobe.attention.reference import reference_form
