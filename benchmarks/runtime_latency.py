@@ -91,12 +91,12 @@ def main() -> int:
               "overhead | XNNPACK nodes left out (ca, ca paper) |")
         print("|---|---|---|---|---|---|---|---|")
         for runtime in runtimes:
-            models = _models(backbone, args.width, "graph" if runtime == "eager"
-                             else graph_target(runtime, args.int8))
             if runtime == "eager":  # the graph forms are the exported ones; eager times as built
                 models = {a: caprobe.build_model(backbone, attn=a, width=args.width,
                                                  num_classes=1000, profile="imagenet", seed=0)
                           for a in VARIANTS}
+            else:
+                models = _models(backbone, args.width, graph_target(runtime, args.int8))
             # exported rows: form="paper" exports each module as given here (the graph forms
             # and the reference CA); eager rows: the eager deployed form, caprobe.deploy(model)
             results = time_variants(models, batch=1, input_size=args.input_size,

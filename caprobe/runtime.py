@@ -94,10 +94,7 @@ def keep_freed_memory() -> str:
     global _malloc_policy
     if _malloc_policy is not None:
         return _malloc_policy
-    asked = os.environ.get("CAPROBE_MALLOC", "").strip().lower()
-    if asked not in _MALLOC_CHOICES:
-        raise CaprobeError(f"CAPROBE_MALLOC={asked!r} is not a malloc policy; set it to "
-                           "'system' (glibc's default) or 'kept' (the default), or unset it")
+    asked = malloc_setting()
     _malloc_policy = "system"
     if asked != "system" and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         libc = ctypes.CDLL(None)
@@ -105,6 +102,18 @@ def keep_freed_memory() -> str:
                 libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_UP_TO) == 1:
             _malloc_policy = "kept"
     return _malloc_policy
+
+
+def malloc_setting() -> str:
+    """``CAPROBE_MALLOC`` as asked (``""`` when unset), checked: any other value than
+    ``kept`` or ``system`` is a :class:`CaprobeError`. Every command checks it first (the
+    CLI's error policy), so a typo stops it before any work, not in each piece of a plan."""
+    raw = os.environ.get("CAPROBE_MALLOC", "")
+    asked = raw.strip().lower()
+    if asked not in _MALLOC_CHOICES:
+        raise CaprobeError(f"CAPROBE_MALLOC={raw!r} is not a malloc policy; set it to "
+                           "'system' (glibc's default) or 'kept' (the default), or unset it")
+    return asked
 
 
 def malloc_policy() -> str:

@@ -68,15 +68,20 @@ def test_environment_records_the_policy():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["system", "kept"]
 
 
-def test_unknown_caprobe_malloc_is_a_one_line_error():
-    """A typo must not silently mean the default: the command stops before timing anything."""
-    code = ("import sys; from caprobe.cli import main; sys.argv = ['caprobe', 'bench', "
-            "'--model', 'mobilenetv2', '--attn', 'none', '--input-size', '32', "
-            "'--min-time', '0.01']; main()")
+@pytest.mark.parametrize("command", [
+    ["bench", "--model", "mobilenetv2", "--attn", "none", "--input-size", "32",
+     "--min-time", "0.01"],
+    # compare catches errors per piece: the check must come before the plan starts
+    ["compare", "--attn", "ca", "--seeds", "1", "--epochs", "1", "--out", "{tmp}/cmp"],
+])
+def test_unknown_caprobe_malloc_is_a_one_line_error(command, tmp_path):
+    """A typo must not silently mean the default: the command stops before any work."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    code = f"import sys; from caprobe.cli import main; sys.argv = ['caprobe', *{args!r}]; main()"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "CAPROBE_MALLOC": "sytem"})
+                         timeout=120, env={**os.environ, "CAPROBE_MALLOC": "Sytem"})
     assert out.returncode == 2, out.stderr
-    assert "Traceback" not in out.stderr
-    errors = [line for line in out.stderr.splitlines() if "error" in line]
-    assert errors == ["caprobe: error: CAPROBE_MALLOC='sytem' is not a malloc policy; set it to "
-                      "'system' (glibc's default) or 'kept' (the default), or unset it"]
+    assert out.stderr == ("caprobe: error: CAPROBE_MALLOC='Sytem' is not a malloc policy; set "
+                          "it to 'system' (glibc's default) or 'kept' (the default), or unset "
+                          "it\n")
+    assert not (tmp_path / "cmp").exists()

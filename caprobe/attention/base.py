@@ -147,11 +147,14 @@ NCHWC_BLOCK = 16
 
 def pad_hidden(first: nn.Conv2d, second: nn.Conv2d, multiple: int = NCHWC_BLOCK
                ) -> tuple[nn.Conv2d, nn.Conv2d]:
-    """Copies of a pair of 1×1 convs ``first`` (C→k) → non-linearity → ``second`` (k→C') with
-    k rounded up to ``multiple``: the added outputs of ``first`` are zero and ``second`` gives
-    them zero weight, so the pair's output is unchanged whatever the non-linearity between
-    (exactly: the added terms are 0 · a). A blocked layout keeps a conv only when its channel
-    counts are whole blocks (or fewer than one block of inputs)."""
+    """Copies of a pair of 1×1 convs ``first`` (C→k) → elementwise non-linearity → ``second``
+    (k→C'), ungrouped, with k rounded up to ``multiple``: the added outputs of ``first`` are
+    zero and ``second`` gives them zero weight, so the pair's output is unchanged for any
+    non-linearity finite at 0 (the added terms are 0 · a). A blocked layout keeps a conv only
+    when its channel counts are whole blocks (or fewer than one block of inputs)."""
+    for conv in (first, second):
+        if conv.kernel_size != (1, 1) or conv.groups != 1:
+            raise ValueError(f"pad_hidden takes ungrouped 1×1 convs, got {conv}")
     hidden = first.out_channels
     padded = -(-hidden // multiple) * multiple
     w1 = first.weight.new_zeros(padded, *first.weight.shape[1:])

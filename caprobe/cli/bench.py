@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,6 +21,11 @@ from caprobe.cli.options import (
 )
 from caprobe.errors import CaprobeError, require_positive
 from caprobe.formatting import fmt_ms, fmt_number
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.table import Table
+
+    from caprobe.measure.latency import LatencyResult
 
 # Options that take several space-separated values: ``--attn none se ca --batch 1 32``.
 _MultiValueCommand = multi_value_command("--model", "-m", "--attn", "-a", "--batch", "-b",
@@ -53,7 +58,7 @@ def _ms(v: float) -> str:
     return fmt_ms(v, missing="-")
 
 
-def _table(results):
+def _table(results: list[LatencyResult]) -> Table:
     from rich.table import Table
 
     table = Table()
@@ -193,7 +198,7 @@ def bench(
                      f"{r0.form} form")
             # the header on a line of its own, never wrapped: a table title wraps at the
             # table's width, which a long CPU name exceeds
-            console.print(title, highlight=False, soft_wrap=True)
+            console.print(title, highlight=False, markup=False, soft_wrap=True)
             console.print(_table(results))
             for warning in r0.env.get("warnings", []):
                 err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False,

@@ -172,7 +172,11 @@ def export(
         "folder: its data set).")] = None,
     paper_form: Annotated[bool, typer.Option(
         "--paper-form", help="Export the papers' equations in plain operators instead of the "
-        "deployed graph form (for onnx in fp32 on x86: the NCHWc form).")] = False,
+        "deployed form.")] = False,
+    deploy_target: Annotated[str, typer.Option(
+        "--deploy-target", help="The deployed form: auto (the fastest for this runtime on "
+        "this machine: nchwc for onnx in fp32 where ONNX Runtime blocks channels, else "
+        "graph), graph (every runtime and CPU), or nchwc (ONNX Runtime on x86).")] = "auto",
     int8: Annotated[bool, typer.Option(
         "--int8", help="Static int8 (onnx: QDQ; executorch: pt2e with the XNNPACK quantizer; "
         "openvino: NNCF), calibrated on training images.")] = False,
@@ -201,6 +205,12 @@ def export(
     hw = parse_input_size(input_size, profile) if input_size is not None else None
     if run_dir is not None and not run_dir.is_dir():
         raise CaprobeError(f"run folder {run_dir} does not exist")
+    target = deploy_target.strip().lower()
+    if target not in ("auto", "graph", "nchwc"):
+        raise CaprobeError(f"unknown --deploy-target {deploy_target!r}; choose auto, graph or "
+                           "nchwc")
+    if paper_form and target != "auto":
+        raise CaprobeError("--paper-form exports no deployed form; drop --deploy-target")
 
     from caprobe.runtimes import backend, coverage_note, export_checked
 
@@ -212,6 +222,7 @@ def export(
         profile=profile, num_classes=num_classes, data=data, hw=hw, batch=batch,
         calib_data=calib_data, calib_images=calib_images if int8 else None))
     report = export_checked(net, out, runtime, inputs, form="paper" if paper_form else "graph",
+                            target=None if target == "auto" else target,
                             calibration=calibration)
     if as_json:
         from caprobe.io import to_jsonable

@@ -336,7 +336,8 @@ def time_variants(
     in PyTorch eager or in an exported runtime (``caprobe.runtimes``; CPU, fp32): each variant
     is exported in its graph form (``caprobe.deploy(model, target=graph_target(runtime,
     int8))``: for ONNX Runtime in fp32 on x86 the NCHWc form, see
-    :func:`caprobe.runtimes.graph_target`; the record's ``deploy_target`` says which) or, with
+    :func:`caprobe.runtimes.graph_target`; the record's ``deploy_target`` says which; None for
+    models timed as given) or, with
     ``form="paper"``, in its papers' equations as plain operators (what the official code
     exports; :func:`caprobe.attention.reference.reference_form`), loaded with the same thread
     count, and its export, load and first call are timed apart. ``int8``: each variant is
@@ -403,8 +404,8 @@ def _prepare_all(models: Mapping[str, Any], opts: TimingOptions) -> dict[str, An
         for m in models.values():
             _prepare(m, opts.device, _torch_dtype(opts.dtype), opts.channels_last)
         if opts.runtime != "eager":
-            target = graph_target(opts.runtime, opts.int8)
-            return {label: deploy(m, target=target) if opts.form == "deployed"
+            target = _deploy_target(opts)
+            return {label: deploy(m, target=target) if target is not None
                     else reference_form(m) for label, m in models.items()}
         # a model without attention modules is its own deployed form: timed as it is
         return {label: deploy(m) if opts.form == "deployed" and any(
@@ -434,6 +435,15 @@ def _calls(timed: Mapping[str, Any], opts: TimingOptions, timer: Timer,
     return fns, compile_s
 
 
+def _deploy_target(opts: TimingOptions) -> str | None:
+    """The :func:`caprobe.deploy` target of an exported runtime's variants when their deployed
+    forms are timed (:func:`caprobe.runtimes.graph_target`); None when they are timed as
+    given (``form="paper"``) or in eager."""
+    if opts.runtime == "eager" or opts.form != "deployed":
+        return None
+    return graph_target(opts.runtime, opts.int8)
+
+
 def _runtime_calls(timed: Mapping[str, Any], opts: TimingOptions, say: Progress
                    ) -> tuple[dict[str, Callable[[], Any]], dict[str, dict[str, Any]]]:
     """Each variant exported for ``opts.runtime`` into a temporary folder and loaded with the
@@ -453,8 +463,6 @@ def _runtime_calls(timed: Mapping[str, Any], opts: TimingOptions, say: Progress
     fns: dict[str, Callable[[], Any]] = {}
     loaded: dict[str, dict[str, Any]] = {}
     suffix = backend(opts.runtime).SUFFIX
-    # the form each file holds (see _prepare_all): graph_target's, or the papers' operators
-    target = graph_target(opts.runtime, opts.int8) if opts.form == "deployed" else "paper"
     with tempfile.TemporaryDirectory(prefix="caprobe-runtime-") as tmp:
         for i, (label, m) in enumerate(timed.items()):
             say("export", i / len(timed))
@@ -469,7 +477,8 @@ def _runtime_calls(timed: Mapping[str, Any], opts: TimingOptions, say: Progress
             loaded[label] = {"export_s": exported.export_s, "load_s": load_s,
                              "first_call_ms": 1000 * (time.perf_counter() - t0),
                              "bytes": exported.bytes, "coverage": exported.coverage,
-                             "precision": exported.precision, "deploy_target": target,
+                             "precision": exported.precision,
+                             "deploy_target": _deploy_target(opts),
                              "settings": session.settings, "session": session}
     return fns, loaded
 

@@ -152,10 +152,11 @@ def graph_target(runtime: str, int8: bool = False) -> str:
 
 def export(model: torch.nn.Module, example: torch.Tensor, path: str | Path, runtime: str,
            calibration: list[torch.Tensor] | None = None) -> Exported:
-    """Export ``model`` (as given: pass ``caprobe.deploy(m, target=graph_target(runtime))``)
-    for ``runtime`` at ``example``'s shape into ``path``; the file is written whole or not at
-    all. With ``calibration`` (batches of ``example``'s shape), the file is statically
-    quantised to int8, its activation ranges observed on those batches."""
+    """Export ``model`` (as given: pass ``caprobe.deploy(m, target=graph_target(runtime,
+    int8=calibration is not None))``) for ``runtime`` at ``example``'s shape into ``path``;
+    the file is written whole or not at all. With ``calibration`` (batches of ``example``'s
+    shape), the file is statically quantised to int8, its activation ranges observed on
+    those batches."""
     import torch
 
     if calibration is not None:
@@ -217,14 +218,14 @@ def coverage_note(runtime: str, coverage: dict[str, Any], settings: dict[str, An
 
 def runtime_notes(results: list[Any]) -> list[str]:
     """A line per exported variant of a list of latency results (none for eager ones): the
-    form exported (:func:`graph_target`'s, or ``paper``), export, load and first-call times,
-    then :func:`coverage_note`."""
+    :func:`caprobe.deploy` target it was exported for (:func:`graph_target`'s; none named for
+    models timed as given), export, load and first-call times, then :func:`coverage_note`."""
     lines = []
     for r in results:
         info = r.env.get("runtime")
         if not info:
             continue
-        form = f"{info['deploy_target']} form, " if info.get("deploy_target") else ""
+        form = f"deploy target {info['deploy_target']}, " if info.get("deploy_target") else ""
         lines.append(f"{r.runtime} {r.label}: {form}export {info['export_s']:.1f} s, load "
                      f"{info['load_s']:.2f} s, first call {info['first_call_ms']:.1f} ms; "
                      f"{coverage_note(r.runtime, info['coverage'], info['settings'])}")
@@ -249,13 +250,14 @@ class ExportReport:
 
 def export_checked(model: torch.nn.Module, path: str | Path, runtime: str,
                    inputs: dict[str, torch.Tensor], *, threads: int = 1,
-                   form: str = "graph",
+                   form: str = "graph", target: str | None = None,
                    calibration: list[torch.Tensor] | None = None) -> ExportReport:
-    """Export ``model`` for ``runtime`` in ``form`` (``"graph"``: its deployed graph form,
-    :func:`graph_target`'s, which the report names; ``"paper"``: the papers' equations in
-    plain operators) at the first input's shape (int8 with ``calibration``), load the file
-    back and compare the runtime's outputs with eager PyTorch in fp32 (the model in eval
-    mode) on every input (same shape)."""
+    """Export ``model`` for ``runtime`` in ``form`` (``"graph"``: a deployed form, for the
+    :func:`caprobe.deploy` ``target`` given or else :func:`graph_target`'s, which the report
+    names; ``"paper"``: the papers' equations in plain operators) at the first input's shape
+    (int8 with ``calibration``), load the file back and compare the runtime's outputs with
+    eager PyTorch in fp32 (the model in eval mode) on every input (same shape). The file is
+    made for this machine's runtime: ``target="graph"`` is the form every CPU runs well."""
     import torch
 
     from caprobe.attention.reference import reference_form
@@ -265,7 +267,7 @@ def export_checked(model: torch.nn.Module, path: str | Path, runtime: str,
         raise CaprobeError(f"unknown export form {form!r}; choose graph or paper")
     model = model.eval()
     if form == "graph":
-        form = graph_target(runtime, calibration is not None)
+        form = target or graph_target(runtime, calibration is not None)
         graph = deploy(model, target=form)
     else:
         graph = reference_form(model).eval()

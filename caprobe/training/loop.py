@@ -746,9 +746,13 @@ def _run(cfg: TrainConfig, model, dataset, data_api, device: str, run_dir: Path 
             # a DDP rank: the launcher decides (a lost peer leaves the run resumable, an
             # error of this rank's own steps fails it); mark it as a training step's, with
             # the record the run gets if it fails (written by the launcher, not here)
+            try:
+                record: dict | bool = _result(t, state, started, "failed", error=error,
+                                              write=False).to_dict()
+            except Exception:  # noqa: BLE001 - the mark matters more than the counters
+                record = True
             with contextlib.suppress(AttributeError, TypeError):
-                setattr(exc, IN_TRAINING,
-                        _result(t, state, started, "failed", error=error, write=False).to_dict())
+                setattr(exc, IN_TRAINING, record)
             raise
         if is_environmental(exc):  # the machine failed (full disk, no memory): no result
             raise
