@@ -103,6 +103,10 @@ def test_compare_times_quantises_and_evaluates_in_the_runtime(tmp_path):
         assert saved["runtime"] == "onnxruntime" and saved["median_ms"] == row["median_ms"] > 0
         assert saved["env"]["runtime"]["precision"] == precision
         assert (row["overhead"] is None) == (variant == "none")
+    from caprobe.runtimes import graph_target
+
+    assert rows["fp32", "ca"]["deploy_target"] == graph_target("onnxruntime")
+    assert rows["int8", "ca"]["deploy_target"] == "graph"
     assert "QuantizeLinear" in rows["int8", "ca"]["coverage"]["ops"]
     assert "QuantizeLinear" not in rows["fp32", "ca"]["coverage"]["ops"]
     for variant in ("none", "ca"):
@@ -127,6 +131,9 @@ def test_compare_times_quantises_and_evaluates_in_the_runtime(tmp_path):
 
     html = (out / "report.html").read_text()
     assert html.count('<tr data-runtime="onnxruntime" data-precision=') == 4
+    assert html.count(f"deploy target {graph_target('onnxruntime')};") == 2  # fp32 rows
+    assert html.count("deploy target graph;") == (2 if graph_target("onnxruntime") == "nchwc"
+                                                  else 4)
     assert '<a href="#runtimes">' in html and "Gate error in int8" in html
 
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("variants/*/**/*.json")}

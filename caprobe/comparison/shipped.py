@@ -176,7 +176,7 @@ def summary(layout: Layout, variants: list[str], seeds: list[int], runtimes: lis
                     "overhead": record.get("overhead"),
                     "overhead_ci": record.get("overhead_ci"),
                     "coverage": info.get("coverage"), "settings": info.get("settings"),
-                    "error": record.get("error")})
+                    "deploy_target": info.get("deploy_target"), "error": record.get("error")})
         if not int8:
             continue
         for variant in variants:

@@ -385,8 +385,10 @@ def runtime_tables(runs: list[RunRecords]) -> dict[str, list[dict[str, Any]]]:
                     r.get("median_ms")),
                 "overhead": fmt_ratio_pct(r.get("overhead"), missing=""),
                 "ci": (f"[{fmt_ratio_pct(ci[0])}, {fmt_ratio_pct(ci[1])}]" if ci else ""),
-                "note": (r["error"] if r.get("error") else coverage_note(
-                    r["runtime"], r.get("coverage") or {}, r.get("settings") or {}))})
+                "note": (r["error"] if r.get("error") else (
+                    f"deploy target {r['deploy_target']}; " if r.get("deploy_target") else "")
+                    + coverage_note(r["runtime"], r.get("coverage") or {},
+                                    r.get("settings") or {}))})
         for r in saved.get("int8_accuracy", []):
             accuracy.append({
                 "runtime": r["runtime"], "label": run.labels.get(r["variant"], r["variant"]),
