@@ -205,10 +205,13 @@ def export(
     hw = parse_input_size(input_size, profile) if input_size is not None else None
     if run_dir is not None and not run_dir.is_dir():
         raise CaprobeError(f"run folder {run_dir} does not exist")
+    from caprobe.deployment import TARGETS
+
     target = deploy_target.strip().lower()
-    if target not in ("auto", "graph", "nchwc"):
-        raise CaprobeError(f"unknown --deploy-target {deploy_target!r}; choose auto, graph or "
-                           "nchwc")
+    choices = ["auto", *(t for t in TARGETS if t != "eager")]  # eager forms do not export
+    if target not in choices:
+        raise CaprobeError(f"unknown --deploy-target {deploy_target!r}; choose "
+                           f"{', '.join(choices[:-1])} or {choices[-1]}")
     if paper_form and target != "auto":
         raise CaprobeError("--paper-form exports no deployed form; drop --deploy-target")
 

@@ -463,6 +463,7 @@ def _runtime_calls(timed: Mapping[str, Any], opts: TimingOptions, say: Progress
     fns: dict[str, Callable[[], Any]] = {}
     loaded: dict[str, dict[str, Any]] = {}
     suffix = backend(opts.runtime).SUFFIX
+    target = _deploy_target(opts)  # what _prepare_all deployed, for the records
     with tempfile.TemporaryDirectory(prefix="caprobe-runtime-") as tmp:
         for i, (label, m) in enumerate(timed.items()):
             say("export", i / len(timed))
@@ -478,7 +479,7 @@ def _runtime_calls(timed: Mapping[str, Any], opts: TimingOptions, say: Progress
                              "first_call_ms": 1000 * (time.perf_counter() - t0),
                              "bytes": exported.bytes, "coverage": exported.coverage,
                              "precision": exported.precision,
-                             "deploy_target": _deploy_target(opts),
+                             "deploy_target": target,
                              "settings": session.settings, "session": session}
     return fns, loaded
 

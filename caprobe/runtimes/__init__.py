@@ -245,7 +245,7 @@ class ExportReport:
     settings: dict[str, Any]
     errors: dict[str, dict[str, float]]
     input_shape: list[int]
-    form: str
+    form: str  # the deploy target written ("graph" or "nchwc"), or "paper"
 
 
 def export_checked(model: torch.nn.Module, path: str | Path, runtime: str,
@@ -267,10 +267,10 @@ def export_checked(model: torch.nn.Module, path: str | Path, runtime: str,
         raise CaprobeError(f"unknown export form {form!r}; choose graph or paper")
     model = model.eval()
     if form == "graph":
-        form = target or graph_target(runtime, calibration is not None)
-        graph = deploy(model, target=form)
+        written = target or graph_target(runtime, calibration is not None)
+        graph = deploy(model, target=written)
     else:
-        graph = reference_form(model).eval()
+        written, graph = "paper", reference_form(model).eval()
     first = next(iter(inputs.values()))
     exported = export(graph, first, path, runtime, calibration)
     session = load(exported.path, runtime, threads)
@@ -278,4 +278,4 @@ def export_checked(model: torch.nn.Module, path: str | Path, runtime: str,
     with torch.no_grad():
         for name, x in inputs.items():
             errors[name] = max_error(model(x), session.run(x))
-    return ExportReport(exported, session.settings, errors, list(first.shape), form)
+    return ExportReport(exported, session.settings, errors, list(first.shape), written)

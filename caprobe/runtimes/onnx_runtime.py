@@ -99,6 +99,10 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: Path,
     return Exported("onnxruntime", str(path), len(data), 0.0, coverage)
 
 
+#: the ONNX domain of ONNX Runtime's NCHWc operators
+NCHWC_DOMAIN = "com.microsoft.nchwc"
+
+
 def optimised_graph(model: bytes | Path) -> onnx.ModelProto:
     """The graph ONNX Runtime runs for ``model`` (a serialised model or its file) on this
     CPU, all graph optimisations on: its optimised form, written out by ORT and read back."""
@@ -132,10 +136,6 @@ def uses_nchwc() -> bool:
     except Exception:  # noqa: BLE001 - no probe, no blocked form: the graph form is safe
         return False
     return any(node.domain == NCHWC_DOMAIN for node in optimised.graph.node)
-
-
-#: the ONNX domain of ONNX Runtime's NCHWc operators
-NCHWC_DOMAIN = "com.microsoft.nchwc"
 
 
 class OrtSession:
