@@ -116,6 +116,18 @@ def malloc_setting() -> str:
     return asked
 
 
+def kernel_setting() -> str:
+    """``CAPROBE_KERNELS`` as asked (``""`` when unset), checked: any value other than
+    ``native`` (the default) or ``eager`` is a :class:`CaprobeError`; every command checks it
+    first (:mod:`caprobe.attention.native` uses it)."""
+    raw = os.environ.get("CAPROBE_KERNELS", "")
+    asked = raw.strip().lower()
+    if asked not in ("", "native", "eager"):
+        raise CaprobeError(f"CAPROBE_KERNELS={raw!r} is not a kernel choice; set it to "
+                           "'native' (the default) or 'eager', or unset it")
+    return asked
+
+
 def malloc_policy() -> str:
     """The malloc policy of this process so far: ``"kept"`` once :func:`keep_freed_memory`
     applied, else ``"system"``."""

@@ -48,7 +48,7 @@ from caprobe.attention.base import (
     multiply_gates,
     pad_hidden,
 )
-from caprobe.attention.functional import gate_product, nchw, strip_means
+from caprobe.attention.functional import gate_product, nchw, strip_attention, strip_means
 
 #: Up to this H + W, pooling both strips as one (C, H·W) × (H·W, H+W) product beats sums (a
 #: reduction over a short axis is slow on CPU): inside MobileNetV2 at 224, 2 threads, 40 vs
@@ -109,26 +109,37 @@ class CoordAttention(AttentionModule):
                                                   strict=True)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, cols = self.conv_h is not None, self.conv_w is not None
+        out = strip_attention(x, self._strip_gates, rows, cols)
+        if out is not None:  # the native kernels (channels-last CPU maps, float32/64)
+            return out
         return gate_product(x, *self._gates_nhwc(x))
 
     def _gates_nhwc(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The gates in NHWC broadcast shapes (N×H×1×C, N×1×W×C), ``branches`` order: the
-        strips pooled as one (N·H + N·W)×C tensor (:func:`strip_means`), F1 and each gate conv
-        as one GEMM on contiguous rows (1×1 convs on strips, channel-innermost like the map),
-        BN over the mip channels of every strip position. Each step is one operator forward
-        and few backward: the gates' small operators, not the map, are most of CA's training
-        cost (``benchmarks/train_throughput.py decompose``)."""
+        """The gates in NHWC broadcast shapes (N×H×1×C, N×1×W×C), ``branches`` order, from
+        the strips pooled as one (N·H + N·W)×C tensor (:func:`strip_means`)."""
         n, channels, height, width = x.shape
-        z = strip_means(x, self.conv_h is not None, self.conv_w is not None)
+        gates = self._strip_gates(strip_means(x, self.conv_h is not None,
+                                              self.conv_w is not None), n, height, width)
+        shapes = {"h": (n, height, 1, channels), "w": (n, 1, width, channels)}
+        return [g.view(shapes[name]) for name, g in zip(self.branches, gates, strict=True)]
+
+    def _strip_gates(self, z: torch.Tensor, n: int, height: int,
+                     width: int) -> list[torch.Tensor]:
+        """The gates of the strip means ``z`` of an N×C×H×W map ((N·H + N·W)×C, the row means
+        first; or one strip), as N·H×C and N·W×C rows, ``branches`` order: F1 and each gate
+        conv as one GEMM on contiguous rows (1×1 convs on strips, channel-innermost like the
+        map), BN over the mip channels of every strip position. Each step is one operator
+        forward and few backward."""
         f = linear(self.conv1, z)  # (N·H + N·W)×mip
         rows, mip = f.shape
         f = self.act(batch_norm(self.bn1, f.view(rows, mip, 1, 1))).view(rows, mip)
         parts = f.split([n * height, n * width]) if self.branches == "hw" else [f]
         out = []
         if self.conv_h is not None:
-            out.append(self.gate(linear(self.conv_h, parts[0])).view(n, height, 1, channels))
+            out.append(self.gate(linear(self.conv_h, parts[0])))
         if self.conv_w is not None:
-            out.append(self.gate(linear(self.conv_w, parts[-1])).view(n, 1, width, channels))
+            out.append(self.gate(linear(self.conv_w, parts[-1])))
         return out
 
     def fuse(self) -> DeployedCoordAttention:

@@ -17,18 +17,29 @@ per accumulation). These functions keep the math and cut the passes:
 * max pooling routes its gradient to the one arg-max element (``max_pool2d``'s rule, which the
   official CBAM code uses).
 
-Each function accepts any memory format (an NCHW map just has a strided NHWC view) and any
-floating dtype, and returns NCHW-indexed tensors in its input's memory format. They are
-traceable: ``torch.jit.trace`` records each as one ``prim::PythonOp`` whose subgraph holds
-the forward's operators (``caprobe.measure.counting`` counts that subgraph), ``torch.compile``
-and ``torch.export`` trace through them.
+On a channels-last float32/float64 CPU map, CA trains through :func:`strip_attention`
+instead: the native kernels of :mod:`caprobe.attention.native` do each map-sized step in one
+pass (three passes forward and backward together, against about ten here), and the strip
+means' backward forms the input's whole gradient, so autograd never sums two map-sized
+gradients.
+
+Each eager function accepts any memory format (an NCHW map just has a strided NHWC view) and
+any floating dtype, and returns NCHW-indexed tensors in its input's memory format. They are
+traceable (traces and compiles take them, never the native path): ``torch.jit.trace`` records
+each as one ``prim::PythonOp`` whose subgraph holds the forward's operators
+(``caprobe.measure.counting`` counts that subgraph), ``torch.compile`` and ``torch.export``
+trace through them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
+
+from caprobe.attention.native import native_for
 
 
 def nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -124,6 +135,93 @@ def strip_means(x: torch.Tensor, rows: bool = True, cols: bool = True) -> torch.
     mean of each column), or only the one asked for. Strip-major rows let the 1×1 convs that
     follow run as plain GEMMs on contiguous blocks (no copy of a strided slice)."""
     return _StripMeans.apply(x, rows, cols)
+
+
+class _Deferred:
+    """What CA's native product hands to its strip means' backward: ``dy`` and the gates, so
+    that the input's whole gradient is formed in one pass once ``dz`` is known."""
+
+    __slots__ = ("wanted", "dy", "gh", "gw")
+
+    def __init__(self, wanted: bool) -> None:
+        self.wanted = wanted  # False when x takes no gradient: nothing is kept
+        self.dy = self.gh = self.gw = None
+
+
+class _NativeStripMeans(Function):
+    """The strips of a channels-last map in one read (:func:`strip_means`' layout). Backward:
+    ``dx = dy · g^h · g^w + dz^h / W + dz^w / H`` in one pass, with ``dy`` and the gates that
+    :class:`_NativeStripProduct`'s backward (which runs first) left in ``deferred``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rows: bool, cols: bool, kernels,
+                deferred: _Deferred) -> torch.Tensor:
+        ctx.shape, ctx.rows, ctx.cols = x.shape, rows, cols
+        ctx.kernels, ctx.deferred = kernels, deferred
+        return kernels.strip_means(nhwc(x), rows, cols)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        n, c, h, w = ctx.shape
+        deferred = ctx.deferred
+        grad = grad.contiguous()
+        eh = grad[:n * h].view(n, h, c) if ctx.rows else None
+        ew = grad[n * h if ctx.rows else 0:].view(n, w, c) if ctx.cols else None
+        dx = torch.empty(ctx.shape, dtype=grad.dtype, memory_format=torch.channels_last)
+        ctx.kernels.combine_into(nhwc(dx), deferred.dy, deferred.gh, deferred.gw, eh, ew,
+                                 1.0 / w, 1.0 / h)
+        deferred.dy = deferred.gh = deferred.gw = None
+        return dx, None, None, None, None
+
+
+class _NativeStripProduct(Function):
+    """``x · g^h · g^w`` in one pass; ``x`` comes detached (its gradient goes through
+    :class:`_NativeStripMeans`). Backward: both gates' gradients in one pass over ``dy`` and
+    ``x``; ``dy`` and the gates are left in ``deferred`` for the input's gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gh: torch.Tensor | None, gw: torch.Tensor | None,
+                kernels, deferred: _Deferred) -> torch.Tensor:
+        ctx.save_for_backward(x, gh, gw)
+        ctx.kernels, ctx.deferred = kernels, deferred
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        kernels.combine_into(nhwc(out), nhwc(x), gh, gw, None, None, 1.0, 1.0)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, gh, gw = ctx.saved_tensors
+        dy = nhwc(grad).contiguous()
+        dgh, dgw = ctx.kernels.gate_grads(dy, nhwc(x), gh, gw)
+        if ctx.deferred.wanted:
+            ctx.deferred.dy, ctx.deferred.gh, ctx.deferred.gw = dy, gh, gw
+        return None, dgh if gh is not None else None, dgw if gw is not None else None, None, None
+
+
+def strip_attention(x: torch.Tensor,
+                    strip_gates: Callable[[torch.Tensor, int, int, int], list[torch.Tensor]],
+                    rows: bool, cols: bool) -> torch.Tensor | None:
+    """``x`` times gates broadcast along its rows and/or columns, by the native kernels:
+    ``strip_gates(z, N, H, W)`` maps the strip means ``z`` (:func:`strip_means`' layout) to
+    the gates as N·H×C (one per row, broadcast over W) and/or N·W×C rows (one per column,
+    broadcast over H), ``h`` first. Three map passes forward and backward together, besides
+    the gates' own small operators (the eager functions take about ten). Returns None where
+    the kernels cannot run (not channels-last, another dtype or device, no kernels, or inside
+    a trace or compile, which record the eager functions): the caller then takes the eager
+    path."""
+    xm = nhwc(x)
+    kernels = None if torch.jit.is_tracing() or torch.compiler.is_compiling() else native_for(xm)
+    if kernels is None:
+        return None
+    n, h, w, c = xm.shape
+    deferred = _Deferred(x.requires_grad and torch.is_grad_enabled())
+    z = _NativeStripMeans.apply(x, rows, cols, kernels, deferred)
+    gates = strip_gates(z, n, h, w)
+    gh = gates[0].view(n, h, c) if rows else None
+    gw = gates[-1].view(n, w, c) if cols else None
+    return _NativeStripProduct.apply(x.detach(), gh, gw, kernels, deferred)
 
 
 class _ChannelMean(Function):

@@ -19,10 +19,11 @@ class _CaprobeGroup(TyperGroup):
     """Turns a :class:`CaprobeError` raised by any command into one line on stderr, exit 2."""
 
     def invoke(self, ctx):  # noqa: ANN001 (typer's vendored click Context)
-        from caprobe.runtime import malloc_setting  # no torch: --help stays instant
+        from caprobe.runtime import kernel_setting, malloc_setting  # no torch: --help instant
 
         try:
             malloc_setting()  # an environment typo stops every command before it starts
+            kernel_setting()
             return super().invoke(ctx)
         except CaprobeError as exc:
             fail(str(exc))

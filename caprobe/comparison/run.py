@@ -296,6 +296,8 @@ def _session_start(layout: Layout, argv: list[str], resume: bool) -> dict[str, A
 
 def _execute(plan: Plan, layout: Layout, *, progress: bool, console,
              argv: list[str]) -> CompareOutcome:
+    from caprobe.attention.native import prepare as prepare_kernels
+
     options = plan.options
     prov = _session_start(layout, argv, resume=len(_read_sessions(layout)) > 1)
     ran: list[str] = []
@@ -325,6 +327,9 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console,
         total = len(plan.variants)
         done = sum(layout.counts(v).exists() for v in plan.variants)
     with torch_threads(options.training.threads), _Progress(progress, total, done, console) as bar:
+        if todo:  # built once here, not beside the latency timing or by racing workers
+            bar.say("preparing the native attention kernels")
+            prepare_kernels(config0.device)
         # 1. counts
         for variant in plan.variants:
             bar.say(f"counting {variant}")

@@ -100,8 +100,11 @@ def contention_warnings(device: str, threads: int, others: float | None) -> list
 
 
 def collect_env(device: str = "cpu", *, threads: int | None = None) -> dict[str, Any]:
-    """Environment record: versions, device name, CPU model, threads, git commit, load."""
+    """Environment record: versions, device name, CPU model, threads, git commit, load, and
+    the attention kernels trained with (:func:`caprobe.attention.native.kernels_state`)."""
     import torch
+
+    from caprobe.attention.native import kernels_state
 
     env: dict[str, Any] = {
         "caprobe": __version__,
@@ -116,6 +119,7 @@ def collect_env(device: str = "cpu", *, threads: int | None = None) -> dict[str,
         "mkldnn": bool(torch.backends.mkldnn.is_available()),
         "load_avg_1m": load_average(),
         "malloc": malloc_policy(),
+        "kernels": kernels_state(),
         "device": device,
         "device_name": cpu_model(),
     }

@@ -1,0 +1,100 @@
+"""caprobe's native CPU kernels for Coordinate Attention's map-sized training steps.
+
+``csrc/strip_kernels.cpp`` holds three one-pass kernels on channels-last maps: both strip
+means in one read of the map; ``out = a · g^h · g^w [+ strip terms]`` in one pass (the gate
+product, and the input's whole gradient); both gates' gradients in one read of ``dy`` and
+``x``. Eager PyTorch needs two to five passes for each (a temporary per factor pair, one per
+reduction, autograd's sum of two input gradients). On this project's 2-core Xeon
+(2026-12-03, the largest block of MobileNetV2-0.5's CIFAR profile, 64×96×32×32, alone):
+strip means 1.19 → 0.60 ms, gate product 2.0 → 1.1 ms, the backward's reductions 4.9 →
+1.0 ms, its input gradient 5.5 → 1.1 ms; a whole CA training step 1.34× → 1.22× ``none``'s
+(``benchmarks/train_throughput.py``). SE's and ECA's channel gates measured no faster through
+them (1.17× against 1.16×), so they keep the eager functions.
+
+The kernels are compiled once per machine kind on first use by
+:func:`torch.utils.cpp_extension.load` (g++ with OpenMP, about 25 s; cached under
+``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), with the vector flags of
+the CPU capability torch itself runs with, named by it, so a shared home directory serves
+machines of different kinds. Every reduction is summed by one thread per sample in a fixed
+order: results do not depend on the thread count.
+
+``CAPROBE_KERNELS=eager`` leaves them unused (the eager functions of
+:mod:`caprobe.attention.functional`, same math); ``native`` or unset is the default; any
+other value is an error. Without a working compiler the build fails once, with a warning, and
+the eager functions run.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from caprobe.runtime import kernel_setting
+
+_SOURCE = Path(__file__).with_name("csrc") / "strip_kernels.cpp"
+#: the vector flags for each of torch's CPU capabilities (``torch.backends.cpu``)
+_ARCH_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
+    "AVX2": ["-mavx2", "-mfma"],
+}
+DTYPES = (torch.float32, torch.float64)
+
+
+@lru_cache(maxsize=1)
+def strip_kernels() -> ModuleType | None:
+    """The compiled kernels, or None when ``CAPROBE_KERNELS=eager`` or the build failed
+    (warned once). A first build says so on stderr (it takes about 25 s)."""
+    if kernel_setting() == "eager":
+        return None
+    from torch.utils import cpp_extension
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    name = f"caprobe_strip_kernels_{capability.lower()}"
+    try:
+        built = (Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so").exists()
+    except Exception:  # noqa: BLE001 - only decides whether to print the note below
+        built = True
+    if not built:
+        print("caprobe: compiling the native attention kernels for this machine, once "
+              "(about 25 s)", file=sys.stderr, flush=True)
+    try:
+        return cpp_extension.load(
+            name=name, sources=[str(_SOURCE)],
+            extra_cflags=["-O3", "-fopenmp", *_ARCH_FLAGS.get(capability, [])],
+            extra_ldflags=["-fopenmp"], verbose=False)
+    except Exception as exc:  # noqa: BLE001 - no compiler, no ninja, a read-only cache
+        reason = " ".join(str(exc).split())[:200]
+        warnings.warn(f"caprobe: the native attention kernels did not build ({reason}); "
+                      "training runs the eager functions (same math, slower); "
+                      "CAPROBE_KERNELS=eager silences this", RuntimeWarning, stacklevel=2)
+        return None
+
+
+def prepare(device: str) -> str:
+    """Build or load the kernels before a training on ``device`` needs them (so that a build
+    never runs beside a timing or inside a step); returns :func:`kernels_state`."""
+    if str(device).startswith("cpu"):
+        strip_kernels()
+    return kernels_state()
+
+
+def kernels_state() -> str:
+    """What this process's attention trains with, for environment records: ``"native"``
+    (loaded), ``"eager"`` (``CAPROBE_KERNELS=eager``, or the build failed) or ``"unused"``
+    (not asked for in this process: nothing trained on the CPU here)."""
+    if strip_kernels.cache_info().currsize == 0:
+        return "unused"
+    return "native" if strip_kernels() is not None else "eager"
+
+
+def native_for(xm: torch.Tensor) -> ModuleType | None:
+    """The kernels if they can run on the NHWC view ``xm`` of a map (CPU, float32 or float64,
+    contiguous: the map is channels-last), else None."""
+    if xm.device.type != "cpu" or xm.dtype not in DTYPES or not xm.is_contiguous():
+        return None
+    return strip_kernels()

@@ -1,0 +1,224 @@
+"""caprobe's native attention kernels (caprobe/attention/native.py, csrc/strip_kernels.cpp):
+each kernel against its formula, CA's native training path against the eager functions
+(outputs, every gradient, BN's running statistics), and the settings."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from caprobe.attention import build, native
+from caprobe.attention.functional import nhwc
+from caprobe.errors import CaprobeError
+
+#: N, H, W, C: batch 1, one row, one column, non-square, a channel count off the vector width
+SHAPES = [(3, 5, 7, 19), (1, 4, 4, 8), (2, 1, 6, 24), (2, 6, 1, 24)]
+SPECS = ["ca", "ca_h", "ca_w", "ca:act=relu,gate=hsigmoid", "ca:act=silu,reduction=8"]
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    built = native.strip_kernels()
+    assert built is not None, "the native kernels did not build (g++, ninja and Python's " \
+                              "headers are needed)"
+    return built
+
+
+@pytest.fixture
+def fresh_kernels():
+    """Forget the loaded kernels around a test that changes how they load."""
+    native.strip_kernels.cache_clear()
+    yield
+    native.strip_kernels.cache_clear()
+
+
+def _randn(*shape, dtype=torch.float64, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_kernels_equal_their_formulas(kernels, shape, dtype):
+    n, h, w, c = shape
+    x, dy = _randn(*shape, dtype=dtype, seed=1), _randn(*shape, dtype=dtype, seed=2)
+    gh, eh = _randn(n, h, c, dtype=dtype, seed=3), _randn(n, h, c, dtype=dtype, seed=4)
+    gw, ew = _randn(n, w, c, dtype=dtype, seed=5), _randn(n, w, c, dtype=dtype, seed=6)
+    means_h, means_w = x.mean(2).reshape(n * h, c), x.mean(1).reshape(n * w, c)
+    torch.testing.assert_close(kernels.strip_means(x, True, True), torch.cat([means_h, means_w]))
+    torch.testing.assert_close(kernels.strip_means(x, True, False), means_h)
+    torch.testing.assert_close(kernels.strip_means(x, False, True), means_w)
+
+    out = torch.empty_like(x)
+    kernels.combine_into(out, x, gh, gw, eh, ew, 0.5, 0.25)
+    torch.testing.assert_close(out, x * gh[:, :, None] * gw[:, None] + 0.5 * eh[:, :, None]
+                               + 0.25 * ew[:, None])
+    kernels.combine_into(out, x, gh, None, None, None, 1.0, 1.0)
+    torch.testing.assert_close(out, x * gh[:, :, None])
+    kernels.combine_into(out, x, None, gw, None, ew, 1.0, 2.0)
+    torch.testing.assert_close(out, x * gw[:, None] + 2 * ew[:, None])
+
+    p = dy * x
+    dgh, dgw = kernels.gate_grads(dy, x, gh, gw)
+    torch.testing.assert_close(dgh, (p * gw[:, None]).sum(2))
+    torch.testing.assert_close(dgw, (p * gh[:, :, None]).sum(1))
+    torch.testing.assert_close(kernels.gate_grads(dy, x, gh, None)[0], p.sum(2))
+    torch.testing.assert_close(kernels.gate_grads(dy, x, None, gw)[1], p.sum(1))
+
+
+def test_kernels_do_not_depend_on_the_thread_count(kernels):
+    """Each sample's sums run on one thread in a fixed order: bit-identical at 1 and 2."""
+    n, h, w, c = 4, 8, 8, 40
+    x, dy = _randn(n, h, w, c, dtype=torch.float32), _randn(n, h, w, c, dtype=torch.float32,
+                                                            seed=1)
+    gh, gw = torch.rand(n, h, c), torch.rand(n, w, c)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append((kernels.strip_means(x, True, True), *kernels.gate_grads(dy, x, gh, gw)))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results, strict=True):
+        assert torch.equal(one, two)
+
+
+def test_kernels_reject_what_they_cannot_read(kernels):
+    x = torch.zeros(2, 4, 5, 8)
+    with pytest.raises(RuntimeError, match="gh must be a contiguous strip of shape"):
+        kernels.combine_into(torch.empty_like(x), x, torch.zeros(2, 5, 8), None, None, None,
+                             1.0, 1.0)
+    with pytest.raises(RuntimeError, match="x must be a contiguous NHWC map"):
+        kernels.strip_means(x.transpose(1, 2), True, True)
+    with pytest.raises(RuntimeError, match="needs a gate"):
+        kernels.combine_into(torch.empty_like(x), x, None, None, None, None, 1.0, 1.0)
+
+
+def _train_step(module, x, grad):
+    out = module(x)
+    out.backward(grad)
+    return out
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("shape", [(2, 24, 7, 5), (1, 16, 3, 6), (2, 16, 1, 6)])
+def test_native_training_path_equals_the_eager_functions(kernels, monkeypatch, spec, shape):
+    """Same output, input gradient, parameter gradients and BN statistics as the eager
+    functions, in float64, and the native path is the one taken."""
+    if "relu" in spec and shape[2] == 1:
+        # one row: its strip mean is the mean of the column strips, so after F1 and BN it is
+        # 0 up to rounding (1e-16) and ReLU's derivative there depends on the rounding
+        pytest.skip("a ReLU tie at 0: no single right gradient")
+    module = build(spec, shape[1]).double().train()
+    eager = copy.deepcopy(module)
+    x = _randn(*shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+    x_eager = x.detach().clone().requires_grad_()
+    grad = _randn(*shape, seed=7).contiguous(memory_format=torch.channels_last)
+
+    out = _train_step(module, x, grad)
+    assert type(out.grad_fn).__name__ == "_NativeStripProductBackward"
+    monkeypatch.setattr(native, "strip_kernels", lambda: None)
+    out_eager = _train_step(eager, x_eager, grad)
+    assert type(out_eager.grad_fn).__name__ != "_NativeStripProductBackward"
+
+    torch.testing.assert_close(out, out_eager, rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x.grad, x_eager.grad, rtol=1e-12, atol=1e-12)
+    for p, q in zip(module.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+    for b, b_eager in zip(module.buffers(), eager.buffers(), strict=True):
+        torch.testing.assert_close(b, b_eager, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("spec", ["ca", "ca_w"])
+def test_native_backward_runs_twice_on_a_retained_graph(kernels, spec):
+    module = build(spec, 16).double().train()
+    x = _randn(2, 16, 6, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = module(x)
+    grad = torch.ones_like(out)
+    out.backward(grad, retain_graph=True)
+    first = [x.grad.clone(), *(p.grad.clone() for p in module.parameters())]
+    x.grad = None
+    module.zero_grad(set_to_none=True)
+    out.backward(grad)
+    for a, b in zip(first, [x.grad, *(p.grad for p in module.parameters())], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_native_path_without_an_input_gradient(kernels):
+    """A map that takes no gradient (a frozen stem): the parameters still get theirs."""
+    module = build("ca", 16).double().train()
+    eager = copy.deepcopy(module)
+    x = _randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last)
+    module(x).sum().backward()
+    from caprobe.attention.functional import gate_product
+
+    gate_product(x, *eager._gates_nhwc(x)).sum().backward()
+    for p, q in zip(module.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_maps_the_kernels_cannot_read_take_the_eager_path(kernels):
+    module = build("ca", 16).train()
+    for x in (torch.randn(2, 16, 5, 5),  # NCHW
+              torch.randn(2, 16, 5, 5, dtype=torch.bfloat16).contiguous(
+                  memory_format=torch.channels_last)):
+        out = module.to(x.dtype)(x.requires_grad_())
+        assert type(out.grad_fn).__name__ == "_GateProductBackward"
+    assert nhwc(torch.randn(1, 2, 3, 4)).shape == (1, 3, 4, 2)
+
+
+def test_eager_setting_leaves_the_kernels_unused(fresh_kernels, monkeypatch):
+    monkeypatch.setenv("CAPROBE_KERNELS", "eager")
+    assert native.strip_kernels() is None
+    assert native.kernels_state() == "eager"
+    module = build("ca", 8).train()
+    out = module(torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last))
+    assert type(out.grad_fn).__name__ == "_GateProductBackward"
+
+
+def test_prepared_kernels_are_recorded_in_the_environment(kernels):
+    from caprobe.measure.environment import collect_env
+
+    assert native.prepare("cpu") == "native"
+    assert collect_env()["kernels"] == "native"
+
+
+def test_a_failed_build_warns_once_and_trains_eagerly(fresh_kernels, monkeypatch):
+    from torch.utils import cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension: g++: not found")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    with pytest.warns(RuntimeWarning, match=r"did not build \(Error building extension: g\+\+: "
+                                            r"not found\); training runs the eager functions"):
+        assert native.strip_kernels() is None
+    assert native.strip_kernels() is None  # cached: no second warning, no second try
+    assert native.kernels_state() == "eager"
+
+
+def test_unknown_kernel_setting_is_an_error(monkeypatch):
+    from caprobe.runtime import kernel_setting
+
+    monkeypatch.setenv("CAPROBE_KERNELS", "fast")
+    with pytest.raises(CaprobeError, match="CAPROBE_KERNELS='fast' is not a kernel choice"):
+        kernel_setting()
+
+
+def test_unknown_kernel_setting_stops_every_command(tmp_path):
+    args = ["compare", "--attn", "ca", "--seeds", "1", "--epochs", "1", "--out",
+            str(tmp_path / "cmp")]
+    code = f"import sys; from caprobe.cli import main; sys.argv = ['caprobe', *{args!r}]; main()"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "CAPROBE_KERNELS": "Native2"})
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == ("caprobe: error: CAPROBE_KERNELS='Native2' is not a kernel choice; "
+                          "set it to 'native' (the default) or 'eager', or unset it\n")
+    assert not (tmp_path / "cmp").exists()
