@@ -62,12 +62,12 @@ def test_kernels_equal_their_formulas(kernels, shape, dtype):
     kernels.combine_into(out, x, None, gw, None, ew, 1.0, 2.0)
     torch.testing.assert_close(out, x * gw[:, None] + 2 * ew[:, None])
 
-    p = dy * x
-    dgh, dgw = kernels.gate_grads(dy, x, gh, gw)
-    torch.testing.assert_close(dgh, (p * gw[:, None]).sum(2))
-    torch.testing.assert_close(dgw, (p * gh[:, :, None]).sum(1))
-    torch.testing.assert_close(kernels.gate_grads(dy, x, gh, None)[0], p.sum(2))
-    torch.testing.assert_close(kernels.gate_grads(dy, x, None, gw)[1], p.sum(1))
+    p = dy * x  # the gates' gradients come as one tensor of rows, like the gates
+    both = torch.cat([(p * gw[:, None]).sum(2).reshape(n * h, c),
+                      (p * gh[:, :, None]).sum(1).reshape(n * w, c)])
+    torch.testing.assert_close(kernels.gate_grads(dy, x, gh, gw), both)
+    torch.testing.assert_close(kernels.gate_grads(dy, x, gh, None), p.sum(2).reshape(n * h, c))
+    torch.testing.assert_close(kernels.gate_grads(dy, x, None, gw), p.sum(1).reshape(n * w, c))
 
 
 def test_kernels_do_not_depend_on_the_thread_count(kernels):
@@ -81,7 +81,27 @@ def test_kernels_do_not_depend_on_the_thread_count(kernels):
     try:
         for count in (1, 2):
             torch.set_num_threads(count)
-            results.append((kernels.strip_means(x, True, True), *kernels.gate_grads(dy, x, gh, gw)))
+            results.append((kernels.strip_means(x, True, True), kernels.gate_grads(dy, x, gh, gw)))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results, strict=True):
+        assert torch.equal(one, two)
+
+
+def test_native_gates_do_not_depend_on_the_thread_count(kernels):
+    """Rows run in fixed blocks whose partial sums are added in order: bit-identical."""
+    module = build("ca", 40).train()
+    z = _randn(600, 40, dtype=torch.float32).requires_grad_()
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            module.zero_grad(set_to_none=True)
+            z.grad = None
+            gates = module._strip_gates(z, 30, 10, 10)
+            gates.backward(torch.ones_like(gates))
+            results.append([gates.detach(), z.grad, *(p.grad for p in module.parameters())])
     finally:
         torch.set_num_threads(threads)
     for one, two in zip(*results, strict=True):
@@ -127,14 +147,66 @@ def test_native_training_path_equals_the_eager_functions(kernels, monkeypatch, s
     out_eager = _train_step(eager, x_eager, grad)
     assert type(out_eager.grad_fn).__name__ != "_NativeStripProductBackward"
 
+    # PyTorch's hardsigmoid backward multiplies by 1/6 rounded to float32 in every dtype
+    # (0.1666666716...): 3e-8 apart from the native gates' exact 1/6
+    tol = 1e-7 if "hsigmoid" in spec else 1e-12
     torch.testing.assert_close(out, out_eager, rtol=1e-12, atol=1e-12)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(x.grad, x_eager.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, x_eager.grad, rtol=tol, atol=tol)
     for p, q in zip(module.parameters(), eager.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(p.grad, q.grad, rtol=tol, atol=tol)
     for b, b_eager in zip(module.buffers(), eager.buffers(), strict=True):
         torch.testing.assert_close(b, b_eager, rtol=1e-12, atol=1e-12)
+
+
+GATE_SPECS = ["ca", "ca_h", "ca_w", "ca:act=relu", "ca:act=relu6,gate=hsigmoid", "ca:act=silu"]
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("spec", GATE_SPECS)
+def test_native_gates_equal_the_modules_operators(kernels, monkeypatch, spec, momentum):
+    """F1, BN (batch statistics, running statistics updated alike, momentum None: the
+    cumulative average), the activation, the gate convs and the gate, in one native call
+    each way: the same gates, strip gradient, parameter gradients and statistics."""
+    from caprobe.attention import coord
+
+    module = build(spec, 40).double().train()
+    for p in module.parameters():  # away from the zero-gate initialisation
+        torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(3))
+    module.bn1.momentum = momentum
+    eager = copy.deepcopy(module)
+    n, h, w = 3, 5, 7
+    count = n * h * (module.conv_h is not None) + n * w * (module.conv_w is not None)
+    z = _randn(count, 40).requires_grad_()
+    z_eager = z.detach().clone().requires_grad_()
+    grad = _randn(count, 40, seed=9)
+    for _ in range(2):  # twice: the running statistics' second update
+        gates = module._strip_gates(z, n, h, w)
+        assert type(gates.grad_fn).__name__ == "_NativeCAGatesBackward"
+        gates.backward(grad)
+    monkeypatch.setattr(coord, "native_ca_gates", lambda *args: None)
+    for _ in range(2):
+        gates_eager = eager._strip_gates(z_eager, n, h, w)
+        gates_eager.backward(grad)
+    tol = 1e-7 if "hsigmoid" in spec else 1e-12  # PyTorch's float32 1/6 (see above)
+    torch.testing.assert_close(gates, gates_eager, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(z.grad, z_eager.grad, rtol=tol, atol=tol)
+    for p, q in zip(module.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=tol, atol=tol)
+    for b, b_eager in zip(module.buffers(), eager.buffers(), strict=True):
+        torch.testing.assert_close(b, b_eager, rtol=1e-12, atol=1e-12)
+
+
+def test_native_gates_apply_to_training_batch_statistics_only(kernels):
+    from caprobe.attention.functional import native_ca_gates
+
+    module = build("ca", 8).train()
+    parts = (module.conv1, module.bn1, module.act, module.conv_h, module.conv_w, module.gate)
+    assert native_ca_gates(torch.randn(6, 8), 3, *parts) is not None
+    assert native_ca_gates(torch.randn(1, 8), 1, *parts) is None  # one position: running stats
+    module.eval()
+    assert native_ca_gates(torch.randn(6, 8), 3, *parts) is None
 
 
 @pytest.mark.parametrize("spec", ["ca", "ca_w"])

@@ -48,7 +48,13 @@ from caprobe.attention.base import (
     multiply_gates,
     pad_hidden,
 )
-from caprobe.attention.functional import gate_product, nchw, strip_attention, strip_means
+from caprobe.attention.functional import (
+    gate_product,
+    native_ca_gates,
+    nchw,
+    strip_attention,
+    strip_means,
+)
 
 #: Up to this H + W, pooling both strips as one (C, H·W) × (H·W, H+W) product beats sums (a
 #: reduction over a short axis is slow on CPU): inside MobileNetV2 at 224, 2 threads, 40 vs
@@ -119,28 +125,35 @@ class CoordAttention(AttentionModule):
         """The gates in NHWC broadcast shapes (N×H×1×C, N×1×W×C), ``branches`` order, from
         the strips pooled as one (N·H + N·W)×C tensor (:func:`strip_means`)."""
         n, channels, height, width = x.shape
-        gates = self._strip_gates(strip_means(x, self.conv_h is not None,
-                                              self.conv_w is not None), n, height, width)
-        shapes = {"h": (n, height, 1, channels), "w": (n, 1, width, channels)}
-        return [g.view(shapes[name]) for name, g in zip(self.branches, gates, strict=True)]
-
-    def _strip_gates(self, z: torch.Tensor, n: int, height: int,
-                     width: int) -> list[torch.Tensor]:
-        """The gates of the strip means ``z`` of an N×C×H×W map ((N·H + N·W)×C, the row means
-        first; or one strip), as N·H×C and N·W×C rows, ``branches`` order: F1 and each gate
-        conv as one GEMM on contiguous rows (1×1 convs on strips, channel-innermost like the
-        map), BN over the mip channels of every strip position. Each step is one operator
-        forward and few backward."""
-        f = linear(self.conv1, z)  # (N·H + N·W)×mip
-        rows, mip = f.shape
-        f = self.act(batch_norm(self.bn1, f.view(rows, mip, 1, 1))).view(rows, mip)
-        parts = f.split([n * height, n * width]) if self.branches == "hw" else [f]
-        out = []
-        if self.conv_h is not None:
-            out.append(self.gate(linear(self.conv_h, parts[0])))
-        if self.conv_w is not None:
-            out.append(self.gate(linear(self.conv_w, parts[-1])))
+        rows, cols = self.conv_h is not None, self.conv_w is not None
+        gates = self._strip_gates(strip_means(x, rows, cols), n, height, width)
+        out = [gates[:n * height].view(n, height, 1, channels)] if rows else []
+        if cols:
+            out.append(gates[n * height if rows else 0:].view(n, 1, width, channels))
         return out
+
+    def _strip_gates(self, z: torch.Tensor, n: int, height: int, width: int) -> torch.Tensor:
+        """The gates of the strip means ``z`` of an N×C×H×W map ((N·H + N·W)×C, the row means
+        first; or one strip), as the rows of one tensor in the same layout. In training, on
+        the CPU, one native call each way (:func:`caprobe.attention.functional.
+        native_ca_gates`); else F1 and each gate conv as one GEMM on contiguous rows (1×1
+        convs on strips, channel-innermost like the map) and BN over the mip channels of
+        every strip position."""
+        rows_h = n * height if self.conv_h is not None else 0
+        native = native_ca_gates(z, rows_h, self.conv1, self.bn1, self.act, self.conv_h,
+                                 self.conv_w, self.gate)
+        if native is not None:
+            return native
+        f = linear(self.conv1, z)  # (N·H + N·W)×mip
+        count, mip = f.shape
+        f = self.act(batch_norm(self.bn1, f.view(count, mip, 1, 1))).view(count, mip)
+        parts = f.split([rows_h, count - rows_h]) if self.branches == "hw" else [f]
+        gates = []
+        if self.conv_h is not None:
+            gates.append(self.gate(linear(self.conv_h, parts[0])))
+        if self.conv_w is not None:
+            gates.append(self.gate(linear(self.conv_w, parts[-1])))
+        return torch.cat(gates) if len(gates) == 2 else gates[0]
 
     def fuse(self) -> DeployedCoordAttention:
         """F1 with BN folded in as (mip×C, mip×1); the gate convs stacked as (kC×mip, kC×1);

@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
@@ -176,41 +177,54 @@ class _NativeStripMeans(Function):
 
 
 class _NativeStripProduct(Function):
-    """``x · g^h · g^w`` in one pass; ``x`` comes detached (its gradient goes through
-    :class:`_NativeStripMeans`). Backward: both gates' gradients in one pass over ``dy`` and
-    ``x``; ``dy`` and the gates are left in ``deferred`` for the input's gradient."""
+    """``x · g^h · g^w`` in one pass, the gates given as the rows of one R×C tensor (the N·H
+    rows of ``g^h`` first, then the N·W of ``g^w``, or one of them); ``x`` comes detached (its
+    gradient goes through :class:`_NativeStripMeans`). Backward: both gates' gradients in one
+    pass over ``dy`` and ``x``, as one R×C tensor; ``dy`` and the gates are left in
+    ``deferred`` for the input's gradient."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, gh: torch.Tensor | None, gw: torch.Tensor | None,
-                kernels, deferred: _Deferred) -> torch.Tensor:
-        ctx.save_for_backward(x, gh, gw)
-        ctx.kernels, ctx.deferred = kernels, deferred
+    def forward(ctx, x: torch.Tensor, gates: torch.Tensor, rows: bool, cols: bool, kernels,
+                deferred: _Deferred) -> torch.Tensor:
+        ctx.save_for_backward(x, gates)
+        ctx.rows, ctx.cols, ctx.kernels, ctx.deferred = rows, cols, kernels, deferred
         out = torch.empty_like(x, memory_format=torch.channels_last)
-        kernels.combine_into(nhwc(out), nhwc(x), gh, gw, None, None, 1.0, 1.0)
+        kernels.combine_into(nhwc(out), nhwc(x), *_strip_views(gates, x, rows, cols), None, None,
+                             1.0, 1.0)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        x, gh, gw = ctx.saved_tensors
+        x, gates = ctx.saved_tensors
+        gh, gw = _strip_views(gates, x, ctx.rows, ctx.cols)
         dy = nhwc(grad).contiguous()
-        dgh, dgw = ctx.kernels.gate_grads(dy, nhwc(x), gh, gw)
+        dgates = ctx.kernels.gate_grads(dy, nhwc(x), gh, gw)
         if ctx.deferred.wanted:
             ctx.deferred.dy, ctx.deferred.gh, ctx.deferred.gw = dy, gh, gw
-        return None, dgh if gh is not None else None, dgw if gw is not None else None, None, None
+        return None, dgates, None, None, None, None
+
+
+def _strip_views(gates: torch.Tensor, x: torch.Tensor, rows: bool,
+                 cols: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``g^h`` (N×H×C) and ``g^w`` (N×W×C) as views of the gates' rows (None where absent)."""
+    n, c, h, w = x.shape
+    gh = gates[:n * h].view(n, h, c) if rows else None
+    gw = gates[n * h if rows else 0:].view(n, w, c) if cols else None
+    return gh, gw
 
 
 def strip_attention(x: torch.Tensor,
-                    strip_gates: Callable[[torch.Tensor, int, int, int], list[torch.Tensor]],
+                    strip_gates: Callable[[torch.Tensor, int, int, int], torch.Tensor],
                     rows: bool, cols: bool) -> torch.Tensor | None:
     """``x`` times gates broadcast along its rows and/or columns, by the native kernels:
     ``strip_gates(z, N, H, W)`` maps the strip means ``z`` (:func:`strip_means`' layout) to
-    the gates as N·H×C (one per row, broadcast over W) and/or N·W×C rows (one per column,
-    broadcast over H), ``h`` first. Three map passes forward and backward together, besides
-    the gates' own small operators (the eager functions take about ten). Returns None where
-    the kernels cannot run (not channels-last, another dtype or device, no kernels, or inside
-    a trace or compile, which record the eager functions): the caller then takes the eager
-    path."""
+    the gates as the rows of one contiguous R×C tensor in the same layout (N·H rows, one per
+    row of the map, broadcast over W; then N·W, one per column, broadcast over H). Three map
+    passes forward and backward together, besides the gates themselves (the eager functions
+    take about ten). Returns None where the kernels cannot run (not channels-last, another
+    dtype or device, no kernels, or inside a trace or compile, which record the eager
+    functions): the caller then takes the eager path."""
     xm = nhwc(x)
     kernels = None if torch.jit.is_tracing() or torch.compiler.is_compiling() else native_for(xm)
     if kernels is None:
@@ -219,9 +233,83 @@ def strip_attention(x: torch.Tensor,
     deferred = _Deferred(x.requires_grad and torch.is_grad_enabled())
     z = _NativeStripMeans.apply(x, rows, cols, kernels, deferred)
     gates = strip_gates(z, n, h, w)
-    gh = gates[0].view(n, h, c) if rows else None
-    gw = gates[-1].view(n, w, c) if cols else None
-    return _NativeStripProduct.apply(x.detach(), gh, gw, kernels, deferred)
+    return _NativeStripProduct.apply(x.detach(), gates, rows, cols, kernels, deferred)
+
+
+class _NativeCAGates(Function):
+    """CA's gates from its strip means ``z`` (R×C; the first ``rows_h`` rows are the row
+    means) in one native call forward and one backward (:mod:`caprobe.attention.native`):
+    F1, BN on batch statistics, the activation, the gate convs and the gate non-linearity,
+    the papers' math. In eager operators these are about 22 operators per block, each a pass
+    over a strip; here two passes forward and four backward. BN's running statistics are
+    updated as :class:`torch.nn.BatchNorm2d` updates them."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, bn_w: torch.Tensor,
+                bn_b: torch.Tensor, wg_h: torch.Tensor | None, bg_h: torch.Tensor | None,
+                wg_w: torch.Tensor | None, bg_w: torch.Tensor | None, spec) -> torch.Tensor:
+        kernels, rows_h, bn, act, gate = spec
+        r, c = z.shape
+        convs = [(wg, bg) for wg, bg in ((wg_h, bg_h), (wg_w, bg_w)) if wg is not None]
+        wg = torch.stack([w.reshape(c, -1).t() for w, _ in convs]).contiguous()  # k×mip×C
+        bg = torch.stack([b for _, b in convs]).contiguous()
+        w1m = w1.reshape(w1.shape[0], c)
+        gates, f, a, mean, invstd, var = kernels.ca_gates_forward(
+            z, rows_h, w1m, b1, bn_w, bn_b, bn.eps, wg, bg, 0, act, gate)
+        if bn.track_running_stats:
+            bn.num_batches_tracked.add_(1)
+            factor = bn.momentum if bn.momentum is not None else \
+                1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+            bn.running_var.mul_(1 - factor).add_(var * (r / (r - 1)), alpha=factor)
+        ctx.save_for_backward(gates, z, w1m, f, a, mean, invstd, bn_w, bn_b, wg)
+        ctx.spec = spec
+        ctx.shapes = [None if t is None else t.shape for t in (w1, wg_h, wg_w)]
+        return gates
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        gates, z, w1m, f, a, mean, invstd, bn_w, bn_b, wg = ctx.saved_tensors
+        kernels, rows_h, _bn, act, gate = ctx.spec
+        dz, dw1, db1, dbn_w, dbn_b, dwg, dbg = kernels.ca_gates_backward(
+            grad.contiguous(), gates, z, rows_h, w1m, f, a, mean, invstd, bn_w, bn_b, wg, 0,
+            act, gate)
+        w1_shape, h_shape, w_shape = ctx.shapes
+        out = [dz, dw1.view(w1_shape), db1, dbn_w, dbn_b]
+        index = 0
+        for shape in (h_shape, w_shape):
+            if shape is None:
+                out += [None, None]
+            else:
+                out += [dwg[index].t().reshape(shape), dbg[index]]
+                index += 1
+        return *out, None
+
+
+def native_ca_gates(z: torch.Tensor, rows_h: int, conv1, bn, act: nn.Module, conv_h, conv_w,
+                    gate: nn.Module) -> torch.Tensor | None:
+    """CA's gates (R×C, the H gate's rows first) by :class:`_NativeCAGates`, or None where
+    it does not apply (BN in eval mode or on one position, a non-linearity it does not know,
+    no kernels, another dtype or device, a trace or compile): the caller then runs the
+    module's operators."""
+    act_id, gate_id = _ACT_IDS.get(type(act)), _GATE_IDS.get(type(gate))
+    if act_id is None or gate_id is None or not bn.training or not bn.affine or \
+            z.shape[0] < 2 or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return None
+    kernels = native_for(z)
+    if kernels is None:
+        return None
+    return _NativeCAGates.apply(
+        z, conv1.weight, conv1.bias, bn.weight, bn.bias,
+        *(None, None) if conv_h is None else (conv_h.weight, conv_h.bias),
+        *(None, None) if conv_w is None else (conv_w.weight, conv_w.bias),
+        (kernels, rows_h, bn, act_id, gate_id))
+
+
+#: the non-linearities :class:`_NativeCAGates` knows (ids of ``csrc/strip_kernels.cpp``)
+_ACT_IDS = {nn.ReLU: 0, nn.ReLU6: 1, nn.Hardswish: 2, nn.SiLU: 3}
+_GATE_IDS = {nn.Sigmoid: 0, nn.Hardsigmoid: 1}
 
 
 class _ChannelMean(Function):

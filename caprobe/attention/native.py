@@ -1,15 +1,18 @@
-"""caprobe's native CPU kernels for Coordinate Attention's map-sized training steps.
+"""caprobe's native CPU kernels for Coordinate Attention's training steps.
 
-``csrc/strip_kernels.cpp`` holds three one-pass kernels on channels-last maps: both strip
-means in one read of the map; ``out = a · g^h · g^w [+ strip terms]`` in one pass (the gate
-product, and the input's whole gradient); both gates' gradients in one read of ``dy`` and
-``x``. Eager PyTorch needs two to five passes for each (a temporary per factor pair, one per
-reduction, autograd's sum of two input gradients). On this project's 2-core Xeon
-(2026-12-03, the largest block of MobileNetV2-0.5's CIFAR profile, 64×96×32×32, alone):
-strip means 1.19 → 0.60 ms, gate product 2.0 → 1.1 ms, the backward's reductions 4.9 →
-1.0 ms, its input gradient 5.5 → 1.1 ms; a whole CA training step 1.34× → 1.22× ``none``'s
-(``benchmarks/train_throughput.py``). SE's and ECA's channel gates measured no faster through
-them (1.17× against 1.16×), so they keep the eager functions.
+``csrc/strip_kernels.cpp`` holds, for channels-last maps, three one-pass map kernels: both
+strip means in one read of the map; ``out = a · g^h · g^w [+ strip terms]`` in one pass (the
+gate product, and the input's whole gradient); both gates' gradients in one read of ``dy``
+and ``x``. Eager PyTorch needs two to five passes for each (a temporary per factor pair, one
+per reduction, autograd's sum of two input gradients). And CA's gates on the strips (F1, BN
+on batch statistics, the activation, the gate convs, the gate) forward and backward in one
+call each, about 22 eager operators per block. On this project's 2-core Xeon (2026-12-03,
+the largest block of MobileNetV2-0.5's CIFAR profile, 64×96×32×32, alone): strip means 1.19
+→ 0.60 ms, gate product 2.0 → 1.1 ms, the backward's reductions 4.9 → 1.0 ms, its input
+gradient 5.5 → 1.1 ms; the gates of every block, per step, 18.7 → 15.2 ms; a whole CA
+training step 1.34× → 1.17–1.22× ``none``'s (``benchmarks/train_throughput.py``, three runs).
+SE's and ECA's channel gates measured no faster through the map kernels (1.17× against
+1.16×), so they keep the eager functions.
 
 The kernels are compiled once per machine kind on first use by
 :func:`torch.utils.cpp_extension.load` (g++ with OpenMP, about 25 s; cached under
