@@ -255,7 +255,7 @@ class _NativeCAGates(Function):
         bg = torch.stack([b for _, b in convs]).contiguous()
         w1m = w1.reshape(w1.shape[0], c)
         gates, f, a, mean, invstd, var = kernels.ca_gates_forward(
-            z, rows_h, w1m, b1, bn_w, bn_b, bn.eps, wg, bg, 0, act, gate)
+            z, rows_h, w1m, b1, bn_w, bn_b, bn.eps, wg, bg, act, gate)
         if bn.track_running_stats:
             bn.num_batches_tracked.add_(1)
             factor = bn.momentum if bn.momentum is not None else \
@@ -273,8 +273,8 @@ class _NativeCAGates(Function):
         gates, z, w1m, f, a, mean, invstd, bn_w, bn_b, wg = ctx.saved_tensors
         kernels, rows_h, _bn, act, gate = ctx.spec
         dz, dw1, db1, dbn_w, dbn_b, dwg, dbg = kernels.ca_gates_backward(
-            grad.contiguous(), gates, z, rows_h, w1m, f, a, mean, invstd, bn_w, bn_b, wg, 0,
-            act, gate)
+            grad.contiguous(), gates, z, rows_h, w1m, f, a, mean, invstd, bn_w, bn_b, wg, act,
+            gate)
         w1_shape, h_shape, w_shape = ctx.shapes
         out = [dz, dw1.view(w1_shape), db1, dbn_w, dbn_b]
         index = 0

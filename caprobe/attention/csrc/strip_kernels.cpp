@@ -163,15 +163,13 @@ Tensor gate_grads(const Tensor& dy, const Tensor& x, const c10::optional<Tensor>
   return grads;
 }
 
-
-// ---------------------------------------------------------------------------------------
 // CA's gates on the strips, forward and backward, in one call each (training mode, BN on
-// batch statistics). z: R x C strip means (rows [0, rows_h) belong to the H gate conv, the
-// rest to the W gate conv); w1: mip x C, b1: mip (F1); bn_w, bn_b: mip; wg: k x mip x C and
-// bg: k x C (the gate convs' weights transposed, k = 1 or 2; ``first`` = which of them the first rows use);
-// act: 0 relu, 1 relu6, 2 hswish, 3 silu; gate: 0 sigmoid, 1 hsigmoid. Rows run in fixed
-// blocks of kRowBlock and every sum over rows adds the blocks' partial sums in order, so the
-// results do not depend on the thread count.
+// batch statistics). z: R x C strip means; w1: mip x C, b1: mip (F1); bn_w, bn_b: mip;
+// wg: k x mip x C and bg: k x C, the gate convs' weights transposed (k = 1 or 2; with two,
+// rows [0, rows_h) use the first, the H gate conv, the rest the second); act: 0 relu,
+// 1 relu6, 2 hswish, 3 silu; gate: 0 sigmoid, 1 hsigmoid. Rows run in fixed blocks of
+// kRowBlock and every sum over rows adds the blocks' partial sums in order, so the results do
+// not depend on the thread count.
 constexpr int64_t kRowBlock = 64;
 
 template <typename T> inline T act_fwd(int act, T v) {
@@ -196,7 +194,7 @@ template <typename T> inline T act_grad(int act, T v) {
 std::vector<Tensor> ca_gates_forward(const Tensor& z, int64_t rows_h, const Tensor& w1,
                                      const Tensor& b1, const Tensor& bn_w, const Tensor& bn_b,
                                      double eps, const Tensor& wg, const Tensor& bg,
-                                     int64_t first, int64_t act, int64_t gate) {
+                                     int64_t act, int64_t gate) {
   TORCH_CHECK(z.dim() == 2 && z.is_contiguous(), "z must be a contiguous R x C matrix");
   const int64_t R = z.size(0), C = z.size(1), mip = w1.size(0);
   TORCH_CHECK(R >= 2, "batch statistics need two positions or more");
@@ -249,7 +247,7 @@ std::vector<Tensor> ca_gates_forward(const Tensor& z, int64_t rows_h, const Tens
           row[j] = act_fwd<scalar_t>(int(act), y);
           ap[r * mip + j] = row[j];
         }
-        const int64_t g = (r < rows_h ? first : 1 - first) % k;  // which gate conv
+        const int64_t g = (r < rows_h ? 0 : 1) % k;  // which gate conv
         const scalar_t* wgg = wgp + g * mip * C;  // mip x C
         const scalar_t* bgg = bgp + g * C;
         scalar_t* o = op + r * C;
@@ -273,7 +271,7 @@ std::vector<Tensor> ca_gates_backward(const Tensor& dgates, const Tensor& gates,
                                       int64_t rows_h, const Tensor& w1, const Tensor& f,
                                       const Tensor& a, const Tensor& mean, const Tensor& invstd,
                                       const Tensor& bn_w, const Tensor& bn_b, const Tensor& wg,
-                                      int64_t first, int64_t act, int64_t gate) {
+                                      int64_t act, int64_t gate) {
   TORCH_CHECK(dgates.is_contiguous() && dgates.sizes() == gates.sizes(), "dgates must match");
   const int64_t R = z.size(0), C = z.size(1), mip = w1.size(0), k = wg.size(0);
   const int64_t blocks = (R + kRowBlock - 1) / kRowBlock;
@@ -306,7 +304,7 @@ std::vector<Tensor> ca_gates_backward(const Tensor& dgates, const Tensor& gates,
       std::vector<scalar_t> dl(C);
       for (int64_t b = b0; b < b1; ++b) {
         for (int64_t r = b * kRowBlock; r < std::min(R, (b + 1) * kRowBlock); ++r) {
-          const int64_t g = (r < rows_h ? first : 1 - first) % k;
+          const int64_t g = (r < rows_h ? 0 : 1) % k;
           const scalar_t* wgg = wgp + g * mip * C;
           scalar_t* pw = pwg + (b * k + g) * mip * C;
           scalar_t* pb = pbg + (b * k + g) * C;
