@@ -19,9 +19,9 @@ per accumulation). These functions keep the math and cut the passes:
 
 On a channels-last float32/float64 CPU map, CA trains through :func:`strip_attention`
 instead: the native kernels of :mod:`caprobe.attention.native` do each map-sized step in one
-pass (three passes forward and backward together, against about ten here), and the strip
-means' backward forms the input's whole gradient, so autograd never sums two map-sized
-gradients.
+pass (four one-pass kernels, forward and backward together, against about ten passes here),
+and the strip means' backward forms the input's whole gradient, so autograd never sums two
+map-sized gradients.
 
 Each eager function accepts any memory format (an NCHW map just has a strided NHWC view) and
 any floating dtype, and returns NCHW-indexed tensors in its input's memory format. They are
@@ -220,13 +220,13 @@ def strip_attention(x: torch.Tensor,
     """``x`` times gates broadcast along its rows and/or columns, by the native kernels:
     ``strip_gates(z, N, H, W)`` maps the strip means ``z`` (:func:`strip_means`' layout) to
     the gates as the rows of one contiguous R×C tensor in the same layout (N·H rows, one per
-    row of the map, broadcast over W; then N·W, one per column, broadcast over H). Three map
-    passes forward and backward together, besides the gates themselves (the eager functions
-    take about ten). Returns None where the kernels cannot run (not channels-last, another
-    dtype or device, no kernels, or inside a trace or compile, which record the eager
-    functions): the caller then takes the eager path."""
+    row of the map, broadcast over W; then N·W, one per column, broadcast over H). Four
+    one-pass map kernels forward and backward together, besides the gates themselves (the
+    eager functions take about ten passes). Returns None where the kernels cannot run (not
+    channels-last, another dtype or device, no kernels, CPU autocast, or inside a trace or
+    compile, which record the eager functions): the caller then takes the eager path."""
     xm = nhwc(x)
-    kernels = None if torch.jit.is_tracing() or torch.compiler.is_compiling() else native_for(xm)
+    kernels = None if _eager_only() else native_for(xm)
     if kernels is None:
         return None
     n, h, w, c = xm.shape
@@ -234,6 +234,18 @@ def strip_attention(x: torch.Tensor,
     z = _NativeStripMeans.apply(x, rows, cols, kernels, deferred)
     gates = strip_gates(z, n, h, w)
     return _NativeStripProduct.apply(x.detach(), gates, rows, cols, kernels, deferred)
+
+
+def _eager_only() -> bool:
+    """Inside a trace or a compile (they record the eager functions, never the native ones;
+    ``torch.compiler.is_compiling`` from torch 2.3, torch._dynamo's before), or under CPU
+    autocast (whose dtypes the eager functions follow)."""
+    compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+    try:
+        autocast = torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        autocast = torch.is_autocast_cpu_enabled()
+    return torch.jit.is_tracing() or compiling() or autocast
 
 
 class _NativeCAGates(Function):
@@ -253,7 +265,7 @@ class _NativeCAGates(Function):
         convs = [(wg, bg) for wg, bg in ((wg_h, bg_h), (wg_w, bg_w)) if wg is not None]
         wg = torch.stack([w.reshape(c, -1).t() for w, _ in convs]).contiguous()  # k×mip×C
         bg = torch.stack([b for _, b in convs]).contiguous()
-        w1m = w1.reshape(w1.shape[0], c)
+        w1m = w1.reshape(w1.shape[0], c).contiguous()
         gates, f, a, mean, invstd, var = kernels.ca_gates_forward(
             z, rows_h, w1m, b1, bn_w, bn_b, bn.eps, wg, bg, act, gate)
         if bn.track_running_stats:
@@ -291,11 +303,11 @@ def native_ca_gates(z: torch.Tensor, rows_h: int, conv1, bn, act: nn.Module, con
                     gate: nn.Module) -> torch.Tensor | None:
     """CA's gates (R×C, the H gate's rows first) by :class:`_NativeCAGates`, or None where
     it does not apply (BN in eval mode or on one position, a non-linearity it does not know,
-    no kernels, another dtype or device, a trace or compile): the caller then runs the
+    no kernels, another dtype or device, a trace, compile or CPU autocast): the caller runs the
     module's operators."""
     act_id, gate_id = _ACT_IDS.get(type(act)), _GATE_IDS.get(type(gate))
-    if act_id is None or gate_id is None or not bn.training or not bn.affine or \
-            z.shape[0] < 2 or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if act_id is None or gate_id is None or type(bn) is not nn.BatchNorm2d or \
+            not bn.training or not bn.affine or z.shape[0] < 2 or _eager_only():
         return None
     kernels = native_for(z)
     if kernels is None:

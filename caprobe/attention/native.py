@@ -18,8 +18,8 @@ The kernels are compiled once per machine kind on first use by
 :func:`torch.utils.cpp_extension.load` (g++ with OpenMP, about 25 s; cached under
 ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), with the vector flags of
 the CPU capability torch itself runs with, named by it, so a shared home directory serves
-machines of different kinds. Every reduction is summed by one thread per sample in a fixed
-order: results do not depend on the thread count.
+machines of different kinds. Work runs in fixed blocks (a sample, or 64 strip rows) and sums
+over blocks are added in order: results do not depend on the thread count.
 
 ``CAPROBE_KERNELS=eager`` leaves them unused (the eager functions of
 :mod:`caprobe.attention.functional`, same math); ``native`` or unset is the default; any
@@ -87,9 +87,10 @@ def prepare(device: str) -> str:
 
 
 def kernels_state() -> str:
-    """What this process's attention trains with, for environment records: ``"native"``
-    (loaded), ``"eager"`` (``CAPROBE_KERNELS=eager``, or the build failed) or ``"unused"``
-    (not asked for in this process: nothing trained on the CPU here)."""
+    """Whether this process had the native kernels, for environment records: ``"native"``
+    (loaded: CA trained through them wherever they apply, a channels-last float32/64 CPU
+    map), ``"eager"`` (``CAPROBE_KERNELS=eager``, or the build failed) or ``"unused"`` (not
+    asked for in this process: nothing trained on the CPU here)."""
     if strip_kernels.cache_info().currsize == 0:
         return "unused"
     return "native" if strip_kernels() is not None else "eager"

@@ -304,6 +304,10 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console,
     skipped: list[str] = []
     data = _load_data(options, options.piece(BASELINE, plan.seeds[0]))
     config0 = _resolved(options, data, BASELINE, plan.seeds[0])
+    if options.train and any(not piece_done(layout, v, s) for v, s in plan.pieces):
+        # built once here (about 25 s the first time on a machine), not beside the latency
+        # timing or by racing workers, and before the environment record names them
+        prepare_kernels(config0.device)
     env = _collect_env(options)
     prov.update(data=data.dataset.name, data_checksum=data.dataset.checksum, env=env,
                 input_size=list(data.input_size), num_classes=data.dataset.num_classes,
@@ -327,9 +331,6 @@ def _execute(plan: Plan, layout: Layout, *, progress: bool, console,
         total = len(plan.variants)
         done = sum(layout.counts(v).exists() for v in plan.variants)
     with torch_threads(options.training.threads), _Progress(progress, total, done, console) as bar:
-        if todo:  # built once here, not beside the latency timing or by racing workers
-            bar.say("preparing the native attention kernels")
-            prepare_kernels(config0.device)
         # 1. counts
         for variant in plan.variants:
             bar.say(f"counting {variant}")

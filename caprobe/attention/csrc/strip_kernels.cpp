@@ -128,7 +128,6 @@ Tensor gate_grads(const Tensor& dy, const Tensor& x, const c10::optional<Tensor>
     scalar_t* dghp = want_h ? grads.data_ptr<scalar_t>() : nullptr;
     scalar_t* dgwp = want_w ? grads.data_ptr<scalar_t>() + (want_h ? n * h * c : 0) : nullptr;
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> p(c);
       for (int64_t s = begin; s < end; ++s) {
         scalar_t* col = want_w ? dgwp + s * w * c : nullptr;
         if (want_w) std::fill(col, col + w * c, scalar_t(0));
@@ -198,6 +197,16 @@ std::vector<Tensor> ca_gates_forward(const Tensor& z, int64_t rows_h, const Tens
   TORCH_CHECK(z.dim() == 2 && z.is_contiguous(), "z must be a contiguous R x C matrix");
   const int64_t R = z.size(0), C = z.size(1), mip = w1.size(0);
   TORCH_CHECK(R >= 2, "batch statistics need two positions or more");
+  TORCH_CHECK(w1.is_contiguous() && w1.dim() == 2 && w1.size(1) == C, "w1 must be mip x C");
+  for (const Tensor* t : {&b1, &bn_w, &bn_b})
+    TORCH_CHECK(t->is_contiguous() && t->numel() == mip, "F1's bias and BN's must have mip values");
+  TORCH_CHECK(wg.is_contiguous() && wg.dim() == 3 && (wg.size(0) == 1 || wg.size(0) == 2) &&
+              wg.size(1) == mip && wg.size(2) == C, "wg must be k x mip x C, k = 1 or 2");
+  TORCH_CHECK(bg.is_contiguous() && bg.dim() == 2 && bg.size(0) == wg.size(0) && bg.size(1) == C,
+              "bg must be k x C");
+  TORCH_CHECK(rows_h >= 0 && rows_h <= R, "rows_h must lie in [0, R]");
+  for (const Tensor* t : {&w1, &b1, &bn_w, &bn_b, &wg, &bg})
+    TORCH_CHECK(t->scalar_type() == z.scalar_type(), "every input must have z's dtype");
   Tensor f = at::empty({R, mip}, z.options());   // F1's output, before BN
   Tensor a = at::empty({R, mip}, z.options());   // after BN and the activation
   Tensor mean = at::empty({mip}, z.options()), invstd = at::empty({mip}, z.options());
@@ -239,28 +248,35 @@ std::vector<Tensor> ca_gates_forward(const Tensor& z, int64_t rows_h, const Tens
       ip[j] = scalar_t(1) / std::sqrt(vp[j] + scalar_t(eps));
     }
     const int64_t k = wg.size(0);
-    at::parallel_for(0, R, kRowBlock, [&](int64_t begin, int64_t end) {
+    const int64_t blocks = (R + kRowBlock - 1) / kRowBlock;
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       std::vector<scalar_t> row(mip);
-      for (int64_t r = begin; r < end; ++r) {
-        for (int64_t j = 0; j < mip; ++j) {
-          const scalar_t y = (fp[r * mip + j] - mp[j]) * ip[j] * bwp[j] + bbp[j];
-          row[j] = act_fwd<scalar_t>(int(act), y);
-          ap[r * mip + j] = row[j];
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t begin = b * kRowBlock, end = std::min(R, begin + kRowBlock);
+        for (int64_t r = begin; r < end; ++r) {
+          for (int64_t j = 0; j < mip; ++j) {
+            const scalar_t y = (fp[r * mip + j] - mp[j]) * ip[j] * bwp[j] + bbp[j];
+            row[j] = act_fwd<scalar_t>(int(act), y);
+            ap[r * mip + j] = row[j];
+          }
+          const int64_t g = (r < rows_h ? 0 : 1) % k;  // which gate conv
+          const scalar_t* wgg = wgp + g * mip * C;  // mip x C
+          const scalar_t* bgg = bgp + g * C;
+          scalar_t* o = op + r * C;
+          _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) o[c] = bgg[c];
+          for (int64_t j = 0; j < mip; ++j) {
+            const scalar_t aj = row[j];
+            const scalar_t* wj = wgg + j * C;
+            _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) o[c] += aj * wj[c];
+          }
         }
-        const int64_t g = (r < rows_h ? 0 : 1) % k;  // which gate conv
-        const scalar_t* wgg = wgp + g * mip * C;  // mip x C
-        const scalar_t* bgg = bgp + g * C;
-        scalar_t* o = op + r * C;
-        _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) o[c] = bgg[c];
-        for (int64_t j = 0; j < mip; ++j) {
-          const scalar_t aj = row[j];
-          const scalar_t* wj = wgg + j * C;
-          _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) o[c] += aj * wj[c];
-        }
+        // ATen's vectorised gate on this block (run inline here: a fixed split into vectors
+        // and a tail, whatever the thread count)
+        Tensor block = out.narrow(0, begin, end - begin);
+        if (gate == 0) block.sigmoid_(); else at::hardsigmoid_(block);
       }
     });
   });
-  if (gate == 0) at::sigmoid_(out); else at::hardsigmoid_(out);  // vectorised by ATen
   return {out, f, a, mean, invstd, var};
 }
 
@@ -272,7 +288,8 @@ std::vector<Tensor> ca_gates_backward(const Tensor& dgates, const Tensor& gates,
                                       const Tensor& a, const Tensor& mean, const Tensor& invstd,
                                       const Tensor& bn_w, const Tensor& bn_b, const Tensor& wg,
                                       int64_t act, int64_t gate) {
-  TORCH_CHECK(dgates.is_contiguous() && dgates.sizes() == gates.sizes(), "dgates must match");
+  TORCH_CHECK(dgates.is_contiguous() && dgates.sizes() == gates.sizes() &&
+              dgates.scalar_type() == gates.scalar_type(), "dgates must match the gates");
   const int64_t R = z.size(0), C = z.size(1), mip = w1.size(0), k = wg.size(0);
   const int64_t blocks = (R + kRowBlock - 1) / kRowBlock;
   Tensor da = at::empty({R, mip}, z.options());
