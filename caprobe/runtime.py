@@ -108,23 +108,25 @@ def malloc_setting() -> str:
     """``CAPROBE_MALLOC`` as asked (``""`` when unset), checked: any other value than
     ``kept`` or ``system`` is a :class:`CaprobeError`. Every command checks it first (the
     CLI's error policy), so a typo stops it before any work, not in each piece of a plan."""
-    raw = os.environ.get("CAPROBE_MALLOC", "")
-    asked = raw.strip().lower()
-    if asked not in _MALLOC_CHOICES:
-        raise CaprobeError(f"CAPROBE_MALLOC={raw!r} is not a malloc policy; set it to "
-                           "'system' (glibc's default) or 'kept' (the default), or unset it")
-    return asked
+    return _env_choice("CAPROBE_MALLOC", _MALLOC_CHOICES, "a malloc policy",
+                       "'system' (glibc's default) or 'kept' (the default)")
 
 
 def kernel_setting() -> str:
     """``CAPROBE_KERNELS`` as asked (``""`` when unset), checked: any value other than
     ``native`` (the default) or ``eager`` is a :class:`CaprobeError`; every command checks it
     first (:mod:`caprobe.attention.native` uses it)."""
-    raw = os.environ.get("CAPROBE_KERNELS", "")
+    return _env_choice("CAPROBE_KERNELS", ("", "native", "eager"), "a kernel choice",
+                       "'native' (the default) or 'eager'")
+
+
+def _env_choice(name: str, choices: tuple[str, ...], what: str, allowed: str) -> str:
+    """Environment variable ``name`` lower-cased and stripped, one of ``choices``, or a
+    :class:`CaprobeError` naming the allowed values."""
+    raw = os.environ.get(name, "")
     asked = raw.strip().lower()
-    if asked not in ("", "native", "eager"):
-        raise CaprobeError(f"CAPROBE_KERNELS={raw!r} is not a kernel choice; set it to "
-                           "'native' (the default) or 'eager', or unset it")
+    if asked not in choices:
+        raise CaprobeError(f"{name}={raw!r} is not {what}; set it to {allowed}, or unset it")
     return asked
 
 

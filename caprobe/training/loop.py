@@ -306,13 +306,13 @@ def train(config: TrainConfig, *, out: str | Path | None = None, resume: bool = 
                                "resume with the same --nproc-per-node")
 
     device = training_device(config.device, config.amp)
+    # a first build (about 25 s) before the clock starts, and before DDP ranks would race to it
+    prepare_kernels(device)
     if config.nproc_per_node > 1 and rank is None:
-        prepare_kernels(device)  # once, before the ranks start (they would race to build)
         if device.startswith("cuda") and config.nproc_per_node > torch.cuda.device_count():
             raise CaprobeError(f"--nproc-per-node {config.nproc_per_node} needs as many GPUs; "
                                f"this machine has {torch.cuda.device_count()}")
         return _launch(config, run_dir, resume, progress, on_epoch, on_start)
-    prepare_kernels(device)  # a first build (about 25 s) before the clock starts
     data_api = _data_api()
     if dataset is None:
         dataset = data_api.load_dataset(config.data, **config.dataset_kwargs())
