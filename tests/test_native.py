@@ -1,5 +1,5 @@
-"""caprobe's native attention kernels (caprobe/attention/native.py, csrc/strip_kernels.cpp):
-each kernel against its formula, CA's native training path against the eager functions
+"""caprobe's native attention kernels (caprobe/attention/native.py, csrc/): each kernel
+against its formula, CA's and CBAM's native training paths against the eager functions
 (outputs, every gradient, BN's running statistics), and the settings."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ SPECS = ["ca", "ca_h", "ca_w", "ca:act=relu,gate=hsigmoid", "ca:act=silu,reducti
 
 @pytest.fixture(scope="module")
 def kernels():
-    built = native.strip_kernels()
+    built = native.attention_kernels()
     assert built is not None, "the native kernels did not build (g++, ninja and Python's " \
                               "headers are needed)"
     return built
@@ -32,9 +32,9 @@ def kernels():
 @pytest.fixture
 def fresh_kernels():
     """Forget the loaded kernels around a test that changes how they load."""
-    native.strip_kernels.cache_clear()
+    native.attention_kernels.cache_clear()
     yield
-    native.strip_kernels.cache_clear()
+    native.attention_kernels.cache_clear()
 
 
 def _randn(*shape, dtype=torch.float64, seed=0):
@@ -143,7 +143,7 @@ def test_native_training_path_equals_the_eager_functions(kernels, monkeypatch, s
 
     out = _train_step(module, x, grad)
     assert type(out.grad_fn).__name__ == "_NativeStripProductBackward"
-    monkeypatch.setattr(native, "strip_kernels", lambda: None)
+    monkeypatch.setattr(native, "attention_kernels", lambda: None)
     out_eager = _train_step(eager, x_eager, grad)
     assert type(out_eager.grad_fn).__name__ != "_NativeStripProductBackward"
 
@@ -249,7 +249,7 @@ def test_maps_the_kernels_cannot_read_take_the_eager_path(kernels):
 
 def test_eager_setting_leaves_the_kernels_unused(fresh_kernels, monkeypatch):
     monkeypatch.setenv("CAPROBE_KERNELS", "eager")
-    assert native.strip_kernels() is None
+    assert native.attention_kernels() is None
     assert native.kernels_state() == "eager"
     module = build("ca", 8).train()
     out = module(torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last))
@@ -272,8 +272,8 @@ def test_a_failed_build_warns_once_and_trains_eagerly(fresh_kernels, monkeypatch
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
     with pytest.warns(RuntimeWarning, match=r"did not build \(Error building extension: g\+\+: "
                                             r"not found\); training runs the eager functions"):
-        assert native.strip_kernels() is None
-    assert native.strip_kernels() is None  # cached: no second warning, no second try
+        assert native.attention_kernels() is None
+    assert native.attention_kernels() is None  # cached: no second warning, no second try
     assert native.kernels_state() == "eager"
 
 
@@ -295,3 +295,174 @@ def test_unknown_kernel_setting_stops_every_command(tmp_path):
     assert out.stderr == ("caprobe: error: CAPROBE_KERNELS='Native2' is not a kernel choice; "
                           "set it to 'native' (the default) or 'eager', or unset it\n")
     assert not (tmp_path / "cmp").exists()
+
+
+# --- CBAM ---------------------------------------------------------------------------------
+
+def _cbam_inputs(shape, dtype, ties=False):
+    n, h, w, c = shape
+    x = _randn(*shape, dtype=dtype, seed=11)
+    if ties:  # a ReLU6 map: zeros and sixes tie in every max
+        x = (3 * x).clamp(0, 6)
+    gc, gs = torch.rand(n, c, dtype=dtype), torch.rand(n, 1, h, w, dtype=dtype)
+    return x, gc, gs
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES + [(2, 1, 1, 33)])
+def test_cbam_kernels_equal_their_formulas(kernels, shape, dtype, ties):
+    n, h, w, c = shape
+    x, gc, gs = _cbam_inputs(shape, dtype, ties)
+    dy = _randn(*shape, dtype=dtype, seed=12)
+    flat = x.reshape(n, h * w, c)
+    mean, peak, index_c = kernels.cbam_channel_pool(x)
+    values, first = flat.max(1)
+    torch.testing.assert_close(mean, flat.mean(1))
+    assert torch.equal(peak, values) and torch.equal(index_c, first)
+
+    y1 = x * gc[:, None, None]
+    s, index_s = kernels.cbam_spatial_pool(x, gc)
+    values, first = y1.max(3)
+    assert s.shape == (n, h, w, 2)
+    assert torch.equal(s[..., 0], values) and torch.equal(index_s, first)
+    torch.testing.assert_close(s[..., 1], y1.mean(3))
+
+    gs_nhwc = gs[:, 0, :, :, None]
+    assert torch.equal(kernels.cbam_product(x, gc, gs), y1 * gs_nhwc)
+    dgs, dgc = kernels.cbam_product_grads(dy, x, gc, gs)
+    torch.testing.assert_close(dgs, (dy * y1).sum(3)[:, None])
+    torch.testing.assert_close(dgc, (dy * x * gs_nhwc).sum((1, 2)))
+
+    ds = _randn(n, h, w, 2, dtype=dtype, seed=13)
+    at_max = torch.zeros_like(x).scatter_(3, index_s[..., None], 1.0)  # one-hot arg-max channel
+    dy1 = dy * gs_nhwc + ds[..., 1:] / c + at_max * ds[..., :1]
+    torch.testing.assert_close(kernels.cbam_spatial_pool_grad(x, ds, index_s),
+                               ((ds[..., 1:] / c + at_max * ds[..., :1]) * x).sum((1, 2)))
+    dmean, dmax = _randn(n, c, dtype=dtype, seed=14), _randn(n, c, dtype=dtype, seed=15)
+    dx = dy1 * gc[:, None, None] + dmean[:, None, None] / (h * w)
+    dx = dx.reshape(n, h * w, c).scatter_add_(1, index_c[:, None], dmax[:, None]).view(n, h, w, c)
+    torch.testing.assert_close(kernels.cbam_input_grad(dy, gs, gc, ds, index_s, dmean, dmax,
+                                                       index_c), dx)
+
+
+def test_cbam_kernels_do_not_depend_on_the_thread_count(kernels):
+    n, h, w, c = 5, 6, 7, 40
+    x, gc, gs = _cbam_inputs((n, h, w, c), torch.float32)
+    dy, ds = _randn(n, h, w, c, dtype=torch.float32, seed=1), torch.rand(n, h, w, 2)
+    dmean, dmax = torch.rand(n, c), torch.rand(n, c)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            pooled = kernels.cbam_channel_pool(x)
+            s, index_s = kernels.cbam_spatial_pool(x, gc)
+            results.append([*pooled, s, index_s, kernels.cbam_product(x, gc, gs),
+                            *kernels.cbam_product_grads(dy, x, gc, gs),
+                            kernels.cbam_spatial_pool_grad(x, ds, index_s),
+                            kernels.cbam_input_grad(dy, gs, gc, ds, index_s, dmean, dmax,
+                                                    pooled[2])])
+    finally:
+        torch.set_num_threads(threads)
+    for one, other in zip(results[0], results[1], strict=True):
+        assert torch.equal(one, other)
+    for one, other in zip(results[0], results[2], strict=True):
+        assert torch.equal(one, other)
+
+
+def test_cbam_kernels_reject_what_they_cannot_read(kernels):
+    x, gc, gs = _cbam_inputs((2, 4, 5, 8), torch.float32)
+    with pytest.raises(RuntimeError, match=r"gc must be a contiguous Float tensor of shape "
+                                           r"\[2, 8\]"):
+        kernels.cbam_spatial_pool(x, gc[:, :4])
+    with pytest.raises(RuntimeError, match="gs must be a contiguous Float tensor"):
+        kernels.cbam_product(x, gc, gs.double())
+    with pytest.raises(RuntimeError, match="x must be a contiguous NHWC map"):
+        kernels.cbam_channel_pool(x.transpose(1, 2))
+    with pytest.raises(RuntimeError, match="index_s must be a contiguous int64 tensor"):
+        kernels.cbam_spatial_pool_grad(x, torch.zeros(2, 4, 5, 2), torch.zeros(2, 4, 5))
+
+
+CBAM_SPECS = ["cbam", "cbam:gate=hsigmoid", "cbam:act=silu,kernel=3,reduction=4"]
+#: N, C, H, W: non-square, batch 1, one row, a 1×1 map at batch 1 (BN on running statistics)
+CBAM_CASES = [(spec, shape) for spec in CBAM_SPECS
+              for shape in [(3, 24, 7, 5), (1, 16, 3, 6), (2, 16, 1, 6), (1, 8, 1, 1)]]
+
+
+def _cbam_pair(spec, channels):
+    module = build(spec, channels).double().train()
+    for p in module.parameters():  # away from the zero-gate initialisation
+        torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(3))
+    return module, copy.deepcopy(module)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize(("spec", "shape"), CBAM_CASES)
+def test_native_cbam_equals_the_eager_functions(kernels, monkeypatch, spec, shape, ties):
+    """Same output, input gradient, parameter gradients and BN statistics as the eager
+    functions in float64, over two steps, ties (a ReLU6 map) included, and the native path is
+    the one taken."""
+    module, eager = _cbam_pair(spec, shape[1])
+    x = _randn(*shape)
+    if ties:
+        x = (3 * x).clamp(0, 6)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    x_eager = x.detach().clone().requires_grad_()
+    grad = _randn(*shape, seed=7).contiguous(memory_format=torch.channels_last)
+    for _ in range(2):
+        out = _train_step(module, x, grad)
+        assert type(out.grad_fn).__name__ == "_NativeCBAMProductBackward"
+    monkeypatch.setattr(native, "attention_kernels", lambda: None)
+    for _ in range(2):
+        out_eager = _train_step(eager, x_eager, grad)
+        assert type(out_eager.grad_fn).__name__ == "_GateProductBackward"
+    torch.testing.assert_close(out, out_eager, rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x.grad, x_eager.grad, rtol=1e-12, atol=1e-12)
+    for p, q in zip(module.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+    for b, b_eager in zip(module.buffers(), eager.buffers(), strict=True):
+        torch.testing.assert_close(b, b_eager, rtol=1e-12, atol=1e-12)
+
+
+def test_native_cbam_gradcheck(kernels):
+    """The input's gradient against finite differences, in eval mode (BN on running
+    statistics: gradcheck's repeated forwards must see one function)."""
+    module, _ = _cbam_pair("cbam", 6)
+    module.eval()
+    x = _randn(2, 6, 3, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert type(module(x).grad_fn).__name__ == "_NativeCBAMProductBackward"
+    assert torch.autograd.gradcheck(module, (x,))
+
+
+def test_native_cbam_backward_runs_twice_on_a_retained_graph(kernels):
+    module, _ = _cbam_pair("cbam", 16)
+    x = _randn(2, 16, 6, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = module(x)
+    grad = torch.ones_like(out)
+    out.backward(grad, retain_graph=True)
+    first = [x.grad.clone(), *(p.grad.clone() for p in module.parameters())]
+    x.grad = None
+    module.zero_grad(set_to_none=True)
+    out.backward(grad)
+    for a, b in zip(first, [x.grad, *(p.grad for p in module.parameters())], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_native_cbam_without_an_input_gradient(kernels, monkeypatch):
+    """A map that takes no gradient: the parameters still get theirs; and evaluation (no
+    gradient at all) gives the eager output."""
+    module, eager = _cbam_pair("cbam", 16)
+    x = _randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last)
+    module(x).sum().backward()
+    monkeypatch.setattr(native, "attention_kernels", lambda: None)
+    eager(x).sum().backward()
+    for p, q in zip(module.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+    module.eval(), eager.eval()
+    with torch.no_grad():
+        expected = eager(x)
+        monkeypatch.undo()
+        torch.testing.assert_close(module(x), expected, rtol=1e-12, atol=1e-12)

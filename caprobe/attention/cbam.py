@@ -4,6 +4,10 @@ Channel: average- and max-pooled vectors through one shared MLP (C→C//r→C, b
 official code; hidden width floored at ``min_hidden``), summed, σ; the max's gradient goes to
 the arg-max element, as with the official code's ``max_pool2d``. Spatial: [max, mean] over
 channels → k×k conv without bias → BN → σ.
+
+On a channels-last CPU map the map-sized steps run in caprobe's native kernels
+(:func:`caprobe.attention.functional.cbam_attention`: the channel-gated map is never formed),
+the MLP, the k×k conv, BN and the gates in PyTorch; elsewhere the eager functions.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from caprobe.attention.base import (
     make_gate,
 )
 from caprobe.attention.functional import (
+    cbam_attention,
     channel_max,
     channel_mean,
     gate_product,
@@ -52,25 +57,29 @@ class CBAM(AttentionModule):
         self.spatial_bn = nn.BatchNorm2d(1)
         self.gate = make_gate(gate)
 
-    def _channel_gate(self, x: torch.Tensor) -> torch.Tensor:
-        """N×C: the shared MLP (1×1 convs as GEMMs) on the mean- and max-pooled vectors."""
-        def mlp(z: torch.Tensor) -> torch.Tensor:
-            return linear(self.mlp[2], self.mlp[1](linear(self.mlp[0], z)))
-        return self.gate(mlp(channel_mean(x)) + mlp(channel_max(x)))
+    def _channel_gate(self, mean: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+        """N×C: the shared MLP (1×1 convs as GEMMs) on the mean- and max-pooled vectors, both
+        as the rows of one matrix (half the small operators of two MLP calls)."""
+        both = linear(self.mlp[2], self.mlp[1](linear(self.mlp[0], torch.cat([mean, peak]))))
+        return self.gate(both[:mean.shape[0]] + both[mean.shape[0]:])
 
-    def _spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
-        """N×1×H×W from the channel-gated map."""
-        return self.gate(batch_norm(self.spatial_bn, self.spatial(spatial_max_mean(x))))
+    def _spatial_gate(self, descriptor: torch.Tensor) -> torch.Tensor:
+        """N×1×H×W from the channel-gated map's descriptor [max, mean over C] (N×2×H×W)."""
+        return self.gate(batch_norm(self.spatial_bn, self.spatial(descriptor)))
 
     def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"channel": N×C×1×1, "spatial": N×1×H×W}``; the spatial gate sees the
         channel-gated map, as in the forward pass."""
-        channel = self._channel_gate(x)[:, :, None, None]
-        return {"channel": channel, "spatial": self._spatial_gate(x * channel)}
+        channel = self._channel_gate(channel_mean(x), channel_max(x))[:, :, None, None]
+        return {"channel": channel,
+                "spatial": self._spatial_gate(spatial_max_mean(x * channel))}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gated = gate_product(x, self._channel_gate(x)[:, None, None])
-        return gate_product(gated, nhwc(self._spatial_gate(gated)))
+        out = cbam_attention(x, self._channel_gate, self._spatial_gate)
+        if out is not None:  # the native kernels (channels-last CPU maps, float32/64)
+            return out
+        gated = gate_product(x, self._channel_gate(channel_mean(x), channel_max(x))[:, None, None])
+        return gate_product(gated, nhwc(self._spatial_gate(spatial_max_mean(gated))))
 
     def fuse(self) -> DeployedCBAM:
         """The MLP's weights; the spatial conv with its BN folded in."""

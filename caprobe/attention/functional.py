@@ -17,11 +17,12 @@ per accumulation). These functions keep the math and cut the passes:
 * max pooling routes its gradient to the one arg-max element (``max_pool2d``'s rule, which the
   official CBAM code uses).
 
-On a channels-last float32/float64 CPU map, CA trains through :func:`strip_attention`
-instead: the native kernels of :mod:`caprobe.attention.native` do each map-sized step in one
-pass (four one-pass kernels, forward and backward together, against about ten passes here),
-and the strip means' backward forms the input's whole gradient, so autograd never sums two
-map-sized gradients.
+On a channels-last float32/float64 CPU map, CA trains through :func:`strip_attention` and
+CBAM through :func:`cbam_attention` instead: the native kernels of
+:mod:`caprobe.attention.native` do each map-sized step in one pass (CA: four one-pass kernels,
+forward and backward together, against about ten passes here; CBAM: six, seven passes,
+against about fifteen), and the pooling's backward forms the input's whole gradient, so
+autograd never sums two map-sized gradients.
 
 Each eager function accepts any memory format (an NCHW map just has a strided NHWC view) and
 any floating dtype, and returns NCHW-indexed tensors in its input's memory format. They are
@@ -139,14 +140,26 @@ def strip_means(x: torch.Tensor, rows: bool = True, cols: bool = True) -> torch.
 
 
 class _Deferred:
-    """What CA's native product hands to its strip means' backward: ``dy`` and the gates, so
-    that the input's whole gradient is formed in one pass once ``dz`` is known."""
+    """What a native product's backward hands on to the backward that forms the input's whole
+    gradient, which autograd runs later (CA's ``dy`` and gates; CBAM's ``dy``, gates and the
+    spatial descriptor's gradient), so that the input's gradient is one pass once the pooled
+    gradients are known. ``wanted`` is False when the input takes no gradient: nothing is
+    kept."""
 
-    __slots__ = ("wanted", "dy", "gh", "gw")
+    __slots__ = ("wanted", "_kept")
 
     def __init__(self, wanted: bool) -> None:
-        self.wanted = wanted  # False when x takes no gradient: nothing is kept
-        self.dy = self.gh = self.gw = None
+        self.wanted = wanted
+        self._kept: dict[str, torch.Tensor] = {}
+
+    def keep(self, **tensors: torch.Tensor) -> None:
+        if self.wanted:
+            self._kept.update(tensors)
+
+    def take(self) -> dict[str, torch.Tensor]:
+        """The kept tensors, released here (a retained graph's next backward keeps anew)."""
+        kept, self._kept = self._kept, {}
+        return kept
 
 
 class _NativeStripMeans(Function):
@@ -165,14 +178,13 @@ class _NativeStripMeans(Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         n, c, h, w = ctx.shape
-        deferred = ctx.deferred
+        kept = ctx.deferred.take()
         grad = grad.contiguous()
         eh = grad[:n * h].view(n, h, c) if ctx.rows else None
         ew = grad[n * h if ctx.rows else 0:].view(n, w, c) if ctx.cols else None
         dx = torch.empty(ctx.shape, dtype=grad.dtype, memory_format=torch.channels_last)
-        ctx.kernels.combine_into(nhwc(dx), deferred.dy, deferred.gh, deferred.gw, eh, ew,
-                                 1.0 / w, 1.0 / h)
-        deferred.dy = deferred.gh = deferred.gw = None
+        ctx.kernels.combine_into(nhwc(dx), kept["dy"], kept["gh"], kept["gw"], eh, ew, 1.0 / w,
+                                 1.0 / h)
         return dx, None, None, None, None
 
 
@@ -200,8 +212,7 @@ class _NativeStripProduct(Function):
         gh, gw = _strip_views(gates, x, ctx.rows, ctx.cols)
         dy = nhwc(grad).contiguous()
         dgates = ctx.kernels.gate_grads(dy, nhwc(x), gh, gw)
-        if ctx.deferred.wanted:
-            ctx.deferred.dy, ctx.deferred.gh, ctx.deferred.gw = dy, gh, gw
+        ctx.deferred.keep(dy=dy, gh=gh, gw=gw)
         return None, dgates, None, None, None, None
 
 
@@ -322,6 +333,99 @@ def native_ca_gates(z: torch.Tensor, rows_h: int, conv1, bn, act: nn.Module, con
 #: the non-linearities :class:`_NativeCAGates` knows (ids of ``csrc/strip_kernels.cpp``)
 _ACT_IDS = {nn.ReLU: 0, nn.ReLU6: 1, nn.Hardswish: 2, nn.SiLU: 3}
 _GATE_IDS = {nn.Sigmoid: 0, nn.Hardsigmoid: 1}
+
+
+class _NativeChannelPool(Function):
+    """CBAM's mean- and max-pooled vectors (N×C each) of a channels-last map in one read.
+    Backward: the input's whole gradient in one pass (``cbam_input_grad``) from the pooled
+    vectors' gradients and what the later steps' backwards (which run first) left in
+    ``deferred``: ``dy``, both gates, the spatial descriptor's gradient and its arg-max
+    channels."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernels, deferred: _Deferred):
+        mean, peak, index = kernels.cbam_channel_pool(nhwc(x))
+        ctx.save_for_backward(index)
+        ctx.kernels, ctx.deferred = kernels, deferred
+        return mean, peak
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dmean: torch.Tensor, dmax: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        kept = ctx.deferred.take()
+        dx = ctx.kernels.cbam_input_grad(kept["dy"], kept["gs"], kept["gc"], kept["ds"],
+                                         kept["index_s"], dmean.contiguous(), dmax.contiguous(),
+                                         index)
+        return nchw(dx), None, None
+
+
+class _NativeSpatialPool(Function):
+    """CBAM's spatial descriptor ``[max_C, mean_C]`` of ``x · gc`` without forming ``x · gc``,
+    N×2×H×W channels-last (the k×k conv's backward took 3× longer on an NCHW descriptor:
+    9.1 against 2.9 ms at 64×2×32×32, 2 threads). ``x`` comes detached (its gradient goes
+    through :class:`_NativeChannelPool`). Backward: ``gc``'s share through the descriptor in
+    one read of ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gc: torch.Tensor, kernels,
+                deferred: _Deferred) -> torch.Tensor:
+        descriptor, index = kernels.cbam_spatial_pool(nhwc(x), gc)
+        ctx.save_for_backward(x, gc, index)
+        ctx.kernels, ctx.deferred = kernels, deferred
+        return nchw(descriptor)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, gc, index = ctx.saved_tensors
+        grad = nhwc(grad).contiguous()
+        dgc = ctx.kernels.cbam_spatial_pool_grad(nhwc(x), grad, index)
+        ctx.deferred.keep(ds=grad, index_s=index, gc=gc)
+        return None, dgc, None, None
+
+
+class _NativeCBAMProduct(Function):
+    """``x · gc · gs`` (gc N×C, gs N×1×H×W) in one pass; ``x`` comes detached. Backward: ``gs``'s
+    gradient and ``gc``'s share through the product in one pass over ``dy`` and ``x``; ``dy``
+    and ``gs`` are left in ``deferred`` for the input's gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gc: torch.Tensor, gs: torch.Tensor, kernels,
+                deferred: _Deferred) -> torch.Tensor:
+        ctx.save_for_backward(x, gc, gs)
+        ctx.kernels, ctx.deferred = kernels, deferred
+        return nchw(kernels.cbam_product(nhwc(x), gc, gs))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, gc, gs = ctx.saved_tensors
+        dy = nhwc(grad).contiguous()
+        dgs, dgc = ctx.kernels.cbam_product_grads(dy, nhwc(x), gc, gs)
+        ctx.deferred.keep(dy=dy, gs=gs)
+        return None, dgc, dgs, None, None
+
+
+def cbam_attention(x: torch.Tensor,
+                   channel_gate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   spatial_gate: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    """CBAM's ``y1 = x · gc``, ``out = y1 · gs`` by the native kernels, ``y1`` never formed:
+    ``channel_gate(mean, max)`` maps the pooled N×C vectors to the channel gate ``gc`` (N×C),
+    ``spatial_gate(s)`` the descriptor ``[max_C y1, mean_C y1]`` (N×2×H×W) to ``gs``
+    (N×1×H×W). Three map passes forward and four backward (the eager functions take about
+    fifteen), besides the gates themselves. Returns None where the kernels cannot run
+    (:func:`strip_attention`'s cases): the caller then takes the eager path."""
+    xm = nhwc(x)
+    kernels = None if _eager_only() else native_for(xm)
+    if kernels is None:
+        return None
+    deferred = _Deferred(x.requires_grad and torch.is_grad_enabled())
+    mean, peak = _NativeChannelPool.apply(x, kernels, deferred)
+    gc = channel_gate(mean, peak).contiguous()
+    descriptor = _NativeSpatialPool.apply(x.detach(), gc, kernels, deferred)
+    gs = spatial_gate(descriptor).contiguous()
+    return _NativeCBAMProduct.apply(x.detach(), gc, gs, kernels, deferred)
 
 
 class _ChannelMean(Function):

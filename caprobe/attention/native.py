@@ -1,18 +1,24 @@
-"""caprobe's native CPU kernels for Coordinate Attention's training steps.
+"""caprobe's native CPU kernels for Coordinate Attention's and CBAM's training steps.
 
-``csrc/strip_kernels.cpp`` holds, for channels-last maps, three one-pass map kernels: both
-strip means in one read of the map; ``out = a · g^h · g^w [+ strip terms]`` in one pass (the
-gate product, and the input's whole gradient); both gates' gradients in one read of ``dy``
-and ``x``. Eager PyTorch needs two to five passes for each (a temporary per factor pair, one
-per reduction, autograd's sum of two input gradients). And CA's gates on the strips (F1, BN
-on batch statistics, the activation, the gate convs, the gate) forward and backward in one
-call each, about 22 eager operators per block. On this project's 2-core Xeon (2026-12-03,
+``csrc/strip_kernels.cpp`` holds CA's: for channels-last maps, three one-pass map kernels
+(both strip means in one read of the map; ``out = a · g^h · g^w [+ strip terms]`` in one pass,
+the gate product and the input's whole gradient; both gates' gradients in one read of ``dy``
+and ``x``) where eager PyTorch needs two to five passes for each (a temporary per factor
+pair, one per reduction, autograd's sum of two input gradients); and CA's gates on the strips
+(F1, BN on batch statistics, the activation, the gate convs, the gate) forward and backward in
+one call each, about 22 eager operators per block. On this project's 2-core Xeon (2026-12-03,
 the largest block of MobileNetV2-0.5's CIFAR profile, 64×96×32×32, alone): strip means 1.19
 → 0.60 ms, gate product 2.0 → 1.1 ms, the backward's reductions 4.9 → 1.0 ms, its input
 gradient 5.5 → 1.1 ms; the gates of every block, per step, 18.7 → 15.2 ms; a whole CA
 training step 1.34× → 1.17–1.22× ``none``'s (``benchmarks/train_throughput.py``, three runs).
-SE's and ECA's channel gates measured no faster through the map kernels (1.17× against
-1.16×), so they keep the eager functions.
+
+``csrc/cbam_kernels.cpp`` holds CBAM's: both pooled vectors in one read, the spatial
+descriptor of ``x · gc`` without forming it, ``x · gc · gs`` in one pass; backward, the gates'
+gradients in two reads and the input's whole gradient in one pass (seven map passes in all,
+against about fifteen). At 64×96×32×32 they take 0.6 (pools), 1.8 (descriptor: a maximum and
+its channel per position), 0.9, 0.9, 0.5 and 0.9 ms, against 0.9 ms for a copy of the map; a
+whole CBAM training step 1.55× → 1.27× ``none``'s. SE's and ECA's channel gates measured no
+faster through the map kernels (1.17× against 1.16×), so they keep the eager functions.
 
 The kernels are compiled once per machine kind on first use by
 :func:`torch.utils.cpp_extension.load` (g++ with OpenMP, about 25 s; cached under
@@ -39,7 +45,8 @@ import torch
 
 from caprobe.runtime import kernel_setting
 
-_SOURCE = Path(__file__).with_name("csrc") / "strip_kernels.cpp"
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCES = [_CSRC / name for name in ("module.cpp", "strip_kernels.cpp", "cbam_kernels.cpp")]
 #: the vector flags for each of torch's CPU capabilities (``torch.backends.cpu``)
 _ARCH_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
@@ -49,7 +56,7 @@ DTYPES = (torch.float32, torch.float64)
 
 
 @lru_cache(maxsize=1)
-def strip_kernels() -> ModuleType | None:
+def attention_kernels() -> ModuleType | None:
     """The compiled kernels, or None when ``CAPROBE_KERNELS=eager`` or the build failed
     (warned once). A first build says so on stderr (it takes about 25 s)."""
     if kernel_setting() == "eager":
@@ -57,7 +64,7 @@ def strip_kernels() -> ModuleType | None:
     from torch.utils import cpp_extension
 
     capability = torch.backends.cpu.get_cpu_capability()
-    name = f"caprobe_strip_kernels_{capability.lower()}"
+    name = f"caprobe_attention_kernels_{capability.lower()}"
     try:
         built = (Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so").exists()
     except Exception:  # noqa: BLE001 - only decides whether to print the note below
@@ -67,7 +74,7 @@ def strip_kernels() -> ModuleType | None:
               "(about 25 s)", file=sys.stderr, flush=True)
     try:
         return cpp_extension.load(
-            name=name, sources=[str(_SOURCE)],
+            name=name, sources=[str(path) for path in _SOURCES],
             extra_cflags=["-O3", "-fopenmp", *_ARCH_FLAGS.get(capability, [])],
             extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as exc:  # noqa: BLE001 - no compiler, no ninja, a read-only cache
@@ -82,7 +89,7 @@ def prepare(device: str) -> str:
     """Build or load the kernels before a training on ``device`` needs them (so that a build
     never runs beside a timing or inside a step); returns :func:`kernels_state`."""
     if str(device).startswith("cpu"):
-        strip_kernels()
+        attention_kernels()
     return kernels_state()
 
 
@@ -91,9 +98,9 @@ def kernels_state() -> str:
     (loaded: CA trained through them wherever they apply, a channels-last float32/64 CPU
     map), ``"eager"`` (``CAPROBE_KERNELS=eager``, or the build failed) or ``"unused"`` (not
     asked for in this process: nothing trained on the CPU here)."""
-    if strip_kernels.cache_info().currsize == 0:
+    if attention_kernels.cache_info().currsize == 0:
         return "unused"
-    return "native" if strip_kernels() is not None else "eager"
+    return "native" if attention_kernels() is not None else "eager"
 
 
 def native_for(xm: torch.Tensor) -> ModuleType | None:
@@ -101,4 +108,4 @@ def native_for(xm: torch.Tensor) -> ModuleType | None:
     contiguous: the map is channels-last), else None."""
     if xm.device.type != "cpu" or xm.dtype not in DTYPES or not xm.is_contiguous():
         return None
-    return strip_kernels()
+    return attention_kernels()

@@ -4,25 +4,12 @@
 // strip an N x H x C or N x W x C tensor (contiguous). Each kernel reads and writes the map
 // once, channels innermost (vectorised). Reductions run one sample per task
 // (at::parallel_for over N) in a fixed order, so they do not depend on the thread count.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "kernels.h"
+
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
-namespace {
-
-using at::Tensor;
-
-void check_map(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4 && t.is_contiguous(), name, " must be a contiguous NHWC map");
-}
-
-void check_strip(const Tensor& t, int64_t n, int64_t len, int64_t c, const char* name) {
-  TORCH_CHECK(t.dim() == 3 && t.is_contiguous() && t.size(0) == n && t.size(1) == len &&
-              t.size(2) == c, name, " must be a contiguous strip of shape [", n, ", ", len,
-              ", ", c, "]");
-}
+namespace caprobe_kernels {
 
 // The means over W (N x H x C) and over H (N x W x C) of an NHWC map, written as the rows of
 // one (N*H + N*W) x C tensor (rows first, then columns); either part may be left out.
@@ -407,12 +394,4 @@ std::vector<Tensor> ca_gates_backward(const Tensor& dgates, const Tensor& gates,
   return {dz, dw1, db1, dbn_w, dbn_b, dwg, dbg};
 }
 
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("strip_means", &strip_means);
-  m.def("combine_into", &combine_into);
-  m.def("gate_grads", &gate_grads);
-  m.def("ca_gates_forward", &ca_gates_forward);
-  m.def("ca_gates_backward", &ca_gates_backward);
-}
+}  // namespace caprobe_kernels
