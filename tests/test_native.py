@@ -65,9 +65,17 @@ def test_kernels_equal_their_formulas(kernels, shape, dtype):
     p = dy * x  # the gates' gradients come as one tensor of rows, like the gates
     both = torch.cat([(p * gw[:, None]).sum(2).reshape(n * h, c),
                       (p * gh[:, :, None]).sum(1).reshape(n * w, c)])
-    torch.testing.assert_close(kernels.gate_grads(dy, x, gh, gw), both)
-    torch.testing.assert_close(kernels.gate_grads(dy, x, gh, None), p.sum(2).reshape(n * h, c))
-    torch.testing.assert_close(kernels.gate_grads(dy, x, None, gw), p.sum(1).reshape(n * w, c))
+    (grads,) = kernels.gate_grads(dy, x, gh, gw, False)
+    torch.testing.assert_close(grads, both)
+    grads, means = kernels.gate_grads(dy, x, gh, gw, True)  # the strip means, bit for bit
+    assert torch.equal(grads, kernels.gate_grads(dy, x, gh, gw, False)[0])
+    assert torch.equal(means, kernels.strip_means(x, True, True))
+    grads, means = kernels.gate_grads(dy, x, gh, None, True)
+    torch.testing.assert_close(grads, p.sum(2).reshape(n * h, c))
+    assert torch.equal(means, kernels.strip_means(x, True, False))
+    grads, means = kernels.gate_grads(dy, x, None, gw, True)
+    torch.testing.assert_close(grads, p.sum(1).reshape(n * w, c))
+    assert torch.equal(means, kernels.strip_means(x, False, True))
 
 
 def test_kernels_do_not_depend_on_the_thread_count(kernels):
@@ -81,7 +89,8 @@ def test_kernels_do_not_depend_on_the_thread_count(kernels):
     try:
         for count in (1, 2):
             torch.set_num_threads(count)
-            results.append((kernels.strip_means(x, True, True), kernels.gate_grads(dy, x, gh, gw)))
+            results.append((kernels.strip_means(x, True, True),
+                            *kernels.gate_grads(dy, x, gh, gw, True)))
     finally:
         torch.set_num_threads(threads)
     for one, two in zip(*results, strict=True):
@@ -466,3 +475,32 @@ def test_native_cbam_without_an_input_gradient(kernels, monkeypatch):
         expected = eager(x)
         monkeypatch.undo()
         torch.testing.assert_close(module(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def _node(fn, name):
+    """The first autograd node called ``name`` upstream of ``fn``."""
+    if fn is None or type(fn).__name__ == name:
+        return fn
+    for upstream, _ in fn.next_functions:
+        found = _node(upstream, name)
+        if found is not None:
+            return found
+    return None
+
+
+def test_native_gates_keep_the_strips_only_off_the_native_map_path(kernels):
+    """On the native map path the gates' backward takes the strip means from the product's
+    backward (recomputed in its pass over the map) instead of keeping them; an NCHW map
+    (eager map functions, native gates) keeps them. Same gradients either way."""
+    grads = []
+    built = build("ca", 16).double().train()
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        module = copy.deepcopy(built)
+        x = _randn(2, 16, 5, 3).contiguous(memory_format=fmt).requires_grad_()
+        out = module(x)
+        saved = _node(out.grad_fn, "_NativeCAGatesBackward").saved_tensors
+        assert (saved[1] is None) == (fmt == torch.channels_last)
+        out.backward(_randn(2, 16, 5, 3, seed=4))
+        grads.append([x.grad, *(p.grad for p in module.parameters())])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -132,16 +132,18 @@ class CoordAttention(AttentionModule):
             out.append(gates[n * height if rows else 0:].view(n, 1, width, channels))
         return out
 
-    def _strip_gates(self, z: torch.Tensor, n: int, height: int, width: int) -> torch.Tensor:
+    def _strip_gates(self, z: torch.Tensor, n: int, height: int, width: int,
+                     deferred=None) -> torch.Tensor:
         """The gates of the strip means ``z`` of an N×C×H×W map ((N·H + N·W)×C, the row means
         first; or one strip), as the rows of one tensor in the same layout. In training, on
         the CPU, one native call each way (:func:`caprobe.attention.functional.
         native_ca_gates`); else F1 and each gate conv as one GEMM on contiguous rows (1×1
         convs on strips, channel-innermost like the map) and BN over the mip channels of
-        every strip position."""
+        every strip position. ``deferred``: from :func:`caprobe.attention.functional.
+        strip_attention`, which then recomputes ``z`` for the native gates' backward."""
         rows_h = n * height if self.conv_h is not None else 0
         native = native_ca_gates(z, rows_h, self.conv1, self.bn1, self.act, self.conv_h,
-                                 self.conv_w, self.gate)
+                                 self.conv_w, self.gate, deferred)
         if native is not None:
             return native
         f = linear(self.conv1, z)  # (N·H + N·W)×mip

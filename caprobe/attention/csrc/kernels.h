@@ -27,8 +27,8 @@ Tensor strip_means(const Tensor& x, bool rows, bool cols);
 void combine_into(Tensor out, const Tensor& a, const c10::optional<Tensor>& gh,
                   const c10::optional<Tensor>& gw, const c10::optional<Tensor>& eh,
                   const c10::optional<Tensor>& ew, double eh_scale, double ew_scale);
-Tensor gate_grads(const Tensor& dy, const Tensor& x, const c10::optional<Tensor>& gh,
-                  const c10::optional<Tensor>& gw);
+std::vector<Tensor> gate_grads(const Tensor& dy, const Tensor& x, const c10::optional<Tensor>& gh,
+                               const c10::optional<Tensor>& gw, bool means);
 std::vector<Tensor> ca_gates_forward(const Tensor& z, int64_t rows_h, const Tensor& w1,
                                      const Tensor& b1, const Tensor& bn_w, const Tensor& bn_b,
                                      double eps, const Tensor& wg, const Tensor& bg,

@@ -95,9 +95,12 @@ void combine_into(Tensor out, const Tensor& a, const c10::optional<Tensor>& gh,
 
 // The gates' gradients of y = x * gh * gw (either gate may be absent): dgh = sum over W of
 // dy * x * gw (N x H x C), dgw = sum over H of dy * x * gh (N x W x C), as the rows of one
-// (N*H + N*W) x C tensor (dgh's first), like the gates; one pass over dy and x.
-Tensor gate_grads(const Tensor& dy, const Tensor& x, const c10::optional<Tensor>& gh,
-                  const c10::optional<Tensor>& gw) {
+// (N*H + N*W) x C tensor (dgh's first), like the gates; one pass over dy and x. With
+// ``means``, also x's strip means of the strips that have a gate, in strip_means' layout and
+// bit-identical to it (same sums in the same order): the gates' backward then needs no saved
+// copy of them.
+std::vector<Tensor> gate_grads(const Tensor& dy, const Tensor& x, const c10::optional<Tensor>& gh,
+                               const c10::optional<Tensor>& gw, bool means) {
   check_map(dy, "dy");
   check_map(x, "x");
   TORCH_CHECK(dy.sizes() == x.sizes(), "dy and x must have one shape");
@@ -107,6 +110,7 @@ Tensor gate_grads(const Tensor& dy, const Tensor& x, const c10::optional<Tensor>
   const bool want_h = gh.has_value(), want_w = gw.has_value();
   TORCH_CHECK(want_h || want_w, "gate_grads needs a gate");
   Tensor grads = at::empty({(want_h ? n * h : 0) + (want_w ? n * w : 0), c}, x.options());
+  Tensor z = means ? at::empty_like(grads) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_grads", [&] {
     const scalar_t* dyp = dy.data_ptr<scalar_t>();
     const scalar_t* __restrict__ xp = x.data_ptr<scalar_t>();
@@ -114,15 +118,22 @@ Tensor gate_grads(const Tensor& dy, const Tensor& x, const c10::optional<Tensor>
     const scalar_t* gwp = want_w ? gw->data_ptr<scalar_t>() : nullptr;
     scalar_t* dghp = want_h ? grads.data_ptr<scalar_t>() : nullptr;
     scalar_t* dgwp = want_w ? grads.data_ptr<scalar_t>() + (want_h ? n * h * c : 0) : nullptr;
+    scalar_t* zhp = means && want_h ? z.data_ptr<scalar_t>() : nullptr;
+    scalar_t* zwp = means && want_w ? z.data_ptr<scalar_t>() + (want_h ? n * h * c : 0) : nullptr;
+    const scalar_t inv_w = scalar_t(1) / scalar_t(w), inv_h = scalar_t(1) / scalar_t(h);
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) {
         scalar_t* col = want_w ? dgwp + s * w * c : nullptr;
         if (want_w) std::fill(col, col + w * c, scalar_t(0));
+        scalar_t* zcol = zwp ? zwp + s * w * c : nullptr;
+        if (zcol) std::fill(zcol, zcol + w * c, scalar_t(0));
         for (int64_t i = 0; i < h; ++i) {
           const int64_t r = s * h + i;
           const scalar_t* gr = want_h ? ghp + r * c : nullptr;
           scalar_t* row = want_h ? dghp + r * c : nullptr;
           if (want_h) std::fill(row, row + c, scalar_t(0));
+          scalar_t* zrow = zhp ? zhp + r * c : nullptr;
+          if (zrow) std::fill(zrow, zrow + c, scalar_t(0));
           for (int64_t j = 0; j < w; ++j) {
             const int64_t off = (r * w + j) * c;
             const scalar_t* dv = dyp + off;
@@ -141,12 +152,17 @@ Tensor gate_grads(const Tensor& dy, const Tensor& x, const c10::optional<Tensor>
               scalar_t* cj = col + j * c;
               _Pragma("omp simd") for (int64_t k = 0; k < c; ++k) cj[k] += dv[k] * xv[k];
             }
+            if (zrow) _Pragma("omp simd") for (int64_t k = 0; k < c; ++k) zrow[k] += xv[k];
+            if (zcol) { scalar_t* zj = zcol + j * c; _Pragma("omp simd") for (int64_t k = 0; k < c; ++k) zj[k] += xv[k]; }
           }
+          if (zrow) _Pragma("omp simd") for (int64_t k = 0; k < c; ++k) zrow[k] *= inv_w;
         }
+        if (zcol) for (int64_t k = 0; k < w * c; ++k) zcol[k] *= inv_h;
       }
     });
   });
-  return grads;
+  if (means) return {grads, z};
+  return {grads};
 }
 
 // CA's gates on the strips, forward and backward, in one call each (training mode, BN on
