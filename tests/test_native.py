@@ -399,7 +399,7 @@ CBAM_CASES = [(spec, shape) for spec in CBAM_SPECS
               for shape in [(3, 24, 7, 5), (1, 16, 3, 6), (2, 16, 1, 6), (1, 8, 1, 1)]]
 
 
-def _cbam_pair(spec, channels):
+def _module_pair(spec, channels):
     module = build(spec, channels).double().train()
     for p in module.parameters():  # away from the zero-gate initialisation
         torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(3))
@@ -412,7 +412,7 @@ def test_native_cbam_equals_the_eager_functions(kernels, monkeypatch, spec, shap
     """Same output, input gradient, parameter gradients and BN statistics as the eager
     functions in float64, over two steps, ties (a ReLU6 map) included, and the native path is
     the one taken."""
-    module, eager = _cbam_pair(spec, shape[1])
+    module, eager = _module_pair(spec, shape[1])
     x = _randn(*shape)
     if ties:
         x = (3 * x).clamp(0, 6)
@@ -439,7 +439,7 @@ def test_native_cbam_equals_the_eager_functions(kernels, monkeypatch, spec, shap
 def test_native_cbam_gradcheck(kernels):
     """The input's gradient against finite differences, in eval mode (BN on running
     statistics: gradcheck's repeated forwards must see one function)."""
-    module, _ = _cbam_pair("cbam", 6)
+    module, _ = _module_pair("cbam", 6)
     module.eval()
     x = _randn(2, 6, 3, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
     assert type(module(x).grad_fn).__name__ == "_NativeCBAMProductBackward"
@@ -447,7 +447,7 @@ def test_native_cbam_gradcheck(kernels):
 
 
 def test_native_cbam_backward_runs_twice_on_a_retained_graph(kernels):
-    module, _ = _cbam_pair("cbam", 16)
+    module, _ = _module_pair("cbam", 16)
     x = _randn(2, 16, 6, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
     out = module(x)
     grad = torch.ones_like(out)
@@ -463,7 +463,7 @@ def test_native_cbam_backward_runs_twice_on_a_retained_graph(kernels):
 def test_native_cbam_without_an_input_gradient(kernels, monkeypatch):
     """A map that takes no gradient: the parameters still get theirs; and evaluation (no
     gradient at all) gives the eager output."""
-    module, eager = _cbam_pair("cbam", 16)
+    module, eager = _module_pair("cbam", 16)
     x = _randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last)
     module(x).sum().backward()
     monkeypatch.setattr(native, "attention_kernels", lambda: None)
@@ -504,3 +504,83 @@ def test_native_gates_keep_the_strips_only_off_the_native_map_path(kernels):
         grads.append([x.grad, *(p.grad for p in module.parameters())])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# --- channel gates (SE, ECA) --------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_channel_gate_kernels_equal_their_formulas(kernels, shape, dtype):
+    n, h, w, c = shape
+    x, dy = _randn(*shape, dtype=dtype, seed=21), _randn(*shape, dtype=dtype, seed=22)
+    gc, dmean = torch.rand(n, c, dtype=dtype), _randn(n, c, dtype=dtype, seed=23)
+    torch.testing.assert_close(kernels.channel_gate_grad(dy, x), (dy * x).sum((1, 2)))
+    torch.testing.assert_close(kernels.channel_input_grad(dy, gc, dmean),
+                               dy * gc[:, None, None] + dmean[:, None, None] / (h * w))
+    with pytest.raises(RuntimeError, match="dmean must be a contiguous"):
+        kernels.channel_input_grad(dy, gc, dmean[:, :1])
+
+
+def test_channel_gate_kernels_do_not_depend_on_the_thread_count(kernels):
+    x, dy = _randn(5, 6, 7, 40, dtype=torch.float32), _randn(5, 6, 7, 40, dtype=torch.float32,
+                                                             seed=1)
+    gc, dmean = torch.rand(5, 40), torch.rand(5, 40)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append([kernels.channel_gate_grad(dy, x),
+                            kernels.channel_input_grad(dy, gc, dmean)])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+
+
+CHANNEL_CASES = [(spec, shape) for spec in ["se", "se:act=relu,gate=hsigmoid,reduction=4", "eca",
+                                            "eca:kernel=5"]
+                 for shape in [(3, 24, 7, 5), (1, 16, 3, 6), (2, 16, 1, 6), (1, 8, 1, 1)]]
+
+
+@pytest.mark.parametrize(("spec", "shape"), CHANNEL_CASES)
+def test_native_channel_gates_equal_the_eager_functions(kernels, monkeypatch, spec, shape):
+    module, eager = _module_pair(spec, shape[1])  # random gate weights, a deep copy
+    x = _randn(*shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+    x_eager = x.detach().clone().requires_grad_()
+    grad = _randn(*shape, seed=7).contiguous(memory_format=torch.channels_last)
+    out = _train_step(module, x, grad)
+    assert type(out.grad_fn).__name__ == "_NativeChannelProductBackward"
+    monkeypatch.setattr(native, "attention_kernels", lambda: None)
+    out_eager = _train_step(eager, x_eager, grad)
+    assert type(out_eager.grad_fn).__name__ == "_GateProductBackward"
+    torch.testing.assert_close(out, out_eager, rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x.grad, x_eager.grad, rtol=1e-12, atol=1e-12)
+    for p, q in zip(module.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("spec", ["se", "eca"])
+def test_native_channel_gate_gradcheck_retained_graph_and_no_input_gradient(kernels, spec):
+    module, eager = _module_pair(spec, 6)
+    x = _randn(2, 6, 3, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(module, (x,))
+    out = module(x)
+    out.backward(torch.ones_like(out), retain_graph=True)
+    first = [x.grad.clone(), *(p.grad.clone() for p in module.parameters())]
+    x.grad = None
+    module.zero_grad(set_to_none=True)
+    out.backward(torch.ones_like(out))
+    for a, b in zip(first, [x.grad, *(p.grad for p in module.parameters())], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    module.zero_grad(set_to_none=True)
+    frozen = x.detach()
+    module(frozen).sum().backward()  # a map that takes no gradient: the weights get theirs
+    from caprobe.attention.functional import channel_mean, gate_product
+
+    gate_product(frozen, eager._channel_gate(channel_mean(frozen))[:, None, None]).sum().backward()
+    for p, q in zip(module.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12)

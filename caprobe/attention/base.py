@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from caprobe.attention.functional import channel_attention, channel_mean, gate_product
+
 
 @dataclass(frozen=True)
 class Nonlinearity:
@@ -182,6 +184,27 @@ def conv_from(weight: torch.Tensor, bias: torch.Tensor | None, padding: int | tu
         if bias is not None:
             conv.bias.copy_(bias.detach().reshape(-1))
     return conv.requires_grad_(False)
+
+
+class ChannelGateAttention(AttentionModule):
+    """An attention module with one channel gate of the mean-pooled map, ``y = x · gc`` (SE,
+    ECA): subclasses give :meth:`_channel_gate`. On a channels-last CPU map the map-sized
+    steps run in caprobe's native kernels (:func:`caprobe.attention.functional.
+    channel_attention`), elsewhere the eager functions."""
+
+    def _channel_gate(self, mean: torch.Tensor) -> torch.Tensor:
+        """N×C gate from the N×C pooled means."""
+        raise NotImplementedError
+
+    def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"channel": N×C×1×1}``."""
+        return {"channel": self._channel_gate(channel_mean(x))[:, :, None, None]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = channel_attention(x, self._channel_gate)
+        if out is not None:
+            return out
+        return gate_product(x, self._channel_gate(channel_mean(x))[:, None, None])
 
 
 class DeployedAttention(nn.Module):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from caprobe.attention.base import (
-    AttentionModule,
+    ChannelGateAttention,
     DeployedAttention,
     GraphAttention,
     conv_from,
@@ -21,7 +21,6 @@ from caprobe.attention.base import (
     inplace_form,
     make_gate,
 )
-from caprobe.attention.functional import channel_mean, gate_product
 
 
 def eca_kernel_size(channels: int, gamma: int = 2, beta: int = 1) -> int:
@@ -29,7 +28,7 @@ def eca_kernel_size(channels: int, gamma: int = 2, beta: int = 1) -> int:
     return t if t % 2 else t + 1
 
 
-class ECA(AttentionModule):
+class ECA(ChannelGateAttention):
     gate_layers = ("conv",)
 
     def __init__(self, channels: int, kernel: int | None = None, gate: str = "sigmoid",
@@ -39,16 +38,9 @@ class ECA(AttentionModule):
         self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
         self.gate = make_gate(gate)
 
-    def _gate(self, x: torch.Tensor) -> torch.Tensor:
-        """N×C."""
-        return self.gate(self.conv(channel_mean(x).unsqueeze(1))).squeeze(1)
-
-    def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"channel": N×C×1×1}``."""
-        return {"channel": self._gate(x)[:, :, None, None]}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gate_product(x, self._gate(x)[:, None, None])
+    def _channel_gate(self, mean: torch.Tensor) -> torch.Tensor:
+        """N×C: the 1-D conv across the pooled vector."""
+        return self.gate(self.conv(mean.unsqueeze(1))).squeeze(1)
 
     def fuse(self) -> DeployedECA:
         return DeployedECA(self.conv.weight, gate=inplace_form(self.gate), spec=self.spec,

@@ -350,6 +350,59 @@ _ACT_IDS = {nn.ReLU: 0, nn.ReLU6: 1, nn.Hardswish: 2, nn.SiLU: 3}
 _GATE_IDS = {nn.Sigmoid: 0, nn.Hardsigmoid: 1}
 
 
+class _NativeChannelMean(Function):
+    """A channel gate's pooled means (N×C) of a channels-last map. Backward: the input's whole
+    gradient ``dy · gc + dmean / (H·W)`` in one pass, with ``dy`` and ``gc`` that
+    :class:`_NativeChannelProduct`'s backward (which runs first) left in ``deferred``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernels, deferred: _Deferred) -> torch.Tensor:
+        ctx.kernels, ctx.deferred = kernels, deferred
+        return nhwc(x).mean((1, 2))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dmean: torch.Tensor):
+        dy, gc = ctx.deferred.take("dy", "gc")
+        return nchw(ctx.kernels.channel_input_grad(dy, gc, dmean.contiguous())), None, None
+
+
+class _NativeChannelProduct(Function):
+    """``x · gc`` (gc N×C); ``x`` comes detached (its gradient goes through
+    :class:`_NativeChannelMean`). Backward: ``gc``'s gradient in one read of ``dy`` and ``x``
+    (eager autograd writes ``dy · x`` as a map first); ``dy`` and ``gc`` are left in
+    ``deferred`` for the input's gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gc: torch.Tensor, kernels,
+                deferred: _Deferred) -> torch.Tensor:
+        ctx.save_for_backward(x, gc)
+        ctx.kernels, ctx.deferred = kernels, deferred
+        return nchw(nhwc(x) * gc[:, None, None])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, gc = ctx.saved_tensors
+        dy = nhwc(grad).contiguous()
+        if ctx.deferred.wanted:
+            ctx.deferred.keep(dy=dy, gc=gc)
+        return None, ctx.kernels.channel_gate_grad(dy, nhwc(x)), None, None
+
+
+def channel_attention(x: torch.Tensor,
+                      channel_gate: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    """A channel gate ``x · channel_gate(mean_HW x)`` (SE, ECA) with the native backward: two
+    map passes backward (the eager functions: five, and a map-sized temporary). Returns None
+    where the kernels cannot run (:func:`strip_attention`'s cases)."""
+    kernels = None if _eager_only() else native_for(nhwc(x))
+    if kernels is None:
+        return None
+    deferred = _Deferred(x.requires_grad and torch.is_grad_enabled())
+    gc = channel_gate(_NativeChannelMean.apply(x, kernels, deferred)).contiguous()
+    return _NativeChannelProduct.apply(x.detach(), gc, kernels, deferred)
+
+
 class _NativeChannelPool(Function):
     """CBAM's mean- and max-pooled vectors (N×C each) of a channels-last map in one read.
     Backward: the input's whole gradient in one pass (``cbam_input_grad``) from the pooled

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from caprobe.attention.base import (
-    AttentionModule,
+    ChannelGateAttention,
     DeployedAttention,
     GraphAttention,
     conv_from,
@@ -23,10 +23,9 @@ from caprobe.attention.base import (
     make_act,
     make_gate,
 )
-from caprobe.attention.functional import channel_mean, gate_product
 
 
-class SqueezeExcite(AttentionModule):
+class SqueezeExcite(ChannelGateAttention):
     gate_layers = ("fc2",)
 
     def __init__(self, channels: int, reduction: int = 24, min_hidden: int = 1,
@@ -38,16 +37,9 @@ class SqueezeExcite(AttentionModule):
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=True)
         self.gate = make_gate(gate)
 
-    def _gate(self, x: torch.Tensor) -> torch.Tensor:
+    def _channel_gate(self, mean: torch.Tensor) -> torch.Tensor:
         """N×C: the FCs as GEMMs on the pooled vectors."""
-        return self.gate(linear(self.fc2, self.act(linear(self.fc1, channel_mean(x)))))
-
-    def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"channel": N×C×1×1}``."""
-        return {"channel": self._gate(x)[:, :, None, None]}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gate_product(x, self._gate(x)[:, None, None])
+        return self.gate(linear(self.fc2, self.act(linear(self.fc1, mean))))
 
     def fuse(self) -> DeployedSqueezeExcite:
         return DeployedSqueezeExcite(

@@ -39,7 +39,7 @@ std::vector<Tensor> ca_gates_backward(const Tensor& dgates, const Tensor& gates,
                                       const Tensor& bn_w, const Tensor& bn_b, const Tensor& wg,
                                       int64_t act, int64_t gate);
 
-// CBAM (cbam_kernels.cpp)
+// CBAM and the channel gates (gate_kernels.cpp)
 std::vector<Tensor> cbam_channel_pool(const Tensor& x);
 std::vector<Tensor> cbam_spatial_pool(const Tensor& x, const Tensor& gc);
 Tensor cbam_product(const Tensor& x, const Tensor& gc, const Tensor& gs);
@@ -49,5 +49,7 @@ Tensor cbam_spatial_pool_grad(const Tensor& x, const Tensor& ds, const Tensor& i
 Tensor cbam_input_grad(const Tensor& dy, const Tensor& gs, const Tensor& gc, const Tensor& ds,
                        const Tensor& index_s, const Tensor& dmean, const Tensor& dmax,
                        const Tensor& index_c);
+Tensor channel_gate_grad(const Tensor& dy, const Tensor& x);
+Tensor channel_input_grad(const Tensor& dy, const Tensor& gc, const Tensor& dmean);
 
 }  // namespace caprobe_kernels

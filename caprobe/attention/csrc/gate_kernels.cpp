@@ -1,4 +1,10 @@
-// One-pass CPU kernels for CBAM's map-sized steps on channels-last maps.
+// One-pass CPU kernels for the map-sized steps of CBAM and of the channel gates (SE, ECA) on
+// channels-last maps.
+//
+// A channel gate: out = x * gc (gc = gate(mean_hw x), N x C). Eager autograd's backward forms
+// dy * x as a map to reduce it, dy * gc as another, then adds the mean's expanded gradient
+// into a third; channel_gate_grad (read dy, x) and channel_input_grad (read dy, write dx) do
+// it in two passes.
 //
 // CBAM: y1 = x * gc (gc = sigma(MLP(mean_hw x) + MLP(max_hw x)), N x C), s = [max_c y1,
 // mean_c y1] (N x 2 x H x W), gs = sigma(BN(conv(s))) (N x 1 x H x W), out = y1 * gs. The
@@ -292,6 +298,60 @@ Tensor cbam_input_grad(const Tensor& dy, const Tensor& gs, const Tensor& gc, con
       for (int64_t smp = begin; smp < end; ++smp)
         for (int64_t k = 0; k < c; ++k)
           op[(smp * hw + icp[smp * c + k]) * c + k] += dxp[smp * c + k];
+    });
+  });
+  return dx;
+}
+
+// A channel gate's gradient: sum over H, W of dy * x (N x C), one read of dy and x.
+Tensor channel_gate_grad(const Tensor& dy, const Tensor& x) {
+  check_map(dy, "dy");
+  check_map(x, "x");
+  TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
+              "dy must match x");
+  const int64_t n = x.size(0), hw = x.size(1) * x.size(2), c = x.size(3);
+  Tensor dgc = at::empty({n, c}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channel_gate_grad", [&] {
+    const scalar_t* __restrict__ dp = dy.data_ptr<scalar_t>();
+    const scalar_t* __restrict__ xp = x.data_ptr<scalar_t>();
+    scalar_t* __restrict__ gp = dgc.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t smp = begin; smp < end; ++smp) {
+        scalar_t* acc = gp + smp * c;
+        std::fill(acc, acc + c, scalar_t(0));
+        for (int64_t q = 0; q < hw; ++q) {
+          const int64_t off = (smp * hw + q) * c;
+          _Pragma("omp simd") for (int64_t k = 0; k < c; ++k) acc[k] += dp[off + k] * xp[off + k];
+        }
+      }
+    });
+  });
+  return dgc;
+}
+
+// A channel gate's input gradient: dx = dy * gc + dmean / (H W), one read of dy, one write.
+Tensor channel_input_grad(const Tensor& dy, const Tensor& gc, const Tensor& dmean) {
+  check_map(dy, "dy");
+  const int64_t n = dy.size(0), h = dy.size(1), w = dy.size(2), c = dy.size(3);
+  check_like(gc, dy, {n, c}, "gc");
+  check_like(dmean, dy, {n, c}, "dmean");
+  Tensor dx = at::empty_like(dy);
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "channel_input_grad", [&] {
+    const scalar_t* __restrict__ dp = dy.data_ptr<scalar_t>();
+    const scalar_t* __restrict__ gp = gc.data_ptr<scalar_t>();
+    const scalar_t* __restrict__ mp = dmean.data_ptr<scalar_t>();
+    scalar_t* __restrict__ op = dx.data_ptr<scalar_t>();
+    const scalar_t inv_hw = scalar_t(1) / scalar_t(h * w);
+    at::parallel_for(0, n * h, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* g = gp + (r / h) * c;
+        const scalar_t* m = mp + (r / h) * c;
+        for (int64_t j = 0; j < w; ++j) {
+          const int64_t off = (r * w + j) * c;
+          _Pragma("omp simd") for (int64_t k = 0; k < c; ++k)
+            op[off + k] = dp[off + k] * g[k] + m[k] * inv_hw;
+        }
+      }
     });
   });
   return dx;
