@@ -333,9 +333,9 @@ def test_cbam_kernels_equal_their_formulas(kernels, shape, dtype, ties):
     y1 = x * gc[:, None, None]
     s, index_s = kernels.cbam_spatial_pool(x, gc)
     values, first = y1.max(3)
-    assert s.shape == (n, h, w, 2)
-    assert torch.equal(s[..., 0], values) and torch.equal(index_s, first)
-    torch.testing.assert_close(s[..., 1], y1.mean(3))
+    assert s.shape == (n, 2, h, w) and s.is_contiguous()  # planar: the max, then the mean
+    assert torch.equal(s[:, 0], values) and torch.equal(index_s, first)
+    torch.testing.assert_close(s[:, 1], y1.mean(3))
 
     gs_nhwc = gs[:, 0, :, :, None]
     assert torch.equal(kernels.cbam_product(x, gc, gs), y1 * gs_nhwc)
@@ -343,11 +343,12 @@ def test_cbam_kernels_equal_their_formulas(kernels, shape, dtype, ties):
     torch.testing.assert_close(dgs, (dy * y1).sum(3)[:, None])
     torch.testing.assert_close(dgc, (dy * x * gs_nhwc).sum((1, 2)))
 
-    ds = _randn(n, h, w, 2, dtype=dtype, seed=13)
+    ds = _randn(n, 2, h, w, dtype=dtype, seed=13)
+    ds_max, ds_mean = ds[:, 0, :, :, None], ds[:, 1, :, :, None]
     at_max = torch.zeros_like(x).scatter_(3, index_s[..., None], 1.0)  # one-hot arg-max channel
-    dy1 = dy * gs_nhwc + ds[..., 1:] / c + at_max * ds[..., :1]
+    dy1 = dy * gs_nhwc + ds_mean / c + at_max * ds_max
     torch.testing.assert_close(kernels.cbam_spatial_pool_grad(x, ds, index_s),
-                               ((ds[..., 1:] / c + at_max * ds[..., :1]) * x).sum((1, 2)))
+                               ((ds_mean / c + at_max * ds_max) * x).sum((1, 2)))
     dmean, dmax = _randn(n, c, dtype=dtype, seed=14), _randn(n, c, dtype=dtype, seed=15)
     dx = dy1 * gc[:, None, None] + dmean[:, None, None] / (h * w)
     dx = dx.reshape(n, h * w, c).scatter_add_(1, index_c[:, None], dmax[:, None]).view(n, h, w, c)
@@ -358,7 +359,7 @@ def test_cbam_kernels_equal_their_formulas(kernels, shape, dtype, ties):
 def test_cbam_kernels_do_not_depend_on_the_thread_count(kernels):
     n, h, w, c = 5, 6, 7, 40
     x, gc, gs = _cbam_inputs((n, h, w, c), torch.float32)
-    dy, ds = _randn(n, h, w, c, dtype=torch.float32, seed=1), torch.rand(n, h, w, 2)
+    dy, ds = _randn(n, h, w, c, dtype=torch.float32, seed=1), torch.rand(n, 2, h, w)
     dmean, dmax = torch.rand(n, c), torch.rand(n, c)
     threads = torch.get_num_threads()
     results = []
@@ -390,7 +391,7 @@ def test_cbam_kernels_reject_what_they_cannot_read(kernels):
     with pytest.raises(RuntimeError, match="x must be a contiguous NHWC map"):
         kernels.cbam_channel_pool(x.transpose(1, 2))
     with pytest.raises(RuntimeError, match="index_s must be a contiguous int64 tensor"):
-        kernels.cbam_spatial_pool_grad(x, torch.zeros(2, 4, 5, 2), torch.zeros(2, 4, 5))
+        kernels.cbam_spatial_pool_grad(x, torch.zeros(2, 2, 4, 5), torch.zeros(2, 4, 5))
 
 
 CBAM_SPECS = ["cbam", "cbam:gate=hsigmoid", "cbam:act=silu,kernel=3,reduction=4"]
@@ -422,16 +423,19 @@ def test_native_cbam_equals_the_eager_functions(kernels, monkeypatch, spec, shap
     for _ in range(2):
         out = _train_step(module, x, grad)
         assert type(out.grad_fn).__name__ == "_NativeCBAMProductBackward"
+        one_position = shape[0] * shape[2] * shape[3] == 1  # BN on running statistics
+        assert (_node(out.grad_fn, "_NativeSpatialGateBackward") is None) == one_position
     monkeypatch.setattr(native, "attention_kernels", lambda: None)
     for _ in range(2):
         out_eager = _train_step(eager, x_eager, grad)
         assert type(out_eager.grad_fn).__name__ == "_GateProductBackward"
+    tol = 1e-7 if "hsigmoid" in spec else 1e-12  # PyTorch's float32 1/6 (see above)
     torch.testing.assert_close(out, out_eager, rtol=1e-12, atol=1e-12)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(x.grad, x_eager.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, x_eager.grad, rtol=tol, atol=tol)
     for p, q in zip(module.parameters(), eager.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(p.grad, q.grad, rtol=tol, atol=tol)
     for b, b_eager in zip(module.buffers(), eager.buffers(), strict=True):
         torch.testing.assert_close(b, b_eager, rtol=1e-12, atol=1e-12)
 
@@ -584,3 +588,89 @@ def test_native_channel_gate_gradcheck_retained_graph_and_no_input_gradient(kern
     gate_product(frozen, eager._channel_gate(channel_mean(frozen))[:, None, None]).sum().backward()
     for p, q in zip(module.parameters(), eager.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_a_build_is_announced_when_the_library_is_missing_or_older_than_its_sources(
+        fresh_kernels, monkeypatch, tmp_path, capsys):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: tmp_path)
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: "loaded")
+    name = f"caprobe_attention_kernels_{torch.backends.cpu.get_cpu_capability().lower()}"
+    newest = max(path.stat().st_mtime for path in native._CSRC.iterdir())
+    library = tmp_path / f"{name}.so"
+    for exists, mtime, announced in ((False, None, True), (True, newest - 10, True),
+                                     (True, newest + 10, False)):
+        if exists:
+            library.write_bytes(b"")
+            os.utime(library, (mtime, mtime))
+        native.attention_kernels.cache_clear()
+        assert native.attention_kernels() == "loaded"
+        note = "compiling the native attention kernels for this machine"
+        assert (note in capsys.readouterr().err) == announced
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("spec", ["cbam", "cbam:gate=hsigmoid", "cbam:kernel=3"])
+def test_native_spatial_gate_equals_the_modules_operators(kernels, monkeypatch, spec, momentum):
+    """The k×k conv, BN on batch statistics (running statistics updated alike) and the gate
+    in one native call each way: the same gate, descriptor gradient, parameter gradients and
+    statistics, over two steps."""
+    from caprobe.attention import cbam
+
+    module, eager = _module_pair(spec, 8)
+    module.spatial_bn.momentum = eager.spatial_bn.momentum = momentum
+    s = _randn(3, 2, 5, 7).requires_grad_()
+    s_eager = s.detach().clone().requires_grad_()
+    grad = _randn(3, 1, 5, 7, seed=9)
+    for _ in range(2):
+        gs = module._spatial_gate(s)
+        assert type(gs.grad_fn).__name__ == "_NativeSpatialGateBackward"
+        gs.backward(grad)
+    monkeypatch.setattr(cbam, "native_spatial_gate", lambda *args: None)
+    for _ in range(2):
+        gs_eager = eager._spatial_gate(s_eager)
+        gs_eager.backward(grad)
+    tol = 1e-7 if "hsigmoid" in spec else 1e-12  # PyTorch's float32 1/6 (see above)
+    torch.testing.assert_close(gs, gs_eager, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s.grad, s_eager.grad, rtol=tol, atol=tol)
+    for p, q in zip(module.parameters(), eager.parameters(), strict=True):
+        if p.grad is not None or q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=tol, atol=tol)
+    for b, b_eager in zip(module.buffers(), eager.buffers(), strict=True):
+        torch.testing.assert_close(b, b_eager, rtol=1e-12, atol=1e-12)
+
+
+def test_native_spatial_gate_applies_to_planar_training_descriptors_only(kernels):
+    from caprobe.attention.functional import native_spatial_gate
+
+    module = build("cbam", 8).train()
+    parts = (module.spatial, module.spatial_bn, module.gate)
+    s = torch.randn(2, 2, 4, 4)
+    assert native_spatial_gate(s, *parts) is not None
+    assert native_spatial_gate(s.contiguous(memory_format=torch.channels_last), *parts) is None
+    assert native_spatial_gate(torch.randn(1, 2, 1, 1), *parts) is None  # one position
+    module.eval()
+    assert native_spatial_gate(s, *parts) is None
+
+
+def test_native_spatial_gate_does_not_depend_on_the_thread_count(kernels):
+    module = build("cbam", 8).train()
+    torch.nn.init.normal_(module.spatial_bn.weight)
+    s = _randn(6, 2, 9, 11, dtype=torch.float32).requires_grad_()
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            module.zero_grad(set_to_none=True)
+            s.grad = None
+            gs = module._spatial_gate(s)
+            gs.backward(torch.ones_like(gs))
+            results.append([gs.detach(), s.grad, module.spatial.weight.grad,
+                            module.spatial_bn.weight.grad])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)

@@ -6,8 +6,10 @@ the arg-max element, as with the official code's ``max_pool2d``. Spatial: [max, 
 channels → k×k conv without bias → BN → σ.
 
 On a channels-last CPU map the map-sized steps run in caprobe's native kernels
-(:func:`caprobe.attention.functional.cbam_attention`: the channel-gated map is never formed),
-the MLP, the k×k conv, BN and the gates in PyTorch; elsewhere the eager functions.
+(:func:`caprobe.attention.functional.cbam_attention`: the channel-gated map is never formed)
+and, in training, the spatial gate too (:func:`caprobe.attention.functional.
+native_spatial_gate`: the k×k conv, BN, the gate); the MLP runs in PyTorch; elsewhere the
+eager functions.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from caprobe.attention.functional import (
     channel_max,
     channel_mean,
     gate_product,
+    native_spatial_gate,
     nhwc,
     spatial_max_mean,
 )
@@ -64,7 +67,12 @@ class CBAM(AttentionModule):
         return self.gate(both[:mean.shape[0]] + both[mean.shape[0]:])
 
     def _spatial_gate(self, descriptor: torch.Tensor) -> torch.Tensor:
-        """N×1×H×W from the channel-gated map's descriptor [max, mean over C] (N×2×H×W)."""
+        """N×1×H×W from the channel-gated map's descriptor [max, mean over C] (N×2×H×W): in
+        training, on the CPU, one native call each way (:func:`caprobe.attention.functional.
+        native_spatial_gate`), else the module's operators."""
+        native = native_spatial_gate(descriptor, self.spatial, self.spatial_bn, self.gate)
+        if native is not None:
+            return native
         return self.gate(batch_norm(self.spatial_bn, self.spatial(descriptor)))
 
     def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -288,12 +288,7 @@ class _NativeCAGates(Function):
         w1m = w1.reshape(w1.shape[0], c).contiguous()
         gates, f, a, mean, invstd, var = kernels.ca_gates_forward(
             z, rows_h, w1m, b1, bn_w, bn_b, bn.eps, wg, bg, act, gate)
-        if bn.track_running_stats:
-            bn.num_batches_tracked.add_(1)
-            factor = bn.momentum if bn.momentum is not None else \
-                1.0 / float(bn.num_batches_tracked)
-            bn.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-            bn.running_var.mul_(1 - factor).add_(var * (r / (r - 1)), alpha=factor)
+        _update_running_stats(bn, mean, var, r)
         if deferred is not None:
             deferred.strips = True
         ctx.save_for_backward(gates, None if deferred is not None else z, w1m, f, a, mean,
@@ -322,6 +317,19 @@ class _NativeCAGates(Function):
                 out += [dwg[index].t().reshape(shape), dbg[index]]
                 index += 1
         return *out, None
+
+
+def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor,
+                          count: int) -> None:
+    """BN's running statistics after a training step on ``count`` values per channel with
+    batch ``mean`` and biased ``var``, as :class:`torch.nn.BatchNorm2d` updates them
+    (unbiased variance; momentum None: the cumulative average)."""
+    if not bn.track_running_stats:
+        return
+    bn.num_batches_tracked.add_(1)
+    factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+    bn.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+    bn.running_var.mul_(1 - factor).add_(var * (count / (count - 1)), alpha=factor)
 
 
 def native_ca_gates(z: torch.Tensor, rows_h: int, conv1, bn, act: nn.Module, conv_h, conv_w,
@@ -429,10 +437,9 @@ class _NativeChannelPool(Function):
 
 class _NativeSpatialPool(Function):
     """CBAM's spatial descriptor ``[max_C, mean_C]`` of ``x · gc`` without forming ``x · gc``,
-    N×2×H×W channels-last (the k×k conv's backward took 3× longer on an NCHW descriptor:
-    9.1 against 2.9 ms at 64×2×32×32, 2 threads). ``x`` comes detached (its gradient goes
-    through :class:`_NativeChannelPool`). Backward: ``gc``'s share through the descriptor in
-    one read of ``x``."""
+    N×2×H×W planar (contiguous: :class:`_NativeSpatialGate`'s conv runs along its rows).
+    ``x`` comes detached (its gradient goes through :class:`_NativeChannelPool`). Backward:
+    ``gc``'s share through the descriptor in one read of ``x``."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, gc: torch.Tensor, kernels,
@@ -440,13 +447,13 @@ class _NativeSpatialPool(Function):
         descriptor, index = kernels.cbam_spatial_pool(nhwc(x), gc)
         ctx.save_for_backward(x, gc, index)
         ctx.kernels, ctx.deferred = kernels, deferred
-        return nchw(descriptor)
+        return descriptor
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, gc, index = ctx.saved_tensors
-        grad = nhwc(grad).contiguous()
+        grad = grad.contiguous()
         dgc = ctx.kernels.cbam_spatial_pool_grad(nhwc(x), grad, index)
         if ctx.deferred.wanted:
             ctx.deferred.keep(ds=grad, index_s=index, gc=gc)
@@ -474,6 +481,55 @@ class _NativeCBAMProduct(Function):
         if ctx.deferred.wanted:
             ctx.deferred.keep(dy=dy, gs=gs)
         return None, dgc, dgs, None, None
+
+
+class _NativeSpatialGate(Function):
+    """CBAM's spatial gate from its planar descriptor (N×2×H×W) in training, one native call
+    each way: the k×k conv, BN on batch statistics (running statistics updated as
+    :class:`torch.nn.BatchNorm2d` does), the gate. In eager operators: a conv on two channels
+    whose backward alone took 2.9 ms at 64×2×32×32 (2 threads), BN and the gate on N×1×H×W."""
+
+    @staticmethod
+    def forward(ctx, descriptor: torch.Tensor, weight: torch.Tensor, bn_w: torch.Tensor,
+                bn_b: torch.Tensor, spec) -> torch.Tensor:
+        kernels, bn, gate = spec
+        gs, t, mean, invstd, var = kernels.cbam_spatial_gate_forward(
+            descriptor, weight.contiguous(), bn_w, bn_b, bn.eps, gate)
+        _update_running_stats(bn, mean, var, t.numel())
+        ctx.save_for_backward(gs, descriptor, t, weight, mean, invstd, bn_w)
+        ctx.spec = spec
+        return gs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        gs, descriptor, t, weight, mean, invstd, bn_w = ctx.saved_tensors
+        kernels, _bn, gate = ctx.spec
+        ds, dw, dbn_w, dbn_b = kernels.cbam_spatial_gate_backward(
+            grad.contiguous(), gs, descriptor, t, weight.contiguous(), mean, invstd, bn_w, gate)
+        return ds, dw, dbn_w, dbn_b, None
+
+
+def native_spatial_gate(descriptor: torch.Tensor, conv: nn.Conv2d, bn,
+                        gate: nn.Module) -> torch.Tensor | None:
+    """CBAM's spatial gate ``gate(BN(conv(descriptor)))`` by :class:`_NativeSpatialGate`, or
+    None where it does not apply (a descriptor that is not planar and contiguous, as the
+    eager path's; BN in eval mode or on one position; a conv other than CBAM's k×k, odd k,
+    zero padding k // 2, no bias; a gate it does not know; no kernels, another dtype or
+    device, a trace, compile or CPU autocast): the caller runs the module's operators."""
+    gate_id = _GATE_IDS.get(type(gate))
+    k = conv.kernel_size[0]
+    if gate_id is None or type(bn) is not nn.BatchNorm2d or not bn.training or \
+            not bn.affine or conv.bias is not None or conv.kernel_size != (k, k) or \
+            k % 2 == 0 or conv.padding != (k // 2, k // 2) or conv.stride != (1, 1) or \
+            conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros" or \
+            descriptor.numel() < 4 or _eager_only():
+        return None
+    kernels = native_for(descriptor)
+    if kernels is None:
+        return None
+    return _NativeSpatialGate.apply(descriptor, conv.weight, bn.weight, bn.bias,
+                                    (kernels, bn, gate_id))
 
 
 def cbam_attention(x: torch.Tensor,

@@ -23,7 +23,7 @@ gradient in one pass (eager autograd: five passes and a map-sized temporary); SE
 1.18× → 1.14×, ECA's 1.20× → 1.15× ``none``'s in one run each way.
 
 The kernels are compiled once per machine kind on first use by
-:func:`torch.utils.cpp_extension.load` (g++ with OpenMP, about 25 s; cached under
+:func:`torch.utils.cpp_extension.load` (g++ with OpenMP, three sources, about 30 s; cached under
 ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), with the vector flags of
 the CPU capability torch itself runs with, named by it, so a shared home directory serves
 machines of different kinds. Work runs in fixed blocks (a sample, or 64 strip rows) and sums
@@ -47,7 +47,7 @@ import torch
 
 from caprobe.runtime import kernel_setting
 
-_CSRC = Path(__file__).with_name("csrc")
+_CSRC = Path(__file__).with_name("csrc")  # the sources and kernels.h, nothing else
 _SOURCES = [_CSRC / name for name in ("module.cpp", "strip_kernels.cpp", "gate_kernels.cpp")]
 #: the vector flags for each of torch's CPU capabilities (``torch.backends.cpu``)
 _ARCH_FLAGS = {
@@ -60,20 +60,22 @@ DTYPES = (torch.float32, torch.float64)
 @lru_cache(maxsize=1)
 def attention_kernels() -> ModuleType | None:
     """The compiled kernels, or None when ``CAPROBE_KERNELS=eager`` or the build failed
-    (warned once). A first build says so on stderr (it takes about 25 s)."""
+    (warned once). A first build says so on stderr (it takes about 30 s)."""
     if kernel_setting() == "eager":
         return None
     from torch.utils import cpp_extension
 
     capability = torch.backends.cpu.get_cpu_capability()
     name = f"caprobe_attention_kernels_{capability.lower()}"
-    try:
-        built = (Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so").exists()
+    try:  # built, and after the last change to the sources (a newer caprobe rebuilds)
+        library = Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so"
+        built = library.exists() and library.stat().st_mtime >= max(
+            path.stat().st_mtime for path in _CSRC.iterdir())
     except Exception:  # noqa: BLE001 - only decides whether to print the note below
         built = True
     if not built:
         print("caprobe: compiling the native attention kernels for this machine, once "
-              "(about 25 s)", file=sys.stderr, flush=True)
+              "(about 30 s)", file=sys.stderr, flush=True)
     try:
         return cpp_extension.load(
             name=name, sources=[str(path) for path in _SOURCES],

@@ -49,6 +49,13 @@ Tensor cbam_spatial_pool_grad(const Tensor& x, const Tensor& ds, const Tensor& i
 Tensor cbam_input_grad(const Tensor& dy, const Tensor& gs, const Tensor& gc, const Tensor& ds,
                        const Tensor& index_s, const Tensor& dmean, const Tensor& dmax,
                        const Tensor& index_c);
+std::vector<Tensor> cbam_spatial_gate_forward(const Tensor& s, const Tensor& w,
+                                              const Tensor& bn_w, const Tensor& bn_b,
+                                              double eps, int64_t gate);
+std::vector<Tensor> cbam_spatial_gate_backward(const Tensor& dgs, const Tensor& gs,
+                                               const Tensor& s, const Tensor& t, const Tensor& w,
+                                               const Tensor& mean, const Tensor& invstd,
+                                               const Tensor& bn_w, int64_t gate);
 Tensor channel_gate_grad(const Tensor& dy, const Tensor& x);
 Tensor channel_input_grad(const Tensor& dy, const Tensor& gc, const Tensor& dmean);
 

@@ -16,6 +16,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cbam_product_grads", &cbam_product_grads);
   m.def("cbam_spatial_pool_grad", &cbam_spatial_pool_grad);
   m.def("cbam_input_grad", &cbam_input_grad);
+  m.def("cbam_spatial_gate_forward", &cbam_spatial_gate_forward);
+  m.def("cbam_spatial_gate_backward", &cbam_spatial_gate_backward);
   m.def("channel_gate_grad", &channel_gate_grad);
   m.def("channel_input_grad", &channel_input_grad);
 }
