@@ -134,6 +134,19 @@ def _train_step(module, x, grad):
     return out
 
 
+def _assert_same_step(out, out_eager, x, x_eager, module, eager, tol=1e-12):
+    """A native training step against the eager one: the output, channels-last output and
+    input gradient, the input's and every parameter's gradient (to ``tol``), BN's statistics."""
+    torch.testing.assert_close(out, out_eager, rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x.grad, x_eager.grad, rtol=tol, atol=tol)
+    for p, q in zip(module.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=tol, atol=tol)
+    for b, b_eager in zip(module.buffers(), eager.buffers(), strict=True):
+        torch.testing.assert_close(b, b_eager, rtol=1e-12, atol=1e-12)
+
+
 #: N, C, H, W; not ReLU on one row: that row's strip mean is the mean of the column strips,
 #: so after F1 and BN it is 0 up to rounding (1e-16), where ReLU has no single derivative
 CASES = [(spec, shape) for spec in SPECS for shape in [(2, 24, 7, 5), (1, 16, 3, 6), (2, 16, 1, 6)]
@@ -159,14 +172,7 @@ def test_native_training_path_equals_the_eager_functions(kernels, monkeypatch, s
     # PyTorch's hardsigmoid backward multiplies by 1/6 rounded to float32 in every dtype
     # (0.1666666716...): 3e-8 apart from the native gates' exact 1/6
     tol = 1e-7 if "hsigmoid" in spec else 1e-12
-    torch.testing.assert_close(out, out_eager, rtol=1e-12, atol=1e-12)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    assert x.grad.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(x.grad, x_eager.grad, rtol=tol, atol=tol)
-    for p, q in zip(module.parameters(), eager.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=tol, atol=tol)
-    for b, b_eager in zip(module.buffers(), eager.buffers(), strict=True):
-        torch.testing.assert_close(b, b_eager, rtol=1e-12, atol=1e-12)
+    _assert_same_step(out, out_eager, x, x_eager, module, eager, tol)
 
 
 GATE_SPECS = ["ca", "ca_h", "ca_w", "ca:act=relu", "ca:act=relu6,gate=hsigmoid", "ca:act=silu"]
@@ -218,9 +224,9 @@ def test_native_gates_apply_to_training_batch_statistics_only(kernels):
     assert native_ca_gates(torch.randn(6, 8), 3, *parts) is None
 
 
-@pytest.mark.parametrize("spec", ["ca", "ca_w"])
+@pytest.mark.parametrize("spec", ["ca", "ca_w", "cbam", "se", "eca"])
 def test_native_backward_runs_twice_on_a_retained_graph(kernels, spec):
-    module = build(spec, 16).double().train()
+    module, _ = _module_pair(spec, 16)
     x = _randn(2, 16, 6, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
     out = module(x)
     grad = torch.ones_like(out)
@@ -430,14 +436,7 @@ def test_native_cbam_equals_the_eager_functions(kernels, monkeypatch, spec, shap
         out_eager = _train_step(eager, x_eager, grad)
         assert type(out_eager.grad_fn).__name__ == "_GateProductBackward"
     tol = 1e-7 if "hsigmoid" in spec else 1e-12  # PyTorch's float32 1/6 (see above)
-    torch.testing.assert_close(out, out_eager, rtol=1e-12, atol=1e-12)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    assert x.grad.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(x.grad, x_eager.grad, rtol=tol, atol=tol)
-    for p, q in zip(module.parameters(), eager.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=tol, atol=tol)
-    for b, b_eager in zip(module.buffers(), eager.buffers(), strict=True):
-        torch.testing.assert_close(b, b_eager, rtol=1e-12, atol=1e-12)
+    _assert_same_step(out, out_eager, x, x_eager, module, eager, tol)
 
 
 def test_native_cbam_gradcheck(kernels):
@@ -448,20 +447,6 @@ def test_native_cbam_gradcheck(kernels):
     x = _randn(2, 6, 3, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
     assert type(module(x).grad_fn).__name__ == "_NativeCBAMProductBackward"
     assert torch.autograd.gradcheck(module, (x,))
-
-
-def test_native_cbam_backward_runs_twice_on_a_retained_graph(kernels):
-    module, _ = _module_pair("cbam", 16)
-    x = _randn(2, 16, 6, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
-    out = module(x)
-    grad = torch.ones_like(out)
-    out.backward(grad, retain_graph=True)
-    first = [x.grad.clone(), *(p.grad.clone() for p in module.parameters())]
-    x.grad = None
-    module.zero_grad(set_to_none=True)
-    out.backward(grad)
-    for a, b in zip(first, [x.grad, *(p.grad for p in module.parameters())], strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_native_cbam_without_an_input_gradient(kernels, monkeypatch):
@@ -559,28 +544,14 @@ def test_native_channel_gates_equal_the_eager_functions(kernels, monkeypatch, sp
     monkeypatch.setattr(native, "attention_kernels", lambda: None)
     out_eager = _train_step(eager, x_eager, grad)
     assert type(out_eager.grad_fn).__name__ == "_GateProductBackward"
-    torch.testing.assert_close(out, out_eager, rtol=1e-12, atol=1e-12)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    assert x.grad.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(x.grad, x_eager.grad, rtol=1e-12, atol=1e-12)
-    for p, q in zip(module.parameters(), eager.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+    _assert_same_step(out, out_eager, x, x_eager, module, eager)
 
 
 @pytest.mark.parametrize("spec", ["se", "eca"])
-def test_native_channel_gate_gradcheck_retained_graph_and_no_input_gradient(kernels, spec):
+def test_native_channel_gate_gradcheck_and_no_input_gradient(kernels, spec):
     module, eager = _module_pair(spec, 6)
     x = _randn(2, 6, 3, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
     assert torch.autograd.gradcheck(module, (x,))
-    out = module(x)
-    out.backward(torch.ones_like(out), retain_graph=True)
-    first = [x.grad.clone(), *(p.grad.clone() for p in module.parameters())]
-    x.grad = None
-    module.zero_grad(set_to_none=True)
-    out.backward(torch.ones_like(out))
-    for a, b in zip(first, [x.grad, *(p.grad for p in module.parameters())], strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    module.zero_grad(set_to_none=True)
     frozen = x.detach()
     module(frozen).sum().backward()  # a map that takes no gradient: the weights get theirs
     from caprobe.attention.functional import channel_mean, gate_product
