@@ -78,28 +78,19 @@ SMOKE_BUDGET = ("--seeds", "2", "--epochs", "2", "--train-subset", "768", "--wid
 #: on 2 cores: does CA beat the plain network and SE? One backbone (MobileNetV2, the paper's
 #: headline) and three variants (none, se, ca), deltas against none and against se.
 #:
-#: Sizing (measured 2026-12-01 on the project's 2-core machine): MobileNetV2-0.5 trains at
-#: 151 / 129 / 112 images/s on one thread alone (none / se / ca), about 113 on average per job
-#: with two jobs sharing the memory bus, so 2 jobs train 9 runs of S images in 9 S / 226 s.
-#: The earlier budget (3 epochs over 5,000 images: 35 % top-1, paired intervals of +-6 to +-9
-#: points) measured how fast a network starts learning. 1,300 steps of 64 (83,200 images,
-#: 1.66 epochs of the full set, cosine to zero) take 9 * 83,200 / 226 = 55 minutes, plus
-#: about 3 for evaluating each run on the 10,000 test images at the end (the first epoch's
-#: curve point on a fixed 1,000-image slice, --curve-subset) and 2 for counts, latency and
-#: data: ~60 minutes, 15 to spare for a slow machine. (The first night, 2026-12-01, ran
-#: before --curve-subset and evaluated both epochs on all 10,000 images: 62 minutes.)
-#: The seed spread this gives is measured by the night (README); with 3 seeds the paired
-#: 95 % half-width is t(0.975, 2) / sqrt(3) = 2.48 times the sd of the paired differences,
-#: so a half-width of 1.5 points needs that sd at or below 0.6 points. Measured: 0.18-0.46
-#: on 2026-12-01 (AMD VM; both half-widths met), 1.07-1.36 on 2026-12-03 (Xeon VM, 55 min;
-#: half-widths 2.65 and 2.91, missed). At an sd of 1.1, 1.5 points needs 5 seeds
-#: (t(0.975, 4) / sqrt(5) * 1.1 = 1.37; 4 seeds: 1.75): with that night's 587-717 s per
-#: training on 2 jobs, about 84 minutes, over the 75-minute limit; 4 seeds come closest
-#: within it: 12 trainings are 6 full rounds of 2 jobs (3 seeds: 4 rounds and one training
-#: alone) at about 650 s a round, 65 minutes, plus about 2.5 for counts, latency, data and
-#: the report: about 67 minutes. So the night runs 4 seeds (t(0.975, 3) / sqrt(4) = 1.59
-#: times the sd of the paired differences). Measured 2026-12-04 (Xeon VM): 70 min 02 s;
-#: paired sds 1.70 (ca - none) and 0.87 (ca - se), half-widths 2.71 (missed) and 1.39 (met).
+#: Steps (sized 2026-12-01): the earlier budget, 3 epochs over 5,000 images (35 % top-1,
+#: paired intervals of +-6 to +-9 points), measured how fast a network starts learning;
+#: 1,300 steps of 64 (83,200 images, 1.66 epochs of the full set, cosine to zero) bring none
+#: past 60 %. The full test set is evaluated once at the end, the curve on a fixed 1,000-image
+#: slice (--curve-subset).
+#:
+#: Seeds: the paired 95 % half-width is t(0.975, n - 1) / sqrt(n) times the sd of the paired
+#: differences: 2.48 at 3 seeds, 1.59 at 4, 1.24 at 5. Measured sds: 0.18-0.46 on 2026-12-01
+#: (AMD VM), 1.07-1.36 on 2026-12-03 (Xeon VM, 3 seeds), 0.87-1.74 on 2026-12-04 (Xeon VM,
+#: 4 seeds). At an sd of about 1.1, 1.5 points needs 5 seeds; each training takes 590-750 s on
+#: one of 2 jobs, so 15 trainings need about 84 minutes, over the 75-minute limit. 4 seeds
+#: (12 trainings, 6 full rounds of 2 jobs) come closest within it: measured 2026-12-04,
+#: 70 min 02 s; half-widths 2.71 (ca vs none, missed) and 1.39 (ca vs se, met); README.
 NIGHTLY_MODEL = "mobilenetv2"
 NIGHTLY_ATTN = ("se", "ca")
 NIGHTLY_BUDGET = ("--seeds", "4", "--steps", "1300", "--width", "0.5", "--min-time", "1.0",
@@ -182,7 +173,7 @@ def _nightly(session: nox.Session, data: str, archive: str, suffix: str,
 
 @nox.session
 def nightly(session: nox.Session) -> None:
-    """The nightly on real CIFAR-10 (about 67 minutes on 2 cores, NIGHTLY_BUDGET; on a CUDA
+    """The nightly on real CIFAR-10 (about 70 minutes on 2 cores, NIGHTLY_BUDGET; on a CUDA
     machine the full-data NIGHTLY_BUDGET_CUDA):
     ``reports/nightly-YYYY-MM-DD/`` (the run + report.html) and the history page
     ``reports/index.html``. Rerunning on the same day resumes."""
