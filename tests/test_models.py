@@ -168,3 +168,39 @@ def test_attention_gates_start_constant(spec):
     assert all((layer.weight == 0).all() for layer in layers)
     reached = sum(bool(layer.weight.grad.abs().sum() > 0) for layer in layers)
     assert reached >= 0.75 * len(layers)  # a few SE/CBAM hidden units are dead ReLUs
+
+
+def test_inplace_relu6_trains_as_autograd_without_a_copy_of_its_input():
+    """caprobe's in-place ReLU6 saves its own output for the backward (no copy of its input)
+    and gives autograd's gradient bit for bit, at the kinks 0 and 6 too, channels-last kept."""
+    from caprobe.models.common import ReLU6
+
+    values = torch.tensor([-1.0, 0.0, 0.5, 6.0, 7.0, 3.0]).repeat(24).view(2, 3, 4, 6)
+    base = values.to(memory_format=torch.channels_last).requires_grad_()
+    grad = torch.randn(2, 3, 4, 6)
+
+    def run(act):
+        saved = []
+        x = base * 1.0
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: saved.append(t.data_ptr()) or t, lambda t: t):
+            y = act(x)
+        y.backward(grad)
+        assert y.data_ptr() == x.data_ptr()  # in place
+        return y.detach(), base.grad.clone(), saved, x.data_ptr()
+
+    y0, g0, _, _ = run(nn.ReLU6(inplace=True))
+    base.grad = None
+    y1, g1, saved, ptr = run(ReLU6(inplace=True))
+    assert torch.equal(y0, y1) and torch.equal(g0, g1)
+    assert saved == [ptr]  # only the output, in place
+    assert g1.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_backbones_use_the_copy_free_relu6():
+    from caprobe.models.common import ReLU6
+
+    for name in ("mobilenetv2_ca", "mobilenext"):
+        modules = list(caprobe.build_model(name).modules())
+        assert not any(type(m) is nn.ReLU6 for m in modules)
+        assert any(isinstance(m, ReLU6) for m in modules)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
 
 Row = tuple[int, int, int, int]  # (t, c, n, s): ratio, output channels, repeats, first stride
 
@@ -24,6 +26,39 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return rounded
 
 
+class _ReLU6InPlace(Function):
+    """ReLU6 in place, its backward reading the output: ``y = clamp(x, 0, 6)`` lies strictly
+    inside (0, 6) exactly where ``x`` does, so the gradient is autograd's bit for bit.
+    Autograd's own in-place ReLU6 (``hardtanh_``, torch 2.13) first clones its input to keep
+    it for the backward: a map-sized copy per activation, 35 ms of a 273 ms MobileNetV2-0.5
+    CIFAR training step at batch 64 on 2 threads (2026-12-04, the profiler's
+    ``aten::clone < aten::hardtanh_``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x.clamp_(0.0, 6.0)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.hardtanh_backward(grad, y, 0.0, 6.0)
+
+
+class ReLU6(nn.ReLU6):
+    """:class:`torch.nn.ReLU6` whose in-place form keeps no copy of its input in training
+    (:class:`_ReLU6InPlace`); traces and compiles record the plain operator."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inplace and x.requires_grad and torch.is_grad_enabled() and not (
+                torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            return _ReLU6InPlace.apply(x)
+        return super().forward(x)
+
+
 def conv_bn(inp: int, oup: int, kernel: int = 1, stride: int = 1, groups: int = 1,
             act: bool = True) -> nn.Sequential:
     """Conv (no bias) → BN → ReLU6, or a linear conv-BN when ``act`` is False."""
@@ -32,7 +67,7 @@ def conv_bn(inp: int, oup: int, kernel: int = 1, stride: int = 1, groups: int = 
         nn.BatchNorm2d(oup),
     ]
     if act:
-        layers.append(nn.ReLU6(inplace=True))
+        layers.append(ReLU6(inplace=True))
     return nn.Sequential(*layers)
 
 
