@@ -175,6 +175,85 @@ def test_native_training_path_equals_the_eager_functions(kernels, monkeypatch, s
     _assert_same_step(out, out_eager, x, x_eager, module, eager, tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_relu6_kernels_equal_clamp_and_its_backward(kernels, shape, dtype):
+    """strip_means with clamp6 clamps the map in place (NaN kept, as torch.clamp) and pools the
+    clamped map; combine_into with relu6_out is hardtanh_backward of the unmasked sum."""
+    n, h, w, c = shape
+    x = _randn(*shape, dtype=dtype, seed=1) * 5
+    x.view(-1)[::11] = 6.0
+    x.view(-1)[::13] = 0.0
+    x.view(-1)[5] = float("nan")
+    clamped = x.clamp(0, 6)
+    fused = x.clone()
+    exact = {"rtol": 0, "atol": 0, "equal_nan": True}
+    torch.testing.assert_close(kernels.strip_means(fused, True, True, True),
+                               kernels.strip_means(clamped, True, True), **exact)
+    torch.testing.assert_close(fused, clamped, **exact)
+    dy, gh, gw = (_randn(*s, dtype=dtype, seed=k) for k, s in ((2, shape), (3, (n, h, c)),
+                                                                (5, (n, w, c))))
+    plain, masked = torch.empty_like(x), torch.empty_like(x)
+    kernels.combine_into(plain, dy, gh, gw, gh, gw, 0.5, 0.25)
+    kernels.combine_into(masked, dy, gh, gw, gh, gw, 0.5, 0.25, clamped)
+    assert torch.equal(masked, torch.ops.aten.hardtanh_backward(plain, clamped, 0.0, 6.0))
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "mobilenext"])
+@pytest.mark.parametrize("attn", ["ca", "ca_h", "ca_w"])
+def test_a_backbone_with_the_relu6_fused_into_ca_trains_bit_identically(kernels, backbone,
+                                                                         attn):
+    """The block's ReLU6 run inside CA's native passes: the same loss, every gradient and BN
+    statistic bit for bit as the ReLU6 module and then CA, and the ReLU6 module not called."""
+    from caprobe.attention.base import AttentionModule
+    from caprobe.attention.coord import CoordAttention
+    from caprobe.models import build_model
+
+    model = build_model(backbone, attn=attn, width=0.25, num_classes=10, profile="cifar",
+                        seed=0).to(memory_format=torch.channels_last).train()
+    with torch.no_grad():  # gates that vary (the models start them constant)
+        for i, p in enumerate(model.parameters()):
+            p.add_(_randn(*p.shape, dtype=p.dtype, seed=i) * 0.05)
+    apart = copy.deepcopy(model)
+    model.classifier[0].p = apart.classifier[0].p = 0.0  # no dropout draws to pair
+    x = _randn(4, 3, 32, 32, dtype=torch.float32, seed=9).contiguous(
+        memory_format=torch.channels_last) * 3
+    acts_run = []
+    for ca in model.modules():
+        if isinstance(ca, CoordAttention):
+            owner = next(m for m in model.modules() if any(c is ca for c in m.children()))
+            unit = getattr(owner, "dw", None) or owner.dw1
+            unit[2].register_forward_hook(lambda *_: acts_run.append(1))
+    loss = model(x).square().sum()
+    loss.backward()
+    assert acts_run == []  # fused: the ReLU6 before each CA ran inside CA
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CoordAttention, "forward_after", AttentionModule.forward_after)
+        loss_apart = apart(x).square().sum()
+        loss_apart.backward()
+    assert torch.equal(loss, loss_apart)
+    for p, q in zip(model.parameters(), apart.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)
+    for b, c in zip(model.buffers(), apart.buffers(), strict=True):
+        assert torch.equal(b, c)
+
+
+def test_the_relu6_runs_apart_where_the_kernels_cannot(kernels):
+    """An NCHW map or no gradient: the ReLU6 module runs, then CA."""
+    from caprobe.models.common import ReLU6
+
+    ca = build("ca", 16).train()
+    act = ReLU6(inplace=True)
+    runs = []
+    act.register_forward_hook(lambda *_: runs.append(1))
+    u = _randn(2, 16, 5, 6, dtype=torch.float32) * 4
+    expected = ca(u.clamp(0, 6))
+    for leaf in (u.clone().requires_grad_(),  # NCHW
+                 u.clone().contiguous(memory_format=torch.channels_last)):  # no gradient
+        torch.testing.assert_close(ca.forward_after(act, leaf * 1.0), expected)
+    assert runs == [1, 1]
+
+
 GATE_SPECS = ["ca", "ca_h", "ca_w", "ca:act=relu", "ca:act=relu6,gate=hsigmoid", "ca:act=silu"]
 
 

@@ -85,6 +85,12 @@ class AttentionModule(nn.Module):
     def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def forward_after(self, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``self(act(x))``: the block's activation, then this module. Modules with native
+        kernels override it to fuse an in-place ReLU6 into their map passes (the same values
+        and gradients, fewer passes over the map)."""
+        return self(act(x))
+
     def fuse(self) -> nn.Module:
         """The deployed form: the same output in eval mode (BN folded into the preceding
         layer, in-place non-linearities, no autograd bookkeeping), as a new module that
@@ -265,3 +271,12 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Te
     weight = conv.weight * scale.reshape(-1, *([1] * (conv.weight.dim() - 1)))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     return weight, (bias - bn.running_mean) * scale + bn.bias
+
+
+def after_activation(attn: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``attn(act(x))`` for any attention a backbone holds (an :class:`AttentionModule` may fuse
+    the two: :meth:`AttentionModule.forward_after`; a deployed form or ``nn.Identity`` runs
+    them apart)."""
+    if isinstance(attn, AttentionModule):
+        return attn.forward_after(act, x)
+    return attn(act(x))

@@ -51,6 +51,7 @@ from caprobe.attention.base import (
 from caprobe.attention.functional import (
     gate_product,
     native_ca_gates,
+    native_map_kernels,
     nchw,
     strip_attention,
     strip_means,
@@ -114,12 +115,26 @@ class CoordAttention(AttentionModule):
         return {name: nchw(g) for name, g in zip(self.branches, self._gates_nhwc(x),
                                                   strict=True)}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, relu6: bool = False) -> torch.Tensor:
+        """``relu6``: ``x`` is the input of the block's in-place ReLU6, applied here first
+        (:meth:`forward_after`)."""
         rows, cols = self.conv_h is not None, self.conv_w is not None
-        out = strip_attention(x, self._strip_gates, rows, cols)
+        out = strip_attention(x, self._strip_gates, rows, cols, relu6)
         if out is not None:  # the native kernels (channels-last CPU maps, float32/64)
             return out
+        if relu6:
+            x = F.relu6(x, inplace=True)
         return gate_product(x, *self._gates_nhwc(x))
+
+    def forward_after(self, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """An in-place ReLU6 before CA runs inside CA's native passes in training: clamped
+        while the strips are pooled, its backward inside the input's gradient (two passes over
+        the map fewer, the same values and gradients). 2026-12-04, MobileNetV2-0.5 CIFAR,
+        batch 64, 2 threads: see ``benchmarks/train_throughput.py``."""
+        if isinstance(act, nn.ReLU6) and act.inplace and x.requires_grad and \
+                torch.is_grad_enabled() and native_map_kernels(x) is not None:
+            return self(x, relu6=True)
+        return self(act(x))
 
     def _gates_nhwc(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The gates in NHWC broadcast shapes (N×H×1×C, N×1×W×C), ``branches`` order, from

@@ -166,26 +166,37 @@ class _Deferred:
 class _NativeStripMeans(Function):
     """The strips of a channels-last map in one read (:func:`strip_means`' layout). Backward:
     ``dx = dy · g^h · g^w + dz^h / W + dz^w / H`` in one pass, with ``dy`` and the gates that
-    :class:`_NativeStripProduct`'s backward (which runs first) left in ``deferred``."""
+    :class:`_NativeStripProduct`'s backward (which runs first) left in ``deferred``. With
+    ``relu6``, the block's in-place ReLU6 before CA in the same passes: the map is clamped to
+    [0, 6] in place while pooled (and returned, before the strips), and the gradient is the one
+    at the ReLU6's input (zero where the output is 0 or 6, as autograd's ReLU6 has it)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, rows: bool, cols: bool, kernels,
-                deferred: _Deferred) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, rows: bool, cols: bool, kernels, deferred: _Deferred,
+                relu6: bool):
         ctx.shape, ctx.rows, ctx.cols = x.shape, rows, cols
         ctx.kernels, ctx.deferred = kernels, deferred
-        return kernels.strip_means(nhwc(x), rows, cols)
+        z = kernels.strip_means(nhwc(x), rows, cols, relu6)
+        if not relu6:
+            ctx.relu6 = False
+            return z
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        ctx.relu6 = True
+        return x, z
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, *grads: torch.Tensor):
         n, c, h, w = ctx.shape
         dy, gh, gw = ctx.deferred.take("dy", "gh", "gw")
-        grad = grad.contiguous()
+        grad = grads[-1].contiguous()  # the strips' (the map's goes through the product)
         eh = grad[:n * h].view(n, h, c) if ctx.rows else None
         ew = grad[n * h if ctx.rows else 0:].view(n, w, c) if ctx.cols else None
         dx = torch.empty(ctx.shape, dtype=grad.dtype, memory_format=torch.channels_last)
-        ctx.kernels.combine_into(nhwc(dx), dy, gh, gw, eh, ew, 1.0 / w, 1.0 / h)
-        return dx, None, None, None, None
+        relu6_out = nhwc(ctx.saved_tensors[0]) if ctx.relu6 else None
+        ctx.kernels.combine_into(nhwc(dx), dy, gh, gw, eh, ew, 1.0 / w, 1.0 / h, relu6_out)
+        return dx, None, None, None, None, None
 
 
 class _NativeStripProduct(Function):
@@ -233,25 +244,34 @@ def _strip_views(gates: torch.Tensor, x: torch.Tensor, rows: bool,
 def strip_attention(x: torch.Tensor,
                     strip_gates: Callable[[torch.Tensor, int, int, int, _Deferred],
                                           torch.Tensor],
-                    rows: bool, cols: bool) -> torch.Tensor | None:
+                    rows: bool, cols: bool, relu6: bool = False) -> torch.Tensor | None:
     """``x`` times gates broadcast along its rows and/or columns, by the native kernels:
     ``strip_gates(z, N, H, W, deferred)`` maps the strip means ``z`` (:func:`strip_means`'
     layout) to the gates as the rows of one contiguous R×C tensor in the same layout (N·H rows,
     one per row of the map, broadcast over W; then N·W, one per column, broadcast over H);
     ``deferred`` is for :func:`native_ca_gates`. Four
     one-pass map kernels forward and backward together, besides the gates themselves (the
-    eager functions take about ten passes). Returns None where the kernels cannot run (not
-    channels-last, another dtype or device, no kernels, CPU autocast, or inside a trace or
-    compile, which record the eager functions): the caller then takes the eager path."""
-    xm = nhwc(x)
-    kernels = None if _eager_only() else native_for(xm)
+    eager functions take about ten passes). ``relu6``: ``x`` is the input of an in-place
+    ReLU6 that these passes apply first (:class:`_NativeStripMeans`). Returns None where the
+    kernels cannot run (:func:`native_map_kernels`): the caller then takes the eager path."""
+    kernels = native_map_kernels(x)
     if kernels is None:
         return None
-    n, h, w, c = xm.shape
+    n, c, h, w = x.shape
     deferred = _Deferred(x.requires_grad and torch.is_grad_enabled())
-    z = _NativeStripMeans.apply(x, rows, cols, kernels, deferred)
+    if relu6:
+        x, z = _NativeStripMeans.apply(x, rows, cols, kernels, deferred, True)
+    else:
+        z = _NativeStripMeans.apply(x, rows, cols, kernels, deferred, False)
     gates = strip_gates(z, n, h, w, deferred)
     return _NativeStripProduct.apply(x.detach(), gates, rows, cols, kernels, deferred)
+
+
+def native_map_kernels(x: torch.Tensor):
+    """The native kernels for the map ``x``, or None where they cannot run (not
+    channels-last, another dtype or device, no kernels, CPU autocast, or inside a trace or
+    compile, which record the eager functions)."""
+    return None if _eager_only() else native_for(nhwc(x))
 
 
 def _eager_only() -> bool:
@@ -402,8 +422,8 @@ def channel_attention(x: torch.Tensor,
                       channel_gate: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
     """A channel gate ``x · channel_gate(mean_HW x)`` (SE, ECA) with the native backward: two
     map passes backward (the eager functions: five, and a map-sized temporary). Returns None
-    where the kernels cannot run (:func:`strip_attention`'s cases)."""
-    kernels = None if _eager_only() else native_for(nhwc(x))
+    where the kernels cannot run (:func:`native_map_kernels`)."""
+    kernels = native_map_kernels(x)
     if kernels is None:
         return None
     deferred = _Deferred(x.requires_grad and torch.is_grad_enabled())
@@ -540,9 +560,8 @@ def cbam_attention(x: torch.Tensor,
     ``spatial_gate(s)`` the descriptor ``[max_C y1, mean_C y1]`` (N×2×H×W) to ``gs``
     (N×1×H×W). Three map passes forward and four backward (the eager functions take about
     fifteen), besides the gates themselves. Returns None where the kernels cannot run
-    (:func:`strip_attention`'s cases): the caller then takes the eager path."""
-    xm = nhwc(x)
-    kernels = None if _eager_only() else native_for(xm)
+    (:func:`native_map_kernels`): the caller then takes the eager path."""
+    kernels = native_map_kernels(x)
     if kernels is None:
         return None
     deferred = _Deferred(x.requires_grad and torch.is_grad_enabled())

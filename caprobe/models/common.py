@@ -10,6 +10,8 @@ from torch import nn
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
+from caprobe.attention.base import after_activation
+
 Row = tuple[int, int, int, int]  # (t, c, n, s): ratio, output channels, repeats, first stride
 
 #: Input profiles. "cifar" adapts a 224-px layout to 32-px inputs: stem stride 1 and the first
@@ -69,6 +71,16 @@ def conv_bn(inp: int, oup: int, kernel: int = 1, stride: int = 1, groups: int = 
     if act:
         layers.append(ReLU6(inplace=True))
     return nn.Sequential(*layers)
+
+
+def unit_then_attention(unit: nn.Module, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``attn(unit(x))`` for a :func:`conv_bn` unit (or ``nn.Identity``), letting the attention
+    run the unit's activation inside its own passes
+    (:func:`caprobe.attention.base.after_activation`)."""
+    if isinstance(unit, nn.Sequential) and len(unit) == 3:
+        conv, bn, act = unit
+        return after_activation(attn, act, bn(conv(x)))
+    return attn(unit(x))
 
 
 def profile_strides(rows: Sequence[Row], profile: str) -> tuple[int, list[int]]:

@@ -12,7 +12,14 @@ import torch
 from torch import nn
 
 from caprobe import attention
-from caprobe.models.common import Backbone, Row, conv_bn, make_divisible, profile_strides
+from caprobe.models.common import (
+    Backbone,
+    Row,
+    conv_bn,
+    make_divisible,
+    profile_strides,
+    unit_then_attention,
+)
 
 #: (t, c, n, s): expansion, output channels, repeats, stride of the first repeat.
 ROWS: list[Row] = [
@@ -39,7 +46,7 @@ class InvertedResidual(nn.Module):
         self.project = conv_bn(hidden, oup, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.project(self.attn(self.dw(self.expand(x))))
+        y = self.project(unit_then_attention(self.dw, self.attn, self.expand(x)))
         return x + y if self.use_residual else y
 
 

@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from caprobe import attention
-from caprobe.models.common import Backbone, Row, conv_bn, make_divisible, profile_strides
+from caprobe.models.common import (
+    Backbone,
+    Row,
+    conv_bn,
+    make_divisible,
+    profile_strides,
+    unit_then_attention,
+)
 
 #: (t, c, n, s): reduction ratio, output channels, repeats, stride of the first repeat.
 ROWS: list[Row] = [
@@ -61,7 +68,7 @@ class SandGlass(nn.Module):
         self.dw2 = conv_bn(oup, oup, 3, stride, groups=oup, act=False) if last_dw else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.dw2(self.expand(self.reduce(self.attn(self.dw1(x)))))
+        y = self.dw2(self.expand(self.reduce(unit_then_attention(self.dw1, self.attn, x))))
         return x + y if self.use_residual else y
 
 

@@ -23,10 +23,11 @@ inline void check_strip(const Tensor& t, int64_t n, int64_t len, int64_t c, cons
 }
 
 // Coordinate Attention (strip_kernels.cpp)
-Tensor strip_means(const Tensor& x, bool rows, bool cols);
+Tensor strip_means(const Tensor& x, bool rows, bool cols, bool clamp6);
 void combine_into(Tensor out, const Tensor& a, const c10::optional<Tensor>& gh,
                   const c10::optional<Tensor>& gw, const c10::optional<Tensor>& eh,
-                  const c10::optional<Tensor>& ew, double eh_scale, double ew_scale);
+                  const c10::optional<Tensor>& ew, double eh_scale, double ew_scale,
+                  const c10::optional<Tensor>& relu6_out);
 std::vector<Tensor> gate_grads(const Tensor& dy, const Tensor& x, const c10::optional<Tensor>& gh,
                                const c10::optional<Tensor>& gw, bool means);
 std::vector<Tensor> ca_gates_forward(const Tensor& z, int64_t rows_h, const Tensor& w1,

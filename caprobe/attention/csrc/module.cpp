@@ -5,8 +5,11 @@
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace caprobe_kernels;
-  m.def("strip_means", &strip_means);
-  m.def("combine_into", &combine_into);
+  m.def("strip_means", &strip_means, py::arg("x"), py::arg("rows"), py::arg("cols"),
+        py::arg("clamp6") = false);
+  m.def("combine_into", &combine_into, py::arg("out"), py::arg("a"), py::arg("gh"), py::arg("gw"),
+        py::arg("eh"), py::arg("ew"), py::arg("eh_scale"), py::arg("ew_scale"),
+        py::arg("relu6_out") = py::none());
   m.def("gate_grads", &gate_grads);
   m.def("ca_gates_forward", &ca_gates_forward);
   m.def("ca_gates_backward", &ca_gates_backward);

@@ -12,28 +12,34 @@
 namespace caprobe_kernels {
 
 // The means over W (N x H x C) and over H (N x W x C) of an NHWC map, written as the rows of
-// one (N*H + N*W) x C tensor (rows first, then columns); either part may be left out.
-Tensor strip_means(const Tensor& x, bool rows, bool cols) {
+// one (N*H + N*W) x C tensor (rows first, then columns); either part may be left out. With
+// ``clamp6``, the block's ReLU6 before the attention in the same pass: x is clamped to [0, 6]
+// in place and the means are those of the clamped map.
+Tensor strip_means(const Tensor& x, bool rows, bool cols, bool clamp6) {
   check_map(x, "x");
   const int64_t n = x.size(0), h = x.size(1), w = x.size(2), c = x.size(3);
   const int64_t row_len = rows ? n * h : 0, col_len = cols ? n * w : 0;
   Tensor out = at::empty({row_len + col_len, c}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "strip_means", [&] {
-    const scalar_t* __restrict__ xp = x.data_ptr<scalar_t>();
+    scalar_t* __restrict__ xp = x.data_ptr<scalar_t>();
     scalar_t* __restrict__ zh = out.data_ptr<scalar_t>();
     scalar_t* zw = zh + row_len * c;
     const scalar_t inv_w = scalar_t(1) / scalar_t(w), inv_h = scalar_t(1) / scalar_t(h);
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) {
-        const scalar_t* xs = xp + s * h * w * c;
+        scalar_t* xs = xp + s * h * w * c;
         scalar_t* col = cols ? zw + s * w * c : nullptr;
         if (cols) std::fill(col, col + w * c, scalar_t(0));
         for (int64_t i = 0; i < h; ++i) {
-          const scalar_t* xr = xs + i * w * c;
+          scalar_t* xr = xs + i * w * c;
           scalar_t* row = rows ? zh + (s * h + i) * c : nullptr;
           if (rows) std::fill(row, row + c, scalar_t(0));
           for (int64_t j = 0; j < w; ++j) {
-            const scalar_t* v = xr + j * c;
+            scalar_t* v = xr + j * c;
+            if (clamp6) _Pragma("omp simd") for (int64_t k = 0; k < c; ++k) {
+              const scalar_t t = v[k];  // torch.clamp's rule: NaN stays NaN
+              v[k] = t < scalar_t(0) ? scalar_t(0) : (t > scalar_t(6) ? scalar_t(6) : t);
+            }
             if (rows) _Pragma("omp simd") for (int64_t k = 0; k < c; ++k) row[k] += v[k];
             if (cols) { scalar_t* cj = col + j * c; _Pragma("omp simd") for (int64_t k = 0; k < c; ++k) cj[k] += v[k]; }
           }
@@ -49,10 +55,14 @@ Tensor strip_means(const Tensor& x, bool rows, bool cols) {
 // out = a * gh * gw [+ eh * eh_scale] [+ ew * ew_scale], written into the NHWC map ``out``
 // (a: an NHWC map; gh, eh: N x H x C strips, broadcast over W; gw, ew: N x W x C, broadcast
 // over H; one gate may be absent). The gate product (a = x) and the input's whole gradient
-// (a = dy, eh = dz^h with scale 1 / W, ew = dz^w with scale 1 / H) are each one pass.
+// (a = dy, eh = dz^h with scale 1 / W, ew = dz^w with scale 1 / H) are each one pass. With
+// ``relu6_out`` (the NHWC output of the ReLU6 fused into strip_means), the sum is the
+// gradient at the ReLU6's output and ``out`` the one at its input: kept where 0 < relu6_out
+// < 6, zero elsewhere (hardtanh_backward's rule, read from the output).
 void combine_into(Tensor out, const Tensor& a, const c10::optional<Tensor>& gh,
                   const c10::optional<Tensor>& gw, const c10::optional<Tensor>& eh,
-                  const c10::optional<Tensor>& ew, double eh_scale, double ew_scale) {
+                  const c10::optional<Tensor>& ew, double eh_scale, double ew_scale,
+                  const c10::optional<Tensor>& relu6_out) {
   check_map(out, "out");
   const int64_t n = out.size(0), h = out.size(1), w = out.size(2), c = out.size(3);
   check_map(a, "a");
@@ -63,7 +73,13 @@ void combine_into(Tensor out, const Tensor& a, const c10::optional<Tensor>& gh,
   if (gw) check_strip(*gw, n, w, c, "gw");
   if (eh) check_strip(*eh, n, h, c, "eh");
   if (ew) check_strip(*ew, n, w, c, "ew");
+  if (relu6_out) {
+    check_map(*relu6_out, "relu6_out");
+    TORCH_CHECK(relu6_out->sizes() == out.sizes() && relu6_out->scalar_type() == out.scalar_type(),
+                "relu6_out must match out");
+  }
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "combine_into", [&] {
+    const scalar_t* __restrict__ mp = relu6_out ? relu6_out->data_ptr<scalar_t>() : nullptr;
     const scalar_t* __restrict__ ap = a.data_ptr<scalar_t>();
     const scalar_t* __restrict__ ghp = gh ? gh->data_ptr<scalar_t>() : nullptr;
     const scalar_t* __restrict__ gwp = gw ? gw->data_ptr<scalar_t>() : nullptr;
@@ -87,6 +103,11 @@ void combine_into(Tensor out, const Tensor& a, const c10::optional<Tensor>& gh,
           else _Pragma("omp simd") for (int64_t k = 0; k < c; ++k) o[k] = av[k] * gc[k];
           if (er) _Pragma("omp simd") for (int64_t k = 0; k < c; ++k) o[k] += er[k] * sh;
           if (ec) _Pragma("omp simd") for (int64_t k = 0; k < c; ++k) o[k] += ec[k] * sw;
+          if (mp) {
+            const scalar_t* m = mp + off;
+            _Pragma("omp simd") for (int64_t k = 0; k < c; ++k)
+              o[k] = (m[k] > scalar_t(0) && m[k] < scalar_t(6)) ? o[k] : scalar_t(0);
+          }
         }
       }
     });
