@@ -35,6 +35,7 @@ trace through them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -267,7 +268,7 @@ def strip_attention(x: torch.Tensor,
     return _NativeStripProduct.apply(x.detach(), gates, rows, cols, kernels, deferred)
 
 
-def native_map_kernels(x: torch.Tensor):
+def native_map_kernels(x: torch.Tensor) -> ModuleType | None:
     """The native kernels for the map ``x``, or None where they cannot run (not
     channels-last, another dtype or device, no kernels, CPU autocast, or inside a trace or
     compile, which record the eager functions)."""
