@@ -52,10 +52,11 @@ DONE_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_
 MAX_REQUEUES = 1000
 #: seconds between two looks at the run folder and the queue while following
 POLL_S = 1.0
-#: consecutive looks a piece's job must be missing before it counts as lost: a job that
-#: requeues itself passes out of the live states for a moment (seen in CI on the one-node
-#: cluster: the requeue test's follow once read it as ended)
-LOST_POLLS = 10
+#: consecutive looks a piece's job must be missing before it counts as lost (about a minute):
+#: a job that requeues itself passes out of the live states for a while. Seen in CI on the
+#: one-node cluster: the requeue test's follow read it as ended with no grace, and again on
+#: 2026-12-04 with 10 looks; a job really lost is reported a minute later
+LOST_POLLS = 60
 
 
 @dataclass(frozen=True, kw_only=True)
