@@ -204,28 +204,23 @@ def test_fused_relu6_kernels_equal_clamp_and_its_backward(kernels, shape, dtype)
 def test_a_backbone_with_the_relu6_fused_into_ca_trains_bit_identically(kernels, backbone,
                                                                          attn):
     """The block's ReLU6 run inside CA's native passes: the same loss, every gradient and BN
-    statistic bit for bit as the ReLU6 module and then CA, and the ReLU6 module not called."""
+    statistic bit for bit as the ReLU6 module and then CA, and the ReLU6 module not called
+    (the projection conv run apart in both, as a module)."""
+    from caprobe.attention import coord
     from caprobe.attention.base import AttentionModule
     from caprobe.attention.coord import CoordAttention
-    from caprobe.models import build_model
 
-    model = build_model(backbone, attn=attn, width=0.25, num_classes=10, profile="cifar",
-                        seed=0).to(memory_format=torch.channels_last).train()
-    with torch.no_grad():  # gates that vary (the models start them constant)
-        for i, p in enumerate(model.parameters()):
-            p.add_(_randn(*p.shape, dtype=p.dtype, seed=i) * 0.05)
-    apart = copy.deepcopy(model)
-    model.classifier[0].p = apart.classifier[0].p = 0.0  # no dropout draws to pair
-    x = _randn(4, 3, 32, 32, dtype=torch.float32, seed=9).contiguous(
-        memory_format=torch.channels_last) * 3
+    model, apart, x = _varied_backbones(backbone, attn, torch.float32)
     acts_run = []
     for ca in model.modules():
         if isinstance(ca, CoordAttention):
             owner = next(m for m in model.modules() if any(c is ca for c in m.children()))
             unit = getattr(owner, "dw", None) or owner.dw1
             unit[2].register_forward_hook(lambda *_: acts_run.append(1))
-    loss = model(x).square().sum()
-    loss.backward()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(coord, "_fusable_projection", lambda conv, x: False)
+        loss = model(x).square().sum()
+        loss.backward()
     assert acts_run == []  # fused: the ReLU6 before each CA ran inside CA
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(CoordAttention, "forward_after", AttentionModule.forward_after)
@@ -236,6 +231,86 @@ def test_a_backbone_with_the_relu6_fused_into_ca_trains_bit_identically(kernels,
         assert torch.equal(p.grad, q.grad)
     for b, c in zip(model.buffers(), apart.buffers(), strict=True):
         assert torch.equal(b, c)
+
+
+def _varied_backbones(backbone: str, attn: str, dtype: torch.dtype):
+    """A channels-last training ``backbone`` (width 0.25, CIFAR profile) with varied weights
+    (the models start the gates constant) and no dropout, a copy, and a 4×3×32×32 input."""
+    from caprobe.models import build_model
+
+    model = build_model(backbone, attn=attn, width=0.25, num_classes=10, profile="cifar",
+                        seed=0).to(dtype=dtype, memory_format=torch.channels_last).train()
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            p.add_(_randn(*p.shape, dtype=p.dtype, seed=i) * 0.05)
+    model.classifier[0].p = 0.0  # no dropout draws to pair
+    x = _randn(4, 3, 32, 32, dtype=dtype, seed=9).contiguous(
+        memory_format=torch.channels_last) * 3
+    return model, copy.deepcopy(model), x
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "mobilenext"])
+@pytest.mark.parametrize("attn", ["ca", "ca_h", "ca_w", "ca:act=relu"])
+def test_a_backbone_with_the_projection_fused_into_ca_trains_as_with_the_conv_apart(
+        kernels, backbone, attn, dtype):
+    """The block's 1×1 projection conv applied inside CA's product (the product not saved):
+    the same loss, every gradient and BN statistic as the conv module after CA (float64 to
+    1e-10, float32 to GEMM rounding), and the conv module never called in training."""
+    from caprobe.attention import coord
+
+    model, apart, x = _varied_backbones(backbone, attn, dtype)
+    convs_run = []
+    fused = 0
+    for block in model.modules():
+        if isinstance(getattr(block, "attn", None), coord.CoordAttention):
+            project = getattr(block, "project", None) or block.reduce
+            project[0].register_forward_hook(lambda *_: convs_run.append(1))
+            fused += 1
+    assert fused > 0
+    loss = model(x).square().sum()
+    loss.backward()
+    assert convs_run == []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(coord, "_fusable_projection", lambda conv, x: False)
+        loss_apart = apart(x).square().sum()
+        loss_apart.backward()
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else \
+        {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(loss, loss_apart, **tol)
+    for (name, p), q in zip(model.named_parameters(), apart.parameters(), strict=True):
+        scale = q.grad.abs().max().item()  # a BN bias before BN is 0 up to rounding
+        torch.testing.assert_close(p.grad, q.grad, rtol=tol["rtol"],
+                                   atol=tol["atol"] * max(scale, 1e-3), msg=name)
+    for b, c in zip(model.buffers(), apart.buffers(), strict=True):
+        torch.testing.assert_close(b, c, **tol)
+
+
+@pytest.mark.parametrize("spec", ["ca", "ca_h", "ca_w"])
+@pytest.mark.parametrize("shape", [(2, 8, 3, 5), (1, 8, 4, 4)])
+def test_the_fused_projection_gradchecks(kernels, spec, shape):
+    """CA's product with a 1×1 conv applied (:class:`_NativeStripProduct` given a weight):
+    gradcheck in float64 for the input, the conv weight and every CA parameter."""
+    from types import SimpleNamespace
+
+    ca = build(spec, shape[1]).double().train()
+    with torch.no_grad():
+        for i, p in enumerate(ca.parameters()):
+            p.add_(_randn(*p.shape, seed=i) * 0.3)
+    params = list(ca.parameters())
+    names = [name for name, _ in ca.named_parameters()]
+    x = _randn(*shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = _randn(5, shape[1], 1, 1, seed=11).requires_grad_()
+
+    def fused(x, weight, *values):
+        out = torch.func.functional_call(ca, dict(zip(names, values, strict=True)), (x,),
+                                         {"project": SimpleNamespace(weight=weight)})
+        assert type(out.grad_fn).__name__ == "_NativeStripProductBackward"
+        return out
+
+    assert torch.autograd.gradcheck(fused, (x, weight, *params))
+    torch.testing.assert_close(fused(x, weight, *params),
+                               torch.nn.functional.conv2d(ca(x), weight), rtol=1e-12, atol=1e-12)
 
 
 def test_the_relu6_runs_apart_where_the_kernels_cannot(kernels):

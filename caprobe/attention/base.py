@@ -85,11 +85,15 @@ class AttentionModule(nn.Module):
     def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def forward_after(self, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """``self(act(x))``: the block's activation, then this module. Modules with native
+    def forward_after(self, act: nn.Module, x: torch.Tensor,
+                      conv: nn.Module | None = None) -> torch.Tensor:
+        """``self(act(x))``: the block's activation, then this module, then ``conv`` when
+        given (the block's next layer, which the caller would apply). Modules with native
         kernels override it to fuse an in-place ReLU6 into their map passes (the same values
-        and gradients, fewer passes over the map)."""
-        return self(act(x))
+        and gradients, fewer passes over the map) or, in CA, the next 1×1 conv into the
+        product (:meth:`caprobe.attention.coord.CoordAttention.forward_after`)."""
+        out = self(act(x))
+        return out if conv is None else conv(out)
 
     def fuse(self) -> nn.Module:
         """The deployed form: the same output in eval mode (BN folded into the preceding
@@ -273,10 +277,12 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Te
     return weight, (bias - bn.running_mean) * scale + bn.bias
 
 
-def after_activation(attn: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``attn(act(x))`` for any attention a backbone holds (an :class:`AttentionModule` may fuse
-    the two: :meth:`AttentionModule.forward_after`; a deployed form or ``nn.Identity`` runs
-    them apart)."""
+def after_activation(attn: nn.Module, act: nn.Module, x: torch.Tensor,
+                     conv: nn.Module | None = None) -> torch.Tensor:
+    """``attn(act(x))``, then ``conv`` when given, for any attention a backbone holds (an
+    :class:`AttentionModule` may fuse them: :meth:`AttentionModule.forward_after`; a deployed
+    form or ``nn.Identity`` runs them apart)."""
     if isinstance(attn, AttentionModule):
-        return attn.forward_after(act, x)
-    return attn(act(x))
+        return attn.forward_after(act, x, conv)
+    out = attn(act(x))
+    return out if conv is None else conv(out)

@@ -89,6 +89,14 @@ def _pooling_matrix(height: int, width: int, branches: str, dtype: torch.dtype,
         return torch.cat(cols, dim=1).to(dtype)
 
 
+def _fusable_projection(conv: nn.Module | None, x: torch.Tensor) -> bool:
+    """``conv`` is a plain bias-free 1×1 conv (stride 1, no padding, one group) whose weight
+    has ``x``'s dtype and device: one matrix product on the NHWC rows of the map."""
+    return type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1) \
+        and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1 and \
+        conv.bias is None and conv.weight.dtype == x.dtype and conv.weight.device == x.device
+
+
 class CoordAttention(AttentionModule):
     """CA with both gates (``branches="hw"``) or only the height (``"h"``) or width (``"w"``) gate.
 
@@ -115,28 +123,43 @@ class CoordAttention(AttentionModule):
         return {name: nchw(g) for name, g in zip(self.branches, self._gates_nhwc(x),
                                                   strict=True)}
 
-    def forward(self, x: torch.Tensor, relu6: bool = False) -> torch.Tensor:
-        """``relu6``: ``x`` is the input of the block's in-place ReLU6, applied here first
-        (:meth:`forward_after`)."""
+    def forward(self, x: torch.Tensor, relu6: bool = False,
+                project: nn.Conv2d | None = None) -> torch.Tensor:
+        """``relu6``: ``x`` is the input of the block's in-place ReLU6, applied here first;
+        ``project``: a bias-free 1×1 conv applied to the output (:meth:`forward_after`)."""
         rows, cols = self.conv_h is not None, self.conv_w is not None
-        out = strip_attention(x, self._strip_gates, rows, cols, relu6)
+        out = strip_attention(x, self._strip_gates, rows, cols, relu6,
+                              None if project is None else project.weight)
         if out is not None:  # the native kernels (channels-last CPU maps, float32/64)
             return out
         if relu6:
             x = F.relu6(x, inplace=True)
-        return gate_product(x, *self._gates_nhwc(x))
+        out = gate_product(x, *self._gates_nhwc(x))
+        return out if project is None else project(out)
 
-    def forward_after(self, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """An in-place ReLU6 before CA runs inside CA's native passes in training: clamped
-        while the strips are pooled, its backward inside the input's gradient (two passes over
-        the map fewer, the same values and gradients). On the largest map of MobileNetV2-0.5
-        CIFAR at batch 64 (64×96×32×32, 2 threads, 2026-12-04) it saves 0.44 ms forward and
-        0.94 ms backward; over the network's step, 1.222 → 1.213× of ``none``, within the
-        run-to-run spread (``benchmarks/train_throughput.py``)."""
-        if isinstance(act, nn.ReLU6) and act.inplace and x.requires_grad and \
-                torch.is_grad_enabled() and native_map_kernels(x) is not None:
-            return self(x, relu6=True)
-        return self(act(x))
+    def forward_after(self, act: nn.Module, x: torch.Tensor,
+                      conv: nn.Module | None = None) -> torch.Tensor:
+        """``conv(self(act(x)))`` (``conv`` optional), with the neighbours inside CA's native
+        passes in training. An in-place ReLU6 before CA: clamped while the strips are pooled,
+        its backward inside the input's gradient (two passes over the map fewer, the same
+        values and gradients; on the largest map of MobileNetV2-0.5 CIFAR at batch 64,
+        64×96×32×32, 2 threads, 2026-12-04, 0.44 ms forward and 0.94 ms backward saved). A
+        bias-free 1×1 ``conv`` after CA (the block's projection): applied to the product as one
+        matrix product, the product not saved but remade in the backward
+        (:class:`caprobe.attention.functional._NativeStripProduct`): the step's peak memory
+        1.215 → 1.03× of ``none``'s at the same step time
+        (``benchmarks/train_throughput.py``, 2026-12-05). The fused conv's own hooks do not
+        run; traces and compiles call it as a module, outside CA."""
+        if not (x.requires_grad and torch.is_grad_enabled() and
+                native_map_kernels(x) is not None):
+            return super().forward_after(act, x, conv)
+        relu6 = isinstance(act, nn.ReLU6) and act.inplace
+        if not relu6:
+            x = act(x)
+        if not _fusable_projection(conv, x):
+            out = self(x, relu6=relu6)
+            return out if conv is None else conv(out)
+        return self(x, relu6=relu6, project=conv)
 
     def _gates_nhwc(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The gates in NHWC broadcast shapes (N×H×1×C, N×1×W×C), ``branches`` order, from

@@ -206,31 +206,61 @@ class _NativeStripProduct(Function):
     gradient goes through :class:`_NativeStripMeans`). Backward: both gates' gradients in one
     pass over ``dy`` and ``x``, as one R×C tensor; ``dy`` and the gates are left in
     ``deferred`` for the input's gradient, and the strip means of ``x`` (same pass) for the
-    gates' backward when it asked for them."""
+    gates' backward when it asked for them.
+
+    Given ``weight`` (the C'×C×1×1 weight of a bias-free 1×1 conv that the product feeds, the
+    block's projection), the output is that conv's, ``z Wᵀ`` on the NHWC rows, and the product
+    ``z`` is not kept for the backward: it is remade there for the weight's gradient (one pass
+    over ``x``, which is kept anyway) and freed at once. Saving it was CA's only map-sized
+    tensor beyond the plain network's, 87 MB of a MobileNetV2-0.5 CIFAR step at batch 64 (peak
+    1.215× of ``none``'s; 1.03× without it, 2026-12-05, ``benchmarks/train_throughput.py``)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, gates: torch.Tensor, rows: bool, cols: bool, kernels,
-                deferred: _Deferred) -> torch.Tensor:
-        ctx.save_for_backward(x, gates)
+    def forward(ctx, x: torch.Tensor, gates: torch.Tensor, weight: torch.Tensor | None,
+                rows: bool, cols: bool, kernels, deferred: _Deferred) -> torch.Tensor:
+        ctx.save_for_backward(x, gates, weight)
         ctx.rows, ctx.cols, ctx.kernels, ctx.deferred = rows, cols, kernels, deferred
-        out = torch.empty_like(x, memory_format=torch.channels_last)
-        kernels.combine_into(nhwc(out), nhwc(x), *_strip_views(gates, x, rows, cols), None, None,
-                             1.0, 1.0)
+        z = _strip_product(kernels, x, gates, rows, cols)
+        if weight is None:
+            return z
+        n, c, h, w = x.shape
+        out = torch.empty((n, weight.shape[0], h, w), dtype=x.dtype,
+                          memory_format=torch.channels_last)
+        torch.mm(nhwc(z).view(-1, c), weight.view(-1, c).t(),
+                 out=nhwc(out).view(-1, weight.shape[0]))
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        x, gates = ctx.saved_tensors
-        gh, gw = _strip_views(gates, x, ctx.rows, ctx.cols)
+        x, gates, weight = ctx.saved_tensors
+        n, c, h, w = x.shape
         dy = nhwc(grad).contiguous()
+        dweight = None
+        if weight is not None:
+            dout = dy.view(-1, weight.shape[0])
+            if ctx.needs_input_grad[2]:
+                z = _strip_product(ctx.kernels, x, gates, ctx.rows, ctx.cols)
+                dweight = torch.mm(dout.t(), nhwc(z).view(-1, c)).view(weight.shape)
+                del z
+            dy = torch.mm(dout, weight.view(-1, c)).view(n, h, w, c)
+        gh, gw = _strip_views(gates, x, ctx.rows, ctx.cols)
         deferred = ctx.deferred
         dgates, *strips = ctx.kernels.gate_grads(dy, nhwc(x), gh, gw, deferred.strips)
         if deferred.strips:
             deferred.keep(z=strips[0])
         if deferred.wanted:
             deferred.keep(dy=dy, gh=gh, gw=gw)
-        return None, dgates, None, None, None, None
+        return None, dgates, dweight, None, None, None, None
+
+
+def _strip_product(kernels, x: torch.Tensor, gates: torch.Tensor, rows: bool,
+                   cols: bool) -> torch.Tensor:
+    """``x · g^h · g^w`` (channels-last) in one native pass."""
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    kernels.combine_into(nhwc(out), nhwc(x), *_strip_views(gates, x, rows, cols), None, None,
+                         1.0, 1.0)
+    return out
 
 
 def _strip_views(gates: torch.Tensor, x: torch.Tensor, rows: bool,
@@ -245,7 +275,8 @@ def _strip_views(gates: torch.Tensor, x: torch.Tensor, rows: bool,
 def strip_attention(x: torch.Tensor,
                     strip_gates: Callable[[torch.Tensor, int, int, int, _Deferred],
                                           torch.Tensor],
-                    rows: bool, cols: bool, relu6: bool = False) -> torch.Tensor | None:
+                    rows: bool, cols: bool, relu6: bool = False,
+                    project: torch.Tensor | None = None) -> torch.Tensor | None:
     """``x`` times gates broadcast along its rows and/or columns, by the native kernels:
     ``strip_gates(z, N, H, W, deferred)`` maps the strip means ``z`` (:func:`strip_means`'
     layout) to the gates as the rows of one contiguous R×C tensor in the same layout (N·H rows,
@@ -253,8 +284,10 @@ def strip_attention(x: torch.Tensor,
     ``deferred`` is for :func:`native_ca_gates`. Four
     one-pass map kernels forward and backward together, besides the gates themselves (the
     eager functions take about ten passes). ``relu6``: ``x`` is the input of an in-place
-    ReLU6 that these passes apply first (:class:`_NativeStripMeans`). Returns None where the
-    kernels cannot run (:func:`native_map_kernels`): the caller then takes the eager path."""
+    ReLU6 that these passes apply first (:class:`_NativeStripMeans`). ``project``: the weight
+    of the bias-free 1×1 conv that the product feeds, whose output is then returned (the
+    product not saved, :class:`_NativeStripProduct`). Returns None where the kernels cannot
+    run (:func:`native_map_kernels`): the caller then takes the eager path."""
     kernels = native_map_kernels(x)
     if kernels is None:
         return None
@@ -265,7 +298,8 @@ def strip_attention(x: torch.Tensor,
     else:
         z = _NativeStripMeans.apply(x, rows, cols, kernels, deferred, False)
     gates = strip_gates(z, n, h, w, deferred)
-    return _NativeStripProduct.apply(x.detach(), gates, rows, cols, kernels, deferred)
+    return _NativeStripProduct.apply(x.detach(), gates, project, rows, cols, kernels,
+                                     deferred)
 
 
 def native_map_kernels(x: torch.Tensor) -> ModuleType | None:

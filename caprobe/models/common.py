@@ -73,14 +73,17 @@ def conv_bn(inp: int, oup: int, kernel: int = 1, stride: int = 1, groups: int = 
     return nn.Sequential(*layers)
 
 
-def unit_then_attention(unit: nn.Module, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``attn(unit(x))`` for a :func:`conv_bn` unit (or ``nn.Identity``), letting the attention
-    run the unit's activation inside its own passes
-    (:func:`caprobe.attention.base.after_activation`)."""
-    if isinstance(unit, nn.Sequential) and len(unit) == 3:
+def unit_then_attention(unit: nn.Module, attn: nn.Module, project: nn.Module,
+                        x: torch.Tensor) -> torch.Tensor:
+    """``project(attn(unit(x)))`` for a :func:`conv_bn` unit (or ``nn.Identity``) and a linear
+    :func:`conv_bn` ``project``, letting the attention run the unit's activation and the
+    projection's conv inside its own passes (:func:`caprobe.attention.base.after_activation`)."""
+    if isinstance(unit, nn.Sequential) and len(unit) == 3 and \
+            isinstance(project, nn.Sequential) and len(project) == 2:
         conv, bn, act = unit
-        return after_activation(attn, act, bn(conv(x)))
-    return attn(unit(x))
+        project_conv, project_bn = project
+        return project_bn(after_activation(attn, act, bn(conv(x)), project_conv))
+    return project(attn(unit(x)))
 
 
 def profile_strides(rows: Sequence[Row], profile: str) -> tuple[int, list[int]]:

@@ -46,7 +46,7 @@ class InvertedResidual(nn.Module):
         self.project = conv_bn(hidden, oup, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.project(unit_then_attention(self.dw, self.attn, self.expand(x)))
+        y = unit_then_attention(self.dw, self.attn, self.project, self.expand(x))
         return x + y if self.use_residual else y
 
 

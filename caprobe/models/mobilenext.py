@@ -68,7 +68,7 @@ class SandGlass(nn.Module):
         self.dw2 = conv_bn(oup, oup, 3, stride, groups=oup, act=False) if last_dw else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.dw2(self.expand(self.reduce(unit_then_attention(self.dw1, self.attn, x))))
+        y = self.dw2(self.expand(unit_then_attention(self.dw1, self.attn, self.reduce, x)))
         return x + y if self.use_residual else y
 
 
